@@ -1,0 +1,62 @@
+# lungnet: every target sets up its own virtual environment first (Python 3.11+, nothing else needed).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA ?= lidc-phantom
+PROFILE ?= default
+# Keep TensorFlow's C++ start-up chatter out of the logs.
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: help setup test test-slow test-all lint format duplicates bench data-info reproduce-binary-nodule clean
+
+help:
+	@echo "make reproduce-binary-nodule   flagship study (DATA=lidc-phantom by default, or a manifest CSV)"
+	@echo "make test                      fast tests + notebooks (sets up .venv)"
+	@echo "make test-slow                 the slow tests"
+	@echo "make bench                     benchmarks -> benchmarks/results/*.json"
+	@echo "make lint | format             ruff"
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check lungnet tests benchmarks
+	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile tests
+	$(PY) -m pytest --nbmake notebooks
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow tests
+
+test-all: test test-slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check lungnet tests benchmarks
+	$(VENV)/bin/ruff format --check lungnet tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix lungnet tests benchmarks
+	$(VENV)/bin/ruff format lungnet tests benchmarks
+
+duplicates:
+	duplicates lungnet
+
+bench: $(STAMP)
+	$(PY) benchmarks/phantom_build.py
+	$(PY) benchmarks/pipeline_throughput.py
+
+data-info: $(STAMP)
+	$(VENV)/bin/lungnet data info $(DATA)
+
+reproduce-binary-nodule: $(STAMP)
+	$(VENV)/bin/lungnet reproduce binary-nodule --data $(DATA) --profile $(PROFILE)
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Data layer: sources -> manifest -> labels/splits/balancing -> preprocessing -> tf.data pipelines."""
