@@ -1,0 +1,21 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def lidc_crops_dir() -> Path:
+    """The real LIDC crops of ../shared/data/lidc-crops (see its README); tests using it skip when absent."""
+    path = (REPO / ".." / "shared" / "data" / "lidc-crops").resolve()
+    if not (path / "manifest.csv").is_file():
+        pytest.skip(f"real LIDC crops not found at {path}")
+    return path
