@@ -287,7 +287,7 @@ def build_phantom(
         for name, (shape, dtype) in shapes.items():
             np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape).flush()
         tasks, slice_offset, sample_offset = [], 0, 0
-        for index, (scan, (zs, samples)) in enumerate(zip(scans, plans, strict=True)):
+        for index, (zs, samples) in enumerate(plans):
             tasks.append((index, slice_offset, sample_offset, str(tmp), config))
             for i, sample in enumerate(samples):
                 k = slice_offset + zs.index(sample["z_mm"])

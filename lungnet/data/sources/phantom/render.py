@@ -198,7 +198,7 @@ def _parenchyma(rng, lung, y_mm, chest, spacing, size, blood):
     texture = cv2.GaussianBlur(rng.standard_normal((size, size)).astype(np.float32), (0, 0), 2.0 / spacing)
     tissue = LUNG_HU + 30.0 * np.clip(y_mm / 90.0, -1, 1) + texture * 90.0
     vessels = np.zeros((size, size), np.float32)
-    for lx, ly, ax, ay in chest.lungs:
+    for lx, ly, ax, _ in chest.lungs:
         side = np.sign(lx)
         hilum = (chest.center_px[0] + (lx - side * ax * 0.55) / spacing, chest.center_px[1] + ly / spacing)
         for _ in range(rng.integers(2, 4)):
