@@ -6,7 +6,8 @@ intercept applied), NIfTI and HU NumPy arrays; 0-255 for 8-bit PNG/JPG. Masks co
 References of the form ``stack.npy#i`` pick image ``i`` of a stacked ``(N, H, W)`` NumPy array, which is how
 the phantom stores thousands of slices without thousands of files. ``volume.nii.gz#k`` picks axial slice ``k``
 (the last array axis, as stored: no reorientation, so an image and a mask from the same space stay aligned) of a
-3-D NIfTI volume.
+3-D NIfTI volume. A stack named ``*.bits.npy`` holds bit-packed masks (``np.packbits`` along the last axis),
+eight times smaller than one byte a pixel.
 
 Usage::
 
@@ -116,7 +117,10 @@ def _read_array(ref: str) -> np.ndarray:
             stack = _open_stack(_file_key(path))
             if not 0 <= index < len(stack):
                 raise DataError(f"{ref}: index {index} out of range for a stack of {len(stack)}")
-            return np.asarray(stack[index])
+            item = np.asarray(stack[index])
+            if path.lower().endswith(".bits.npy"):  # bit-packed masks (np.packbits along the last axis)
+                item = np.unpackbits(item, axis=-1)
+            return item
         if index is not None:
             return _read_nifti_slice(path, index)
         if suffix in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):

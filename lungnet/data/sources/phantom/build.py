@@ -141,7 +141,7 @@ def _plan_scan(scan: Scan, config: PhantomConfig) -> tuple[list[float], list[dic
         if config.one_per_nodule:
             z, consensus = _consensus(nodule, size)
             ratings = {r: float(np.median([a.ratings[r] for a in nodule])) for r in RATINGS}
-            diameter = float(np.median([a.diameter_mm(scan.pixel_spacing) for a in nodule]))
+            diameter = float(np.mean([a.diameter_mm(scan.pixel_spacing) for a in nodule]))  # as lidc-crops
             samples.append(
                 {
                     **base,

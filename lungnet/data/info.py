@@ -1,0 +1,113 @@
+"""`lungnet data info`: what is in a data source, as tables for people or one JSON object for programs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from lungnet.data.io import read_image
+from lungnet.data.labels import assign_labels, class_names, label_counts
+from lungnet.data.registry import Source
+from lungnet.data.splits import SPLIT_NAMES, split_manifest
+from lungnet.errors import DataError
+
+IMAGE_COLUMNS = ("image", "crop_image")
+
+
+def summarize(
+    source: Source,
+    grouping: str = "paper",
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    max_images: int = 200,
+) -> dict:
+    """Counts per class and split, patients, and image sizes/intensities from up to `max_images` images."""
+    manifest = source.manifest
+    labelled = assign_labels(manifest, grouping, origin=source.spec)
+    names = class_names(grouping, manifest)
+    info = {
+        "source": source.spec,
+        "description": source.description,
+        "n_samples": len(labelled),
+        "n_rows_in_source": len(manifest),
+        "n_patients": int(labelled["patient_id"].nunique()),
+        "grouping": grouping,
+        "class_names": list(names),
+        "label_counts": label_counts(labelled, names),
+    }
+    if "nodule_id" in labelled.columns:
+        info["n_nodules"] = int(labelled["nodule_id"].nunique())
+    if "mask" in labelled.columns:
+        info["n_with_mask"] = int((labelled["mask"] != "").sum())
+    try:
+        split = split_manifest(labelled, fractions, seed=seed, class_names=names)
+        info["splits"] = {
+            name: {
+                "n_samples": int((split["split"] == name).sum()),
+                "n_patients": int(split.loc[split["split"] == name, "patient_id"].nunique()),
+                "label_counts": label_counts(split[split["split"] == name], names),
+            }
+            for name in SPLIT_NAMES
+        }
+    except DataError as exc:  # too little data to split is worth reporting, not fatal for `info`
+        info["splits"] = {"error": str(exc)}
+    info["images"] = {
+        col: _image_stats(labelled[col], max_images, seed) for col in IMAGE_COLUMNS if col in labelled
+    }
+    return info
+
+
+def _image_stats(refs: pd.Series, max_images: int, seed: int) -> dict:
+    refs = refs[refs != ""]
+    rng = np.random.default_rng(seed)
+    chosen = refs.iloc[np.sort(rng.choice(len(refs), size=min(max_images, len(refs)), replace=False))]
+    shapes: dict[str, int] = {}
+    lows, highs, means = [], [], []
+    for ref in chosen:
+        image = read_image(ref)
+        key = "x".join(map(str, image.shape))
+        shapes[key] = shapes.get(key, 0) + 1
+        lows.append(float(image.min()))
+        highs.append(float(image.max()))
+        means.append(float(image.mean()))
+    return {
+        "n_read": len(chosen),
+        "sizes": shapes,
+        "intensity_min": min(lows),
+        "intensity_max": max(highs),
+        "intensity_mean": float(np.mean(means)),
+    }
+
+
+def format_info(info: dict) -> str:
+    """The summary as plain-text tables."""
+    names = info["class_names"]
+    lines = [info["description"], ""]
+    lines.append(
+        f"samples {info['n_samples']} (of {info['n_rows_in_source']} rows)   patients {info['n_patients']}"
+        + (f"   nodules {info['n_nodules']}" if "n_nodules" in info else "")
+        + (f"   with mask {info['n_with_mask']}" if "n_with_mask" in info else "")
+    )
+    lines.append(f"label grouping: {info['grouping']}")
+    lines.append("")
+    width = max(9, *(len(n) for n in names))
+    header = f"{'split':<8}{'patients':>10}{'samples':>10}" + "".join(f"{n:>{width + 2}}" for n in names)
+    lines += [header, "-" * len(header)]
+    rows = [("all", info["n_patients"], info["n_samples"], info["label_counts"])]
+    splits = info.get("splits", {})
+    if "error" in splits:
+        lines.append(f"(no split: {splits['error']})")
+    else:
+        rows += [(k, v["n_patients"], v["n_samples"], v["label_counts"]) for k, v in splits.items()]
+    for name, patients, samples, counts in rows:
+        lines.append(
+            f"{name:<8}{patients:>10}{samples:>10}" + "".join(f"{counts[n]:>{width + 2}}" for n in names)
+        )
+    for col, stats in info.get("images", {}).items():
+        sizes = ", ".join(f"{k} ({v})" for k, v in stats["sizes"].items())
+        lines += [
+            "",
+            f"{col}: sizes {sizes} from {stats['n_read']} images read; intensity "
+            f"min {stats['intensity_min']:.0f}, max {stats['intensity_max']:.0f}, mean {stats['intensity_mean']:.1f}",
+        ]
+    return "\n".join(lines)
