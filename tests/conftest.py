@@ -19,3 +19,13 @@ def lidc_crops_dir() -> Path:
     if not (path / "manifest.csv").is_file():
         pytest.skip(f"real LIDC crops not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom_config(tmp_path_factory):
+    """A lidc-phantom of the first three LIDC patients, built once per test session into a temp cache."""
+    from lungnet.data.sources.phantom import PhantomConfig, build_phantom
+
+    config = PhantomConfig(max_patients=3, cache_dir=str(tmp_path_factory.mktemp("phantom-cache")))
+    build_phantom(config, progress=False)
+    return config

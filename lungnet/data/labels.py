@@ -78,9 +78,8 @@ def _ratings(manifest: pd.DataFrame, origin: str) -> pd.Series:
                 f"{origin}: row {row} has label {manifest['label'].iloc[row]!r}; without a malignancy column "
                 f"labels must be one of {sorted(_NAME_TO_RATING)} or 1-5 (or use grouping 'labels')"
             )
-        return names.map(lambda v: _NAME_TO_RATING.get(v, float(v)) if isinstance(v, str) else np.nan).astype(
-            float
-        )
+        ratings = {**_NAME_TO_RATING, **{name: float(name) for name in FIVE_CLASSES}}
+        return names.map(ratings).astype(float)
     raise DataError(f"{origin}: no 'malignancy' or 'label' column, so there is nothing to classify")
 
 
