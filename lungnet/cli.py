@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from lungnet.errors import LungnetError
 
@@ -64,18 +65,31 @@ def _cmd_data_info(args) -> int:
     return 0
 
 
-def _cmd_reproduce(args) -> int:
-    from lungnet.data.info import format_info, summarize
-    from lungnet.data.registry import load_source
-    from lungnet.data.sources.phantom import PhantomConfig
+STUDIES = {"binary-nodule": "binary_nodule.yaml"}
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 
-    if args.study != "binary-nodule":
-        raise LungnetError(f"unknown study {args.study!r}")
-    source = load_source(args.data, PhantomConfig(), progress=True)
-    print(format_info(summarize(source, "paper")))
+
+def _cmd_reproduce(args) -> int:
+    import dataclasses
+
+    from lungnet.data.dataset import load_data_config, prepare_data
+    from lungnet.data.info import format_info, summarize
+
+    config_path = Path(args.config) if args.config else EXPERIMENTS_DIR / STUDIES[args.study]
+    config = load_data_config(config_path)
+    if args.data:
+        config = dataclasses.replace(config, source=args.data)
+    data = prepare_data(config)
+    print(format_info(summarize(data.source, config.grouping, config.split, config.split_seed)))
+    images, targets = next(iter(data.train))
     print(
-        "\nThe dataset is ready. Not built yet: the classification models, training, evaluation and report "
-        "of the binary-nodule study (issue 3), so nothing is trained by this command yet."
+        f"\ntraining pipeline ready: batches of {tuple(images.shape)} images, {tuple(targets.shape)} targets; "
+        f"{len(data.train_manifest)} training samples after oversampling to (largest class + "
+        f"{config.oversample_extra})."
+    )
+    print(
+        "Not built yet: the models, training, evaluation and report of this study (issue 3). "
+        "This command stops after preparing the data."
     )
     return 0
 
@@ -109,9 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_data_info)
 
     reproduce = commands.add_parser("reproduce", help="run a published study end to end")
-    reproduce.add_argument("study", choices=["binary-nodule"], help="which study")
-    reproduce.add_argument("--data", default="lidc-phantom", help="data SOURCE (default lidc-phantom)")
-    reproduce.add_argument("--profile", default="default", choices=["default", "full"], help="run size")
+    reproduce.add_argument("study", choices=sorted(STUDIES), help="which study")
+    reproduce.add_argument("--data", help="data SOURCE instead of the study's (default: lidc-phantom)")
+    reproduce.add_argument("--config", help="experiment YAML instead of the study's own")
     reproduce.set_defaults(func=_cmd_reproduce)
     return parser
 

@@ -33,8 +33,9 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
         values[name] = _coerce(value, hints[name], f"{where}.{name}")
     try:
         obj = cls(**values)
-    except ConfigError:
-        raise
+    except ConfigError as exc:  # raised by the dataclass's own checks: say where in the file
+        message = str(exc)
+        raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from exc
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
     return obj

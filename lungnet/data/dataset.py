@@ -1,0 +1,135 @@
+"""From a data config to ready tf.data pipelines: source -> labels -> patient split -> balancing -> batches.
+
+This is the data half of every experiment (the CLI, the studies and the notebooks all call `prepare_data`)::
+
+    from lungnet.data.dataset import DataConfig, prepare_data
+
+    data = prepare_data(DataConfig(source="../shared/data/lidc-crops/manifest.csv", grouping="paper"))
+    data.train  # tf.data.Dataset of (image [128, 128, 3], one-hot target), oversampled and augmented
+    data.manifest.groupby("split").size()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import tensorflow as tf
+
+from lungnet.config import from_dict, load_yaml
+from lungnet.data.augmentation import AugmentConfig
+from lungnet.data.balancing import class_weights, oversample
+from lungnet.data.labels import assign_labels, class_names
+from lungnet.data.pipelines import classification_dataset
+from lungnet.data.preprocessing import PreprocessConfig
+from lungnet.data.registry import Source, load_source
+from lungnet.data.sources.phantom import PhantomConfig
+from lungnet.data.splits import split_manifest
+from lungnet.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The `data:` section of an experiment YAML file."""
+
+    source: str = "lidc-phantom"
+    grouping: Literal["paper", "exclude-indeterminate", "5class", "labels"] = "paper"
+    view: Literal["crop", "full"] = "crop"  # zoomed nodule crop or the full CT slice
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    split_level: Literal["patient", "row"] = "patient"
+    split_seed: int = 0
+    balance: Literal["oversample", "class_weight", "none"] = "oversample"
+    oversample_extra: int = 200  # every class is brought to (largest class + this)
+    batch_size: int = 32
+    seed: int = 0
+    phantom: PhantomConfig = field(default_factory=PhantomConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # null: only oversampled copies
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ConfigError(f"data.batch_size: {self.batch_size} must be >= 1")
+        if self.oversample_extra < 0:
+            raise ConfigError(f"data.oversample_extra: {self.oversample_extra} must be >= 0")
+
+
+def load_data_config(data: dict[str, Any] | str | Path, where: str | None = None) -> DataConfig:
+    """A `DataConfig` from a dict or from the `data:` section of a YAML file; bad keys are named."""
+    if isinstance(data, str | Path):
+        where = where or str(data)
+        raw = load_yaml(data)
+        if "data" not in raw:
+            raise ConfigError(f"{where}: no 'data:' section")
+        data = raw["data"]
+    return from_dict(DataConfig, data, f"{where or 'config'}: data")
+
+
+@dataclass
+class PreparedData:
+    """A labelled, split manifest and its pipelines. `train_manifest` is the balanced training table."""
+
+    source: Source
+    config: DataConfig
+    manifest: pd.DataFrame  # every kept sample, with target, class_name and split
+    train_manifest: pd.DataFrame
+    class_names: tuple[str, ...]
+    class_weight: dict[int, float] | None
+    train: tf.data.Dataset
+    val: tf.data.Dataset
+    test: tf.data.Dataset
+
+    def split(self, name: str) -> pd.DataFrame:
+        return self.manifest[self.manifest["split"] == name].reset_index(drop=True)
+
+
+def image_column(manifest: pd.DataFrame, view: str) -> str:
+    """The manifest column holding the view.
+
+    Sources that render both views (the phantom) have ``crop_image`` beside the full slice in ``image``;
+    for any other source ``image`` is whatever it holds (for lidc-crops, already a nodule crop).
+    """
+    return "crop_image" if view == "crop" and "crop_image" in manifest.columns else "image"
+
+
+def prepare_data(config: DataConfig, progress: bool = True) -> PreparedData:
+    source = load_source(config.source, config.phantom, progress=progress)
+    labelled = assign_labels(source.manifest, config.grouping, origin=source.spec)
+    names = class_names(config.grouping, source.manifest)
+    manifest = split_manifest(
+        labelled, config.split, seed=config.split_seed, level=config.split_level, class_names=names
+    )
+    train = manifest[manifest["split"] == "train"].reset_index(drop=True)
+    weights = None
+    if config.balance == "oversample":
+        train = oversample(train, extra=config.oversample_extra, seed=config.seed)
+    elif config.balance == "class_weight":
+        weights = class_weights(train["target"], len(names))
+    column = image_column(manifest, config.view)
+
+    def pipeline(frame: pd.DataFrame, training: bool) -> tf.data.Dataset:
+        return classification_dataset(
+            frame,
+            config.preprocess,
+            num_classes=len(names),
+            training=training,
+            batch_size=config.batch_size,
+            augment=config.augment if training else None,
+            image_column=column,
+            seed=config.seed,
+        )
+
+    val = manifest[manifest["split"] == "val"].reset_index(drop=True)
+    test = manifest[manifest["split"] == "test"].reset_index(drop=True)
+    return PreparedData(
+        source,
+        config,
+        manifest,
+        train,
+        names,
+        weights,
+        pipeline(train, True),
+        pipeline(val, False),
+        pipeline(test, False),
+    )
