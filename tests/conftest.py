@@ -23,9 +23,9 @@ def lidc_crops_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_phantom_config(tmp_path_factory):
-    """A lidc-phantom of the first three LIDC patients, built once per test session into a temp cache."""
+    """A lidc-phantom of the first twelve LIDC patients, built once per test session into a temp cache."""
     from lungnet.data.sources.phantom import PhantomConfig, build_phantom
 
-    config = PhantomConfig(max_patients=3, cache_dir=str(tmp_path_factory.mktemp("phantom-cache")))
+    config = PhantomConfig(max_patients=12, cache_dir=str(tmp_path_factory.mktemp("phantom-cache")))
     build_phantom(config, progress=False)
     return config

@@ -55,7 +55,7 @@ def test_manifest_columns_and_views(tiny_phantom_config):
     ):
         assert column in manifest.columns
     assert set(manifest["source"]) == {"lidc-phantom"}
-    assert manifest["patient_id"].nunique() == 3
+    assert manifest["patient_id"].nunique() == 12
     row = manifest.iloc[0]
     full = read_image(row["image"])
     mask = read_mask(row["mask"], full.shape)
@@ -102,7 +102,7 @@ def test_cache_is_reused_until_parameters_change(tiny_phantom_config, monkeypatc
     load_phantom(tiny_phantom_config, progress=False)
     assert calls == []
     params = json.loads((tiny_phantom_config.entry_dir() / "params.json").read_text())
-    assert params["max_patients"] == 3 and "phantom rendered from real" in params["description"]
+    assert params["max_patients"] == 12 and "phantom rendered from real" in params["description"]
     # Exclusions and the cache location are not rendering parameters.
     same = dataclasses.replace(tiny_phantom_config, exclude_patients=("LIDC-IDRI-0001",))
     assert same.cache_key() == tiny_phantom_config.cache_key()
@@ -154,7 +154,7 @@ def test_one_sample_per_nodule_uses_the_consensus(tmp_path):
 
 def test_texture_rating_sets_nodule_density(tiny_phantom_config):
     manifest = load_phantom(tiny_phantom_config, progress=False)
-    rows = manifest[(manifest["calcification"] == 6) & (manifest["subtlety"] >= 4)]
+    rows = manifest[manifest["calcification"] == 6]  # calcium would mask the texture effect
     density = pd.Series(
         [
             float(np.median(read_image(r["crop_image"])[read_mask(r["crop_mask"]) > 0]))
@@ -162,8 +162,13 @@ def test_texture_rating_sets_nodule_density(tiny_phantom_config):
         ],
         index=rows.index,
     )
-    solid = density[rows["texture"] == 5]
-    assert len(solid) and (solid > -250).all()  # solid nodules are soft-tissue dense, not lung (-860)
+    by_texture = density.groupby(
+        rows["texture"].clip(1, 5).map({1: "ggo", 2: "ggo", 3: "part", 4: "part", 5: "solid"})
+    )
+    medians = by_texture.median()
+    # Ground glass stays close to lung density; solid nodules reach soft-tissue density (less partial volume).
+    assert medians["ggo"] < -600 < medians["part"] < medians["solid"]
+    assert medians["solid"] - medians["ggo"] > 400
 
 
 def test_config_validation():

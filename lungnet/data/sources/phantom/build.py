@@ -29,7 +29,7 @@ from lungnet.data.sources.phantom.annotations import RATINGS, Scan, load_scans
 from lungnet.errors import ConfigError, DataError
 from lungnet.fileio import atomic_directory, write_json
 
-RENDER_VERSION = 1  # bump when the rendering changes, so old caches are not reused
+RENDER_VERSION = 2  # bump when the rendering changes, so old caches are not reused
 SOURCE_NAME = "lidc-phantom"
 DESCRIPTION = (
     "lidc-phantom: a phantom rendered from real LIDC-IDRI annotations (real radiologist contours, ratings, "
@@ -44,7 +44,7 @@ class PhantomConfig:
     seed: int = 0
     one_per_nodule: bool = False  # True: one sample per nodule (50 % consensus contour, median ratings)
     image_size: int = 512
-    crop_fov_mm: float = 64.0
+    crop_fov_mm: float = 90.0  # 128 px at 0.70 mm, about the field of view of the real lidc-crops
     crop_size: int = 128
     noise_hu: float = 18.0
     max_patients: int | None = None  # the first N patients by id, for demos and tests

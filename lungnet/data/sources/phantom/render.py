@@ -203,7 +203,7 @@ def _parenchyma(rng, lung, y_mm, chest, spacing, size, blood):
         hilum = (chest.center_px[0] + (lx - side * ax * 0.55) / spacing, chest.center_px[1] + ly / spacing)
         for _ in range(rng.integers(2, 4)):
             angle = rng.uniform(-np.pi * 0.45, np.pi * 0.45) + (0 if side > 0 else np.pi)
-            _branch(vessels, hilum, angle, rng.uniform(25, 38) / spacing, 2.2 / spacing, 4, rng)
+            _branch(vessels, hilum, angle, rng.uniform(25, 38) / spacing, 1.7 / spacing, 4, rng)
     # Vessels cut across: small round cross-sections, thinner towards the periphery.
     ys, xs = np.nonzero(lung[::4, ::4])
     if len(xs):
@@ -216,7 +216,7 @@ def _parenchyma(rng, lung, y_mm, chest, spacing, size, blood):
 
 
 def _branch(canvas, start, angle, length, width, depth, rng):
-    if depth == 0 or width < 0.6:
+    if depth == 0 or width < 0.5:
         return
     end = (start[0] + length * np.cos(angle), start[1] + length * np.sin(angle))
     p0 = (int(round(start[0])), int(round(start[1])))
