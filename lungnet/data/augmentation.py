@@ -115,6 +115,8 @@ def build_augmenter(
         # inside tf.data every batch uses the same operation sequence (magnitudes and mixing weights still
         # vary per batch). The pipelines seed `random` around the trace so that this is repeatable.
         layers.append(keras.layers.AugMix(value_range=value_range, factor=cfg.augmix_factor, seed=seed + 5))
+    if not layers:  # keras.layers.Pipeline fails on an empty list
+        layers.append(keras.layers.Identity())
     return keras.layers.Pipeline(layers, name="augment")
 
 

@@ -108,7 +108,7 @@ def classification_dataset(
                 "augment: randaugment/augmix need images in [0, 1]; use preprocess.normalize 'minmax' or "
                 "'lung_window', or keep the sigmoid on"
             )
-        augmenter = build_augmenter(cfg, seed)
+        augmenter = build_augmenter(cfg, _augment_seed(cfg, seed))
         # RandAugment/AugMix see 3 channels like the model does; geometric layers run on grey (3x cheaper).
         photometric = not cfg.geometric_only
 
@@ -167,7 +167,9 @@ def segmentation_dataset(
     if training:
         ds = ds.shuffle(len(refs), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    joint = build_joint_augmenter(augment, seed) if training and augment is not None else None
+    joint = None
+    if training and augment is not None:
+        joint = build_joint_augmenter(augment, _augment_seed(augment, seed))
 
     def finish(images, masks):
         if joint is not None:
@@ -182,6 +184,11 @@ def _finalise(ds: tf.data.Dataset) -> tf.data.Dataset:
     options = tf.data.Options()
     options.deterministic = True
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def _augment_seed(cfg: AugmentConfig, seed: int) -> int:
+    """`AugmentConfig.seed` when set, else the dataset's seed."""
+    return cfg.seed if cfg.seed is not None else seed
 
 
 @contextlib.contextmanager
@@ -237,7 +244,7 @@ def _targets(manifest: pd.DataFrame, num_classes: int) -> np.ndarray:
     if bad.any():
         row = int(np.argmax(bad))
         raise DataError(
-            f"manifest row {row}: {TARGET_COLUMN} {manifest[TARGET_COLUMN].iloc[row]!r} is not an integer "
+            f"manifest row {row}: {TARGET_COLUMN} {manifest[TARGET_COLUMN].tolist()[row]!r} is not an integer "
             f"class in 0..{num_classes - 1}"
         )
     return values.astype(np.int32)
@@ -250,7 +257,9 @@ def _augment_copies(manifest: pd.DataFrame) -> np.ndarray:
     allowed = values.map(lambda v: isinstance(v, bool | np.bool_) or v in (0, 1))
     if not allowed.all():
         row = int(np.argmax(~allowed.to_numpy()))
-        raise DataError(f"manifest row {row}: {AUGMENT_COPY_COLUMN} {values.iloc[row]!r} is not true/false")
+        raise DataError(
+            f"manifest row {row}: {AUGMENT_COPY_COLUMN} {values.tolist()[row]!r} is not true/false"
+        )
     return values.astype(bool).to_numpy()
 
 

@@ -78,7 +78,9 @@ class PreprocessConfig:
         self.clahe_tiles = (int(self.clahe_tiles[0]), int(self.clahe_tiles[1]))
         if self.clahe and self.normalize == "zscore":
             # CLAHE histograms need a fixed [0, 1] range; z-scores have none.
-            raise bad("clahe", "needs values in [0, 1]; use normalize 'minmax' or 'lung_window', not 'zscore'")
+            raise bad(
+                "clahe", "needs values in [0, 1]; use normalize 'minmax' or 'lung_window', not 'zscore'"
+            )
         if self.center_crop is not None and not self.center_crop > 0:
             raise bad("center_crop", "must be > 0 (or null for no crop)")
         if not self.image_size > 0:
@@ -90,6 +92,12 @@ class PreprocessConfig:
     def output_in_unit_range(self) -> bool:
         """Whether outputs are guaranteed to lie in [0, 1] (what RandAugment/AugMix are told)."""
         return self.sigmoid_gain is not None or self.normalize in ("minmax", "lung_window")
+
+
+def _pair(size) -> tuple[int, int]:
+    if isinstance(size, tuple | list):
+        return int(size[0]), int(size[1])
+    return int(size), int(size)
 
 
 def _as_float(x) -> tf.Tensor:
@@ -166,7 +174,7 @@ def center_crop(x, size: int | tuple[int, int]) -> tf.Tensor:
     x = tf.convert_to_tensor(x)
     if x.shape.rank not in (3, 4):
         raise ValueError(f"center_crop: expected [H, W, C] or [B, H, W, C], got shape {x.shape}")
-    ch, cw = (size, size) if isinstance(size, int) else size
+    ch, cw = _pair(size)
     shape = tf.shape(x)
     h, w = shape[-3], shape[-2]
     ch, cw = tf.minimum(h, ch), tf.minimum(w, cw)
@@ -179,8 +187,7 @@ def resize(x, size: int | tuple[int, int], method: Literal["bilinear", "nearest"
     if method not in ("bilinear", "nearest"):
         raise ValueError(f"resize: method must be 'bilinear' or 'nearest', got {method!r}")
     x = tf.convert_to_tensor(x)
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    out = tf.image.resize(x, size, method=method)
+    out = tf.image.resize(x, _pair(size), method=method)
     return tf.cast(out, x.dtype) if method == "nearest" else out
 
 
