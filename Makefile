@@ -45,7 +45,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format lungnet tests benchmarks
 
 duplicates:
-	duplicates lungnet
+	duplicates --repo lungnet --most 20
 
 bench: $(STAMP)
 	$(PY) benchmarks/phantom_build.py

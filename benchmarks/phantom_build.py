@@ -38,7 +38,7 @@ def main() -> int:
         entry = build_phantom(config, progress=sys.stderr.isatty())
         total = time.perf_counter() - start
         size = sum(f.stat().st_size for f in entry.iterdir())
-        n_samples = sum(1 for _ in open(entry / "manifest.csv")) - 1
+        n_samples = len((entry / "manifest.csv").read_text().splitlines()) - 1
     finally:
         if not args.keep:
             shutil.rmtree(cache, ignore_errors=True)
