@@ -109,3 +109,14 @@ def test_class_weights_balance_the_loss():
     weights = class_weights([0] * 75 + [1] * 25, 2)
     assert weights == pytest.approx({0: 100 / 150, 1: 100 / 50})
     assert 75 * weights[0] == pytest.approx(25 * weights[1])
+
+
+def test_manifest_validation_names_row_and_column():
+    from lungnet.data.manifest import validate_manifest
+
+    with pytest.raises(DataError, match=r"row 1 \(image 'b'\) has malignancy 6; ratings must be"):
+        validate_manifest(pd.DataFrame({"image": ["a", "b"], "patient_id": ["p", "q"], "malignancy": [2, 6]}))
+    with pytest.raises(DataError, match=r"missing required column\(s\) \['patient_id'\]"):
+        validate_manifest(pd.DataFrame({"image": ["a"]}))
+    with pytest.raises(DataError, match="row 0 has an empty 'patient_id'"):
+        validate_manifest(pd.DataFrame({"image": ["a"], "patient_id": [""]}))

@@ -59,7 +59,7 @@ def validate_manifest(df: pd.DataFrame, origin: str = "manifest") -> pd.DataFram
             row = int(bad.idxmax())
             raise DataError(
                 f"{origin}: row {row} (image {df.at[row, 'image']!r}) has malignancy "
-                f"{df.at[row, 'malignancy']!r}; ratings must be numbers from 1 to 5"
+                f"{df.at[row, 'malignancy']}; ratings must be numbers from 1 to 5"
             )
         df["malignancy"] = values.astype(float)
     if "label" in df.columns:
