@@ -1,0 +1,51 @@
+"""Evaluation on NumPy arrays: metrics, calibration, baselines and figures.
+
+``y_true`` int [N], ``probs`` float [N, K] (binary: column 1 = malignant), ``class_names`` K names. Metric
+definitions are in `lungnet.evaluation.metrics`. Figures live in `lungnet.evaluation.figures` (imported on
+first use, so the metrics need no matplotlib).
+"""
+
+from lungnet.evaluation.baselines import majority_baseline, size_only_baseline
+from lungnet.evaluation.calibration import (
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
+    reliability_curve,
+)
+from lungnet.evaluation.metrics import (
+    bootstrap_ci,
+    classification_metrics,
+    confusion_matrix,
+    mean_probability,
+    metric_definitions,
+    mode_of_predictions,
+    predictions_from_probs,
+    summarise,
+)
+
+__all__ = [
+    "apply_temperature",
+    "bootstrap_ci",
+    "classification_metrics",
+    "confusion_matrix",
+    "expected_calibration_error",
+    "fit_temperature",
+    "majority_baseline",
+    "mean_probability",
+    "metric_definitions",
+    "mode_of_predictions",
+    "negative_log_likelihood",
+    "predictions_from_probs",
+    "reliability_curve",
+    "size_only_baseline",
+    "summarise",
+]
+
+
+def __getattr__(name):
+    if name == "figures":
+        import importlib
+
+        return importlib.import_module("lungnet.evaluation.figures")
+    raise AttributeError(f"module 'lungnet.evaluation' has no attribute {name!r}")

@@ -1,0 +1,139 @@
+"""Calibration: reliability curves, expected calibration error and temperature scaling.
+
+Confidence is the probability of the predicted class, ``max_k probs[:, k]``; a sample is correct when its
+predicted class (the argmax) is the true class. Bins are equal-width on [0, 1]: bin b holds confidences in
+``(edges[b], edges[b + 1]]`` (the first bin also holds 0).
+
+ECE (Guo et al., 2017) = sum over bins of (n_b / N) * |accuracy_b - mean confidence_b|.
+
+Temperature scaling divides the logits by one scalar T > 0 fitted on the validation split by minimising the
+negative log-likelihood; T > 1 softens over-confident outputs. Given probabilities instead of logits, the
+log-probabilities serve as logits (softmax(log p / T) is the same as scaling the original logits, because
+log-softmax only shifts each row by a constant). It never changes the argmax, so accuracy and F1 are unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, softmax
+
+from lungnet.errors import DataError
+from lungnet.evaluation.metrics import as_labels, as_probs
+
+_LOG_EPS = 1e-12  # probabilities are clipped here before the log, so a 0 gives a large but finite logit
+
+
+def _confidence_correct(y_true, probs) -> tuple[np.ndarray, np.ndarray]:
+    p = as_probs(probs)
+    y = as_labels(y_true, p.shape[1])
+    if len(y) != len(p):
+        raise DataError(f"y_true has {len(y)} samples but probs has {len(p)} rows")
+    return p.max(axis=1), (p.argmax(axis=1) == y).astype(np.float64)
+
+
+def _bin_index(confidence: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    # number of inner edges strictly below c: c in (edges[b], edges[b+1]] -> b; c = 0 -> 0
+    return np.searchsorted(edges[1:-1], confidence, side="left")
+
+
+def reliability_curve(y_true, probs, n_bins: int = 10) -> dict:
+    """Per-bin statistics of predicted-label confidence.
+
+    Returns ``{"bin_edges": [n_bins + 1], "counts": [n_bins] int, "confidence": [n_bins] mean confidence,
+    "accuracy": [n_bins] fraction correct, "ece": float}``; empty bins hold NaN confidence and accuracy.
+    """
+    if int(n_bins) < 1:
+        raise DataError(f"n_bins must be at least 1, got {n_bins}")
+    conf, correct = _confidence_correct(y_true, probs)
+    edges = np.linspace(0.0, 1.0, int(n_bins) + 1)
+    b = _bin_index(conf, edges)
+    counts = np.bincount(b, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(b, weights=conf, minlength=n_bins) / counts
+        accuracy = np.bincount(b, weights=correct, minlength=n_bins) / counts
+    filled = counts > 0
+    ece = float(np.sum(counts[filled] / len(conf) * np.abs(accuracy[filled] - mean_conf[filled])))
+    return {"bin_edges": edges, "counts": counts, "confidence": mean_conf, "accuracy": accuracy, "ece": ece}
+
+
+def expected_calibration_error(y_true, probs, n_bins: int = 10) -> float:
+    """Equal-width-bin ECE of predicted-label confidence: sum_b n_b / N * |acc_b - conf_b|."""
+    return reliability_curve(y_true, probs, n_bins)["ece"]
+
+
+def negative_log_likelihood(y_true, probs) -> float:
+    """Mean -log p(true class), probabilities clipped at 1e-12."""
+    p = as_probs(probs)
+    y = as_labels(y_true, p.shape[1])
+    if len(y) != len(p):
+        raise DataError(f"y_true has {len(y)} samples but probs has {len(p)} rows")
+    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], _LOG_EPS, 1.0))))
+
+
+def _looks_like_probs(a: np.ndarray) -> bool:
+    return (
+        a.ndim == 1
+        or (a.ndim == 2 and a.shape[1] == 1)
+        or (bool(np.all((a >= 0) & (a <= 1))) and np.allclose(a.sum(axis=1), 1.0, atol=1e-2))
+    )
+
+
+def _to_logits(values, inputs: str) -> np.ndarray:
+    """Logits [N, K] from probabilities (their logs) or from logits, as ``inputs`` says ("auto" guesses)."""
+    if inputs not in ("auto", "probs", "logits"):
+        raise DataError(f"inputs must be 'auto', 'probs' or 'logits', got {inputs!r}")
+    a = np.asarray(values, dtype=np.float64)
+    if inputs == "probs" or (inputs == "auto" and _looks_like_probs(a)):
+        return np.log(np.clip(as_probs(a), _LOG_EPS, 1.0))
+    if a.ndim != 2 or a.shape[0] == 0 or not np.all(np.isfinite(a)):
+        raise DataError(f"logits must be a finite, non-empty [N, K] array, got shape {a.shape}")
+    return a
+
+
+def _nll_of_logits(z: np.ndarray, y: np.ndarray, temperature: float) -> float:
+    return float(-np.mean(log_softmax(z / temperature, axis=1)[np.arange(len(y)), y]))
+
+
+def fit_temperature(
+    logits_or_probs,
+    y_true,
+    *,
+    inputs: str = "auto",
+    bounds: tuple[float, float] = (0.05, 20.0),
+) -> float:
+    """The temperature T > 0 that minimises validation NLL of softmax(logits / T).
+
+    Args:
+        logits_or_probs: [N, K] logits or probabilities of the validation split (binary: a 1-D malignant
+            probability is accepted). Probabilities are turned into log-probabilities.
+        y_true: int [N] validation labels.
+        inputs: "probs", "logits", or "auto" (probabilities if every row lies in [0, 1] and sums to 1).
+        bounds: search interval for T; the search is a bounded scalar minimisation over log T.
+
+    Returns T as a float. If the optimum would not lower the NLL below that at T = 1 (e.g. a degenerate
+    split), 1.0 is returned, so fitting never worsens the validation NLL.
+    """
+    lo, hi = float(bounds[0]), float(bounds[1])
+    if not 0 < lo < 1 < hi:
+        raise DataError(f"temperature bounds must satisfy 0 < low < 1 < high, got {bounds}")
+    z = _to_logits(logits_or_probs, inputs)
+    y = as_labels(y_true, z.shape[1])
+    if len(y) != len(z):
+        raise DataError(f"y_true has {len(y)} samples but there are {len(z)} rows of logits/probabilities")
+    res = minimize_scalar(
+        lambda log_t: _nll_of_logits(z, y, float(np.exp(log_t))),
+        bounds=(np.log(lo), np.log(hi)),
+        method="bounded",
+        options={"xatol": 1e-5},
+    )
+    t = float(np.exp(res.x))
+    return t if _nll_of_logits(z, y, t) < _nll_of_logits(z, y, 1.0) else 1.0
+
+
+def apply_temperature(probs_or_logits, temperature: float, *, inputs: str = "auto") -> np.ndarray:
+    """Calibrated probabilities softmax(logits / T) [N, K]; probabilities are first turned into log-probs."""
+    t = float(temperature)
+    if not (np.isfinite(t) and t > 0):
+        raise DataError(f"temperature must be a positive number, got {temperature}")
+    return softmax(_to_logits(probs_or_logits, inputs) / t, axis=1)

@@ -1,0 +1,346 @@
+"""Evaluation figures for reports: confusion matrix, ROC, reliability, confidence, model comparison.
+
+Every function builds and returns a `matplotlib.figure.Figure` drawn with the Agg canvas. No function uses
+pyplot, so nothing is shown, no global figure state accumulates, and the interactive backend of a notebook
+is left alone (a returned figure still displays inline in Jupyter). Embed a figure in a self-contained HTML
+report with `figure_to_base64_png`, or write it with `save_figure` (atomic).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from lungnet.errors import DataError
+from lungnet.evaluation.calibration import reliability_curve
+from lungnet.evaluation.metrics import _check, as_probs
+
+_COLORS = [f"C{i}" for i in range(10)]
+
+
+def _figure(width: float, height: float, layout: str = "constrained") -> Figure:
+    fig = Figure(figsize=(width, height), layout=layout)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------- output helpers
+def figure_to_base64_png(fig: Figure, dpi: int = 100) -> str:
+    """PNG bytes of ``fig`` as base64 text, for ``<img src="data:image/png;base64,{text}">``."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
+    """Write ``fig`` atomically (temp file + rename); the format follows the suffix (.png, .svg, .pdf)."""
+    from lungnet.fileio import atomic_path
+
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower()
+    if fmt not in ("png", "svg", "pdf", "jpg", "jpeg"):
+        raise DataError(f"cannot tell the figure format from {path.name!r}: use .png, .svg or .pdf")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=dpi)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ confusion matrix
+def confusion_matrix_figure(confusion, class_names: Sequence[str], *, title: str | None = None) -> Figure:
+    """Confusion matrix as counts (left) and row-normalised, i.e. recall per true class (right).
+
+    ``confusion`` is K x K with rows = true class, columns = predicted class, e.g.
+    ``classification_metrics(...)["confusion_matrix"]``.
+    """
+    cm = np.asarray(confusion, dtype=np.float64)
+    k = len(class_names)
+    if cm.shape != (k, k):
+        raise DataError(f"confusion matrix has shape {cm.shape} but there are {k} class names")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalised = cm / cm.sum(axis=1, keepdims=True)
+    side = 2.2 + 0.75 * k
+    fig = _figure(2 * side + 1.0, side + 0.5)
+    axes = fig.subplots(1, 2)
+    panels = [
+        (cm, "counts", "{:.0f}", cm.max() or 1.0),
+        (normalised, "row-normalised (recall)", "{:.0%}", 1.0),
+    ]
+    for ax, (values, label, fmt, vmax) in zip(axes, panels, strict=True):
+        im = ax.imshow(np.nan_to_num(values), cmap="Blues", vmin=0, vmax=vmax)
+        for i in range(k):
+            for j in range(k):
+                v = values[i, j]
+                text = "–" if np.isnan(v) else fmt.format(v)
+                color = "white" if not np.isnan(v) and v > 0.55 * vmax else "black"
+                ax.text(j, i, text, ha="center", va="center", color=color, fontsize=9)
+        long_names = max(len(str(c)) for c in class_names) > 6
+        ax.set_xticks(range(k), [str(c) for c in class_names], rotation=30 if long_names and k > 2 else 0)
+        ax.set_yticks(range(k), [str(c) for c in class_names])
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_title(label)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.suptitle(title or f"Confusion matrix (n = {int(cm.sum())})")
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------------- ROC
+def _models(probs) -> dict[str, np.ndarray]:
+    if isinstance(probs, Mapping):
+        if not probs:
+            raise DataError("no models given (empty mapping of model name -> probabilities)")
+        return dict(probs)
+    return {"model": probs}
+
+
+def roc_figure(y_true, probs, class_names: Sequence[str], *, title: str | None = None) -> Figure:
+    """ROC curves with AUC in the legend.
+
+    ``probs`` is one [N, K] array or a mapping {model name: [N, K] array} (e.g. the model and the size-only
+    baseline, all on the same ``y_true``). Binary: one panel, one malignant-vs-benign curve per model.
+    K > 2: one panel per model with one-vs-rest curves for each class present in ``y_true``.
+    """
+    models = _models(probs)
+    checked = {name: _check(y_true, p, class_names) for name, p in models.items()}
+    names = tuple(str(c) for c in class_names)
+    k = len(names)
+    if k == 2:
+        fig = _figure(5.0, 4.6)
+        axes = [fig.subplots()]
+        panels = [(None, list(checked.items()))]
+    else:
+        n = len(checked)
+        cols = min(n, 3)
+        rows = -(-n // cols)
+        fig = _figure(4.6 * cols, 4.3 * rows)
+        axes = list(np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel())
+        for ax in axes[n:]:
+            ax.set_visible(False)
+        panels = [(name, [(name, checked[name])]) for name in checked]
+    for ax, (panel_model, entries) in zip(axes, panels, strict=False):
+        ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="chance")
+        if k == 2:
+            for i, (model, (y, p, _)) in enumerate(entries):
+                if y.min() == y.max():
+                    continue
+                fpr, tpr, _t = roc_curve(y == 1, p[:, 1])
+                auc = roc_auc_score(y == 1, p[:, 1])
+                ax.plot(fpr, tpr, color=_COLORS[i % 10], linewidth=2, label=f"{model} (AUC {auc:.3f})")
+            ax.set_title(title or f"ROC: {names[1]} vs {names[0]}")
+        else:
+            (model, (y, p, _)) = entries[0]
+            aucs = []
+            for c in range(k):
+                pos = y == c
+                if pos.all() or not pos.any():
+                    continue
+                fpr, tpr, _t = roc_curve(pos, p[:, c])
+                aucs.append(roc_auc_score(pos, p[:, c]))
+                ax.plot(
+                    fpr, tpr, color=_COLORS[c % 10], linewidth=1.8, label=f"{names[c]} (AUC {aucs[-1]:.3f})"
+                )
+            macro = f"macro AUC {np.mean(aucs):.3f}" if aucs else "AUC undefined"
+            prefix = f"{panel_model}: " if isinstance(probs, Mapping) else ""
+            ax.set_title(f"{prefix}one-vs-rest ROC, {macro}", fontsize=10)
+        ax.set_xlim(-0.01, 1.01)
+        ax.set_ylim(-0.01, 1.01)
+        ax.set_aspect("equal")
+        ax.set_xlabel("false positive rate (1 - specificity)")
+        ax.set_ylabel("true positive rate (sensitivity)")
+        ax.legend(loc="lower right", fontsize=8)
+    if k > 2 and title:
+        fig.suptitle(title)  # K > 2: panel titles carry the macro AUC
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------- calibration
+def reliability_figure(
+    y_true,
+    probs,
+    calibrated_probs=None,
+    *,
+    n_bins: int = 10,
+    temperature: float | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Reliability diagram before (and, if given, after) temperature scaling, ECE in the legend.
+
+    Top: accuracy against mean confidence of each non-empty bin (the diagonal is perfect calibration).
+    Bottom: how many samples fall in each confidence bin.
+    """
+    curves = [("uncalibrated", probs, "C3")]
+    if calibrated_probs is not None:
+        label = "temperature-scaled" + (f" (T = {temperature:.2f})" if temperature is not None else "")
+        curves.append((label, calibrated_probs, "C0"))
+    fig = _figure(5.2, 6.0)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    top.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfect calibration")
+    width = 1.0 / n_bins
+    for i, (label, p, color) in enumerate(curves):
+        rc = reliability_curve(y_true, p, n_bins)
+        filled = rc["counts"] > 0
+        top.plot(
+            rc["confidence"][filled],
+            rc["accuracy"][filled],
+            marker="o",
+            color=color,
+            linewidth=2,
+            label=f"{label}: ECE {rc['ece']:.3f}",
+        )
+        centres = rc["bin_edges"][:-1] + width / 2
+        shift = (i - (len(curves) - 1) / 2) * width / len(curves)
+        bottom.bar(centres + shift, rc["counts"], width=width / len(curves), color=color, alpha=0.7)
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1.02)
+    top.set_ylabel("accuracy in bin")
+    top.set_title(title or "Reliability diagram (predicted-label confidence)")
+    top.legend(loc="upper left", fontsize=8)
+    bottom.set_xlabel("confidence (probability of the predicted class)")
+    bottom.set_ylabel("samples")
+    return fig
+
+
+def confidence_histogram_figure(
+    y_true, probs, class_names: Sequence[str] | None = None, *, bins: int = 20, title: str | None = None
+) -> Figure:
+    """Histogram of predicted-label confidence, split into correct and wrong predictions."""
+    p = as_probs(probs, None if class_names is None else len(class_names))
+    y, p, _ = _check(y_true, p, class_names or [str(i) for i in range(p.shape[1])])
+    conf = p.max(axis=1)
+    correct = p.argmax(axis=1) == y
+    edges = np.linspace(1.0 / p.shape[1], 1.0, bins + 1)
+    fig = _figure(5.6, 3.8)
+    ax = fig.subplots()
+    for mask, label, color in ((correct, "correct", "C2"), (~correct, "wrong", "C3")):
+        ax.hist(conf[mask], bins=edges, color=color, alpha=0.6, label=f"{label} (n = {int(mask.sum())})")
+    ax.set_xlabel("confidence (probability of the predicted class)")
+    ax.set_ylabel("samples")
+    ax.set_xlim(edges[0], 1.0)
+    ax.set_title(title or "Confidence of correct and wrong predictions")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def class_probability_figure(
+    y_true, probs, class_names: Sequence[str], *, title: str | None = None
+) -> Figure:
+    """Predicted probability of each class, grouped by true class (box plots).
+
+    Group t on the x axis holds the samples of true class t; within it, box j shows the predicted probability
+    of class j. A well-separated model puts the box of the true class (drawn with a thick edge) near 1 and the
+    others near 0; overlapping boxes show which classes are confused.
+    """
+    y, p, names = _check(y_true, probs, class_names)
+    k = len(names)
+    fig = _figure(max(5.0, 1.2 + 1.1 * k + 0.25 * k * k), 4.2)
+    ax = fig.subplots()
+    group_width = 0.8
+    box_width = group_width / k
+    ticks, labels = [], []
+    for t in range(k):
+        members = p[y == t]
+        ticks.append(t)
+        labels.append(f"{names[t]}\n(n = {len(members)})")
+        if not len(members):
+            continue
+        positions = [t - group_width / 2 + box_width * (j + 0.5) for j in range(k)]
+        parts = ax.boxplot(
+            [members[:, j] for j in range(k)],
+            positions=positions,
+            widths=box_width * 0.85,
+            patch_artist=True,
+            showfliers=len(members) > 1,
+            flierprops={"markersize": 3},
+            medianprops={"color": "black"},
+        )
+        for j, box in enumerate(parts["boxes"]):
+            box.set_facecolor(_COLORS[j % 10])
+            box.set_alpha(0.75)
+            box.set_linewidth(2.2 if j == t else 0.8)
+    for j in range(k):
+        ax.bar([0], [0], color=_COLORS[j % 10], alpha=0.75, label=f"p({names[j]})")
+    ax.set_xticks(ticks, labels)
+    ax.set_xlim(-0.6, k - 0.4)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("true class")
+    ax.set_ylabel("predicted probability")
+    ax.set_title(title or "Predicted probability of each class, by true class")
+    ax.legend(fontsize=8, ncol=min(k, 5), loc="upper center", bbox_to_anchor=(0.5, -0.22))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------- model comparison
+def metric_comparison_figure(
+    results: Mapping[str, Mapping],
+    published: Mapping[str, float] | None = None,
+    *,
+    metrics: Sequence[str] = ("f1", "auc", "accuracy"),
+    baselines: Sequence[str] = (),
+    title: str | None = None,
+) -> Figure:
+    """Grouped bars of several models' metrics, with published F1 values as markers.
+
+    Args:
+        results: {model name: metrics dict} (`classification_metrics` output; a ``"ci"`` entry
+            {metric: [low, high]} such as `bootstrap_ci` returns draws error bars).
+        published: optional {model name: published F1}; drawn as a black diamond over that model's F1 bar
+            (a published model without results gets a marker and no bar).
+        metrics: which metrics to show, one group each.
+        baselines: model names drawn hatched (e.g. the size-only and majority baselines).
+    """
+    published = dict(published or {})
+    names = list(results) + [m for m in published if m not in results]
+    if not names:
+        raise DataError("nothing to plot: no model results and no published numbers")
+    n = len(names)
+    fig = _figure(max(5.5, 1.6 + len(metrics) * (0.45 * n + 0.6)), 4.6)
+    ax = fig.subplots()
+    width = 0.8 / n
+    for i, model in enumerate(names):
+        m = results.get(model, {})
+        ci = m.get("ci") or {}
+        xs = np.arange(len(metrics)) - 0.4 + width * (i + 0.5)
+        for x, metric in zip(xs, metrics, strict=True):
+            value = m.get(metric)
+            if value is None:
+                if model in results:
+                    ax.text(x, 0.02, "n/a", ha="center", va="bottom", fontsize=7, rotation=90, color="0.4")
+                continue
+            interval = ci.get(metric)
+            yerr = None
+            if interval is not None:
+                yerr = [[max(value - interval[0], 0.0)], [max(interval[1] - value, 0.0)]]
+            ax.bar(
+                x,
+                value,
+                width=width * 0.92,
+                color=_COLORS[i % 10],
+                hatch="//" if model in baselines else None,
+                edgecolor="white" if model in baselines else None,
+                yerr=yerr,
+                capsize=2,
+                label=model if metric == next((k for k in metrics if m.get(k) is not None), None) else None,
+            )
+            ax.text(x, value / 2, f"{value:.2f}", ha="center", va="center", fontsize=7, rotation=90)
+        if model in published and "f1" in metrics:
+            x = xs[list(metrics).index("f1")]
+            ax.plot(x, published[model], marker="D", color="black", markersize=6, linestyle="none")
+            if model not in results:
+                ax.text(x, published[model] + 0.03, model, ha="center", fontsize=7, rotation=90)
+    if published and "f1" in metrics:
+        ax.plot([], [], marker="D", color="black", linestyle="none", label="published F1")
+    ax.set_xticks(range(len(metrics)), list(metrics))
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score (test set)")
+    ax.set_title(title or "Models and baselines")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
