@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA ?= lidc-phantom
+PROFILE ?= default
 # Keep TensorFlow's C++ start-up chatter out of the logs.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
@@ -55,7 +56,7 @@ data-info: $(STAMP)
 	$(VENV)/bin/lungnet data info $(DATA)
 
 reproduce-binary-nodule: $(STAMP)
-	$(VENV)/bin/lungnet reproduce binary-nodule --data $(DATA)
+	$(VENV)/bin/lungnet reproduce binary-nodule --data $(DATA) --profile $(PROFILE)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

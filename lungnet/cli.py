@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from lungnet.errors import LungnetError
 
@@ -65,33 +64,59 @@ def _cmd_data_info(args) -> int:
     return 0
 
 
-STUDIES = {"binary-nodule": "binary_nodule.yaml"}
-EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
+def _cmd_train(args) -> int:
+    from lungnet.studies.classification import run_classification_study
+    from lungnet.studies.runner import prepare_run
+
+    config, run_dir = prepare_run(
+        args.config, profile=args.profile, data=args.data, out=args.out, resume=args.resume
+    )
+    print(f"run folder: {run_dir}")
+    run_classification_study(config, run_dir)
+    print(f"run folder: {run_dir}\nreport: {run_dir / 'report.html'}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from lungnet.studies.external import evaluate_run
+
+    out = evaluate_run(args.run, args.data, out=args.out, model_name=args.model)
+    print(f"evaluation written to {out} (metrics.json, predictions.csv, report.html)")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from lungnet.serving.export import export_run
+
+    path = export_run(args.run, model_name=args.model, out=args.out)
+    print(f"SavedModel: {path}\ninspect it with: saved_model_cli show --dir {path} --all")
+    return 0
 
 
 def _cmd_reproduce(args) -> int:
-    import dataclasses
+    from lungnet.serving.export import export_run
+    from lungnet.studies.classification import run_classification_study
+    from lungnet.studies.runner import prepare_run
 
-    from lungnet.data.dataset import load_data_config, prepare_data
-    from lungnet.data.info import format_info, summarize
-
-    config_path = Path(args.config) if args.config else EXPERIMENTS_DIR / STUDIES[args.study]
-    config = load_data_config(config_path)
-    if args.data:
-        config = dataclasses.replace(config, source=args.data)
-    data = prepare_data(config)
-    print(format_info(summarize(data.source, config.grouping, config.split, config.split_seed)))
-    images, targets = next(iter(data.train))
+    config, run_dir = prepare_run(args.study, profile=args.profile, data=args.data, out=args.out)
+    print(f"run folder: {run_dir}")
+    summary = run_classification_study(config, run_dir)
+    saved = export_run(run_dir)
     print(
-        f"\ntraining pipeline ready: batches of {tuple(images.shape)} images, {tuple(targets.shape)} targets; "
-        f"{len(data.train_manifest)} training samples after oversampling to (largest class + "
-        f"{config.oversample_extra})."
-    )
-    print(
-        "Not built yet: the models, training, evaluation and report of this study (issue 3). "
-        "This command stops after preparing the data."
+        f"\nselected model {summary['selected_model']}: test F1 {summary['f1']:.3f}, AUC {summary['auc'] or float('nan'):.3f}"
+        f" ({summary['data']})\nreport: {run_dir / 'report.html'}\nSavedModel: {saved}"
     )
     return 0
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", metavar="SOURCE", help="data source instead of the experiment's own")
+    parser.add_argument(
+        "--profile",
+        default="default",
+        help="experiment profile: default (quick, CPU), full (the study's), ...",
+    )
+    parser.add_argument("--out", help="run folder (default: runs/<experiment>/<UTC time>)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,10 +147,32 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="one JSON object instead of tables")
     info.set_defaults(func=_cmd_data_info)
 
-    reproduce = commands.add_parser("reproduce", help="run a published study end to end")
-    reproduce.add_argument("study", choices=sorted(STUDIES), help="which study")
-    reproduce.add_argument("--data", help="data SOURCE instead of the study's (default: lidc-phantom)")
-    reproduce.add_argument("--config", help="experiment YAML instead of the study's own")
+    train = commands.add_parser("train", help="train the models of an experiment into a new run folder")
+    train.add_argument("config", metavar="CONFIG", help="experiment YAML (or a name under experiments/)")
+    _add_run_options(train)
+    train.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a trained run on every sample of another dataset"
+    )
+    evaluate.add_argument("run", metavar="RUN", help="run folder")
+    evaluate.add_argument("--data", required=True, metavar="SOURCE", help="data source to evaluate on")
+    evaluate.add_argument("--out", help="output folder (default: RUN/evaluations/<source>-<time>)")
+    evaluate.add_argument("--model", help="which trained model of the run (default: the selected one)")
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+    export = commands.add_parser("export", help="export a run's model as a SavedModel for TF Serving")
+    export.add_argument("run", metavar="RUN", help="run folder")
+    export.add_argument("--model", help="which trained model of the run (default: the selected one)")
+    export.add_argument("--out", help="output folder (default: RUN/saved_model)")
+    export.set_defaults(func=_cmd_export)
+
+    reproduce = commands.add_parser(
+        "reproduce", help="run a published study end to end (train, report, export)"
+    )
+    reproduce.add_argument("study", help="study name, e.g. binary-nodule (experiments/binary_nodule.yaml)")
+    _add_run_options(reproduce)
     reproduce.set_defaults(func=_cmd_reproduce)
     return parser
 

@@ -1,0 +1,41 @@
+"""Predictions as class-probability matrices, with optional test-time augmentation."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+# The study's five test-time transforms: identity, two flips and two quarter turns (exact, no resampling).
+TTA_TRANSFORMS = {
+    "identity": lambda x: x,
+    "flip_left_right": lambda x: tf.reverse(x, axis=[2]),
+    "flip_up_down": lambda x: tf.reverse(x, axis=[1]),
+    "rotate_90": lambda x: tf.image.rot90(x, k=1),
+    "rotate_270": lambda x: tf.image.rot90(x, k=3),
+}
+
+
+def as_class_probabilities(outputs: np.ndarray) -> np.ndarray:
+    """A single sigmoid column p -> [1 - p, p]; softmax outputs pass through. Always float64 [N, K]."""
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if outputs.ndim == 1 or outputs.shape[-1] == 1:
+        p = outputs.reshape(-1)
+        return np.stack([1.0 - p, p], axis=1)
+    return outputs
+
+
+def images_only(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    return dataset.map(lambda x, *rest: x, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def predict_proba(model: keras.Model, dataset: tf.data.Dataset, transform: str = "identity") -> np.ndarray:
+    """[N, K] probabilities for every image of `dataset` (batches of images, or (image, target) pairs)."""
+    fn = TTA_TRANSFORMS[transform]
+    images = images_only(dataset).map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    return as_class_probabilities(model.predict(images, verbose=0))
+
+
+def predict_tta(model: keras.Model, dataset: tf.data.Dataset) -> list[np.ndarray]:
+    """One [N, K] probability matrix per test-time transform, in `TTA_TRANSFORMS` order."""
+    return [predict_proba(model, dataset, name) for name in TTA_TRANSFORMS]

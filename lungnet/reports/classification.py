@@ -1,0 +1,152 @@
+"""The classification study's report: published numbers beside ours, each labelled with its data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from lungnet.evaluation import apply_temperature, fit_temperature, metric_definitions
+from lungnet.evaluation import figures as evaluation_figures
+from lungnet.evaluation.figures import save_figure
+from lungnet.reports.html import HtmlReport
+
+PHANTOM_CAVEAT = (
+    "These results come from lidc-phantom, a phantom rendered from real LIDC-IDRI annotations: the contours, "
+    "ratings and patient ids are the radiologists' own, the pixels are synthetic. They show how the methods "
+    "behave on real nodule shapes and label statistics, not how they perform on real CT."
+)
+METRIC_COLUMNS = ("f1", "f1_macro", "auc", "accuracy", "precision", "recall")
+
+
+def _split_table(data) -> pd.DataFrame:
+    table = data.manifest.pivot_table(
+        index="split", columns="class_name", values="patient_id", aggfunc="count"
+    )
+    table = table.reindex(["train", "val", "test"]).fillna(0).astype(int)
+    table["patients"] = data.manifest.groupby("split")["patient_id"].nunique().reindex(table.index)
+    table.loc["train (after oversampling)"] = [
+        *(int((data.train_manifest["class_name"] == c).sum()) for c in table.columns[:-1]),
+        table.loc["train", "patients"],
+    ]
+    table.index.name = "split"
+    return table
+
+
+def comparison_table(summary: dict, config, data_label: str) -> pd.DataFrame:
+    rows = []
+    for name, result in summary["models"].items():
+        test = result["test"]
+        rows.append(
+            {
+                "model": name,
+                "data": data_label,
+                "published F1 (%)": config.published.get(name),
+                **{m: test.get(m) for m in METRIC_COLUMNS},
+            }
+        )
+    for name, metrics in summary["baselines"].items():
+        rows.append(
+            {
+                "model": f"baseline: {name}",
+                "data": data_label,
+                "published F1 (%)": None,
+                **{m: metrics.get(m) for m in METRIC_COLUMNS},
+            }
+        )
+    return pd.DataFrame(rows).set_index("model")
+
+
+def write_report(
+    run_dir: Path, config, data, results: dict, selected, summary: dict, explanations: dict
+) -> Path:
+    names = data.class_names
+    figures_dir = run_dir / "figures"
+    y_val = data.split("val")["target"].to_numpy()
+    y_test = data.split("test")["target"].to_numpy()
+    data_label = "lidc-phantom" if data.source.is_phantom else data.source.spec
+    report = HtmlReport(f"{config.name}: nodule malignancy classification")
+    if data.source.is_phantom:
+        report.note(PHANTOM_CAVEAT)
+    report.paragraph(
+        f"Data: {data.source.description}. Label grouping '{config.data.grouping}', view '{config.data.view}', "
+        f"{config.data.split_level}-level split {list(config.data.split)} (seed {config.data.split_seed}). "
+        f"Profile: {config.profile}."
+    )
+    report.table(_split_table(data), "Samples per split and class")
+
+    report.heading("Published numbers beside ours")
+    report.paragraph(
+        f"Published F1 is from {config.published_source or 'the original study'}, on its own test set. Ours are "
+        f"on the test split of {data_label} ({summary['n_test']} samples). Selected model: "
+        f"{selected.name} ({summary['selection']})."
+    )
+    report.table(comparison_table(summary, config, data_label))
+    report.table(
+        pd.DataFrame.from_dict(metric_definitions(len(names)), orient="index", columns=["definition"]),
+        "Metric definitions",
+    )
+    results_for_figure = {name: r.test_metrics for name, r in results.items()}
+    results_for_figure.update({f"baseline: {k}": v for k, v in summary["baselines"].items()})
+    fig = evaluation_figures.metric_comparison_figure(
+        results_for_figure,
+        published={k: v / 100 for k, v in config.published.items()},
+        baselines=[f"baseline: {k}" for k in summary["baselines"]],
+    )
+    report.image(
+        save_figure(fig, figures_dir / "metrics.png"),
+        "Test metrics per model; black diamonds: published F1 (their data)",
+    )
+
+    report.heading(f"Selected model: {selected.name}")
+    fig = evaluation_figures.confusion_matrix_figure(selected.test_metrics["confusion_matrix"], names)
+    report.image(save_figure(fig, figures_dir / "confusion_matrix.png"), "Confusion matrix on the test split")
+    fig = evaluation_figures.roc_figure(y_test, {n: r.test_probs for n, r in results.items()}, names)
+    report.image(save_figure(fig, figures_dir / "roc.png"), "ROC curves on the test split")
+
+    report.heading("Confidence and calibration")
+    temperature = fit_temperature(selected.val_probs, y_val)
+    calibrated = apply_temperature(selected.test_probs, temperature)
+    fig = evaluation_figures.reliability_figure(
+        y_test, selected.test_probs, calibrated, temperature=temperature
+    )
+    report.image(
+        save_figure(fig, figures_dir / "reliability.png"),
+        f"Reliability diagram before and after temperature scaling (T = {temperature:.2f}, fitted on validation)",
+    )
+    fig = evaluation_figures.confidence_histogram_figure(y_test, selected.test_probs, names)
+    report.image(
+        save_figure(fig, figures_dir / "confidence.png"), "Predicted-label confidence, correct vs wrong"
+    )
+    fig = evaluation_figures.class_probability_figure(y_test, selected.test_probs, names)
+    report.image(
+        save_figure(fig, figures_dir / "class_probabilities.png"),
+        "Predicted probability of each class, by true class",
+    )
+    calibration_rows = {n: r.calibration for n, r in results.items() if r.calibration}
+    if calibration_rows:
+        report.table(
+            pd.DataFrame(calibration_rows).T, "Temperature scaling per model (ECE on the test split)"
+        )
+    tta_rows = {
+        f"{n} ({k})": {m: v.get(m) for m in METRIC_COLUMNS}
+        for n, r in results.items()
+        if r.tta
+        for k, v in r.tta.items()
+    }
+    if tta_rows:
+        report.table(
+            pd.DataFrame(tta_rows).T,
+            "Test-time augmentation (5 transforms: identity, 2 flips, 2 quarter turns)",
+        )
+
+    if explanations:
+        report.heading("Explanations")
+        for path, caption in explanations.values():
+            report.image(path, caption)
+
+    report.heading("Training")
+    report.table(
+        pd.DataFrame({n: r.training for n, r in results.items()}).T, "Per phase (logs/ holds the curves)"
+    )
+    return report.save(run_dir / "report.html")

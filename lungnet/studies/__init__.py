@@ -1,0 +1,1 @@
+"""Study schedules: thin layers over the data, model, training and evaluation packages."""

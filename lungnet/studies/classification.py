@@ -1,0 +1,224 @@
+"""The nodule classification study: train each model of an experiment, evaluate, explain, report.
+
+Schedule per model: train (for a pretrained backbone: frozen base, head only = transfer learning); if the
+model asks for it, fine-tune the top layers from the transferred weights at a lower learning rate. Every
+trained model is evaluated on the validation and test splits; the one with the best validation F1 is the
+run's selected model (explained, calibrated and exported).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from lungnet.data.dataset import PreparedData, image_column, prepare_data
+from lungnet.evaluation import (
+    apply_temperature,
+    classification_metrics,
+    expected_calibration_error,
+    fit_temperature,
+    majority_baseline,
+    mean_probability,
+    mode_of_predictions,
+    size_only_baseline,
+)
+from lungnet.experiment import ExperimentConfig, ModelSpec
+from lungnet.fileio import write_json
+from lungnet.inference import predict_proba, predict_tta
+from lungnet.models.blocks import WeightsUnavailableError
+from lungnet.models.registry import build_model, set_fine_tuning, set_transfer_learning
+from lungnet.runs import save_config
+from lungnet.training.fit import distribution_scope, set_global_options, train_phase
+
+MODELS_DIR = "models"
+
+
+@dataclasses.dataclass
+class ModelResult:
+    name: str
+    path: Path
+    val_probs: np.ndarray
+    test_probs: np.ndarray
+    val_metrics: dict
+    test_metrics: dict
+    training: dict
+    tta: dict | None = None
+    calibration: dict | None = None
+
+
+def input_shape(config: ExperimentConfig) -> tuple[int, int, int]:
+    pre = config.data.preprocess
+    return (pre.image_size, pre.image_size, pre.channels)
+
+
+def _build(spec: ModelSpec, config: ExperimentConfig, num_classes: int) -> tuple[keras.Model, str | None]:
+    """Build the model; with `fallback_to_random`, an unreachable ImageNet download means random weights."""
+    with distribution_scope(config.training):
+        try:
+            return build_model(spec.model, input_shape(config), num_classes), None
+        except WeightsUnavailableError as exc:
+            if not spec.fallback_to_random:
+                raise
+            note = (
+                f"{spec.name}: ImageNet weights could not be downloaded, so it was trained from random "
+                "initialisation end to end (no transfer learning or fine-tuning was possible)"
+            )
+            print(f"warning: {note}. Cause: {str(exc).splitlines()[0]}")
+            fallback = dataclasses.replace(spec.model, weights=None)
+            return build_model(fallback, input_shape(config), num_classes), note
+
+
+def _train_model(spec: ModelSpec, config: ExperimentConfig, data: PreparedData, run_dir: Path):
+    """Yield (name, model, phase summary): the trained model and, if asked, its fine-tuned continuation.
+
+    A pretrained backbone is frozen for the first phase (transfer learning: the head only); a model without
+    one (the custom CNN, random initialisation) trains end to end and is not fine-tuned.
+    """
+    training = config.training
+    model, note = _build(spec, config, len(data.class_names))
+    pretrained = set_transfer_learning(model)
+    summary = train_phase(
+        model,
+        data.train,
+        data.val,
+        run_dir=run_dir,
+        phase=spec.name,
+        epochs=training.epochs,
+        learning_rate=training.learning_rate,
+        config=training,
+        class_weight=data.class_weight,
+    )
+    if note:
+        summary["note"] = note
+    yield (f"{spec.name}_transfer" if pretrained else spec.name), model, summary
+    if spec.fine_tune and pretrained:
+        unfrozen = set_fine_tuning(model, spec.model.fine_tune_layers)
+        summary = train_phase(
+            model,
+            data.train,
+            data.val,
+            run_dir=run_dir,
+            phase=f"{spec.name}_finetuned",
+            epochs=training.fine_tune_epochs,
+            learning_rate=training.fine_tune_learning_rate,
+            config=training,
+            class_weight=data.class_weight,
+        )
+        yield f"{spec.name}_finetuned", model, {**summary, "layers_unfrozen": unfrozen}
+
+
+def evaluate_model(name, model, data: PreparedData, config: ExperimentConfig, run_dir: Path, training: dict):
+    names = data.class_names
+    y_val = data.split("val")["target"].to_numpy()
+    y_test = data.split("test")["target"].to_numpy()
+    val_probs = predict_proba(model, data.val)
+    test_probs = predict_proba(model, data.test)
+    path = run_dir / MODELS_DIR / f"{name}.keras"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    result = ModelResult(
+        name,
+        path,
+        val_probs,
+        test_probs,
+        classification_metrics(y_val, val_probs, names),
+        classification_metrics(y_test, test_probs, names),
+        training,
+    )
+    if config.evaluation.tta:
+        tta = predict_tta(model, data.test)
+        result.tta = {
+            "mode_of_5": classification_metrics(
+                y_test, mean_probability(tta), names, y_pred=mode_of_predictions(tta)
+            ),
+            "mean_probability": classification_metrics(y_test, mean_probability(tta), names),
+        }
+    if config.evaluation.temperature_scaling:
+        temperature = fit_temperature(val_probs, y_val)
+        calibrated = apply_temperature(test_probs, temperature)
+        result.calibration = {
+            "temperature": temperature,
+            "ece_before": expected_calibration_error(y_test, test_probs),
+            "ece_after": expected_calibration_error(y_test, calibrated),
+        }
+    return result
+
+
+def baselines(data: PreparedData) -> dict[str, dict]:
+    """Size-only (diameter) and majority-class baselines on the test split, fitted on training only."""
+    names = data.class_names
+    train, test = data.split("train"), data.split("test")
+    y_test = test["target"].to_numpy()
+    out = {
+        "majority": classification_metrics(
+            y_test, majority_baseline(train["target"], len(test), names), names
+        )
+    }
+    if "diameter_mm" in train.columns:
+        probs = size_only_baseline(train["diameter_mm"], train["target"], test["diameter_mm"], names)
+        out["size_only"] = classification_metrics(y_test, probs, names)
+    return out
+
+
+def predictions_table(data: PreparedData, result: ModelResult) -> pd.DataFrame:
+    test = data.split("test")
+    column = image_column(test, data.config.view)
+    table = pd.DataFrame(
+        {
+            "image": test[column],
+            "patient_id": test["patient_id"],
+            "label": test["class_name"],
+            "pred": [data.class_names[i] for i in result.test_probs.argmax(axis=1)],
+        }
+    )
+    for i, name in enumerate(data.class_names):
+        table[f"prob_{name}"] = result.test_probs[:, i]
+    return table
+
+
+def run_classification_study(config: ExperimentConfig, run_dir: Path, progress: bool = True) -> dict:
+    """Train, evaluate and report every model of `config` into `run_dir`; returns the metrics summary."""
+    from lungnet.reports.classification import write_report
+    from lungnet.studies.explanations import explain_selected
+
+    save_config(run_dir, config)
+    set_global_options(config.training)
+    data = prepare_data(config.data, progress=progress)
+    results: dict[str, ModelResult] = {}
+    for spec in config.models:
+        for name, model, summary in _train_model(spec, config, data, run_dir):
+            results[name] = evaluate_model(name, model, data, config, run_dir, summary)
+            print(
+                f"{name}: validation F1 {results[name].val_metrics['f1']:.3f}, test F1 {results[name].test_metrics['f1']:.3f}"
+            )
+    selected = max(results.values(), key=lambda r: r.val_metrics["f1"])
+    predictions_table(data, selected).to_csv(run_dir / "predictions.csv", index=False)
+    summary = {
+        **{k: selected.test_metrics[k] for k in ("f1", "f1_macro", "precision", "recall", "accuracy", "auc")},
+        "selected_model": selected.name,
+        "class_names": list(data.class_names),
+        "grouping": config.data.grouping,
+        "selection": "best validation F1 (binary: F1 of the malignant class; 5-class: macro F1)",
+        "split": "test",
+        "data": data.source.description,
+        "n_test": int(len(data.split("test"))),
+        "models": {
+            r.name: {
+                "val": r.val_metrics,
+                "test": r.test_metrics,
+                "tta": r.tta,
+                "calibration": r.calibration,
+                "training": r.training,
+            }
+            for r in results.values()
+        },
+        "baselines": baselines(data),
+    }
+    write_json(run_dir / "metrics.json", summary)
+    explanations = explain_selected(config, data, selected, run_dir) if config.evaluation.explain else {}
+    write_report(run_dir, config, data, results, selected, summary, explanations)
+    return summary

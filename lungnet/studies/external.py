@@ -1,0 +1,98 @@
+"""External validation: a trained run evaluated on every sample of another dataset.
+
+The run's own preprocessing, view and label grouping are applied, so the numbers compare with the run's test
+split; every sample of the source is used (no split).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from lungnet.data.dataset import image_column
+from lungnet.data.labels import assign_labels, class_names
+from lungnet.data.pipelines import classification_dataset, data_errors
+from lungnet.data.registry import load_source
+from lungnet.errors import DataError
+from lungnet.evaluation import classification_metrics
+from lungnet.evaluation import figures as evaluation_figures
+from lungnet.evaluation.figures import save_figure
+from lungnet.fileio import write_json
+from lungnet.inference import predict_proba
+from lungnet.reports.html import HtmlReport
+from lungnet.runs import load_run_config
+from lungnet.serving.export import load_run_model
+
+
+def evaluate_run(run_dir, source_spec: str, out=None, model_name: str | None = None) -> Path:
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    model, name = load_run_model(run_dir, model_name)
+    source = load_source(source_spec, config.data.phantom)
+    labelled = assign_labels(source.manifest, config.data.grouping, origin=source.spec)
+    names = class_names(config.data.grouping, source.manifest)
+    run_names = tuple(config_class_names(run_dir) or names)
+    if names != run_names:
+        raise DataError(f"{source.spec}: classes {list(names)} differ from the run's {list(run_names)}")
+    column = image_column(labelled, config.data.view)
+    ds = classification_dataset(
+        labelled,
+        config.data.preprocess,
+        num_classes=len(names),
+        training=False,
+        batch_size=64,
+        image_column=column,
+    )
+    with data_errors():
+        probs = predict_proba(model, ds)
+    y = labelled["target"].to_numpy()
+    metrics = classification_metrics(y, probs, names)
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", Path(source.spec).stem or source.spec).strip("-")
+    out = Path(out) if out else run_dir / "evaluations" / f"{slug}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
+    out.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame(
+        {
+            "image": labelled[column],
+            "patient_id": labelled["patient_id"],
+            "label": labelled["class_name"],
+            "pred": [names[i] for i in probs.argmax(axis=1)],
+        }
+    )
+    for i, class_name in enumerate(names):
+        table[f"prob_{class_name}"] = probs[:, i]
+    table.to_csv(out / "predictions.csv", index=False)
+    write_json(
+        out / "metrics.json",
+        {
+            **metrics,
+            "model": name,
+            "run": str(run_dir),
+            "data": source.description,
+            "grouping": config.data.grouping,
+            "split": "all samples",
+        },
+    )
+    report = HtmlReport(f"External evaluation of {name} ({run_dir.name}) on {source.spec}")
+    report.paragraph(f"Data: {source.description}; every sample, grouping '{config.data.grouping}'.")
+    keys = ("f1", "f1_macro", "auc", "accuracy", "precision", "recall")
+    report.table(pd.DataFrame({k: [metrics.get(k)] for k in keys}, index=pd.Index([name], name="model")))
+    report.image(
+        save_figure(
+            evaluation_figures.confusion_matrix_figure(metrics["confusion_matrix"], names),
+            out / "confusion_matrix.png",
+        ),
+        "Confusion matrix",
+    )
+    report.image(save_figure(evaluation_figures.roc_figure(y, probs, names), out / "roc.png"), "ROC")
+    report.save(out / "report.html")
+    return out
+
+
+def config_class_names(run_dir: Path):
+    import json
+
+    path = run_dir / "metrics.json"
+    return json.loads(path.read_text()).get("class_names") if path.is_file() else None
