@@ -41,12 +41,14 @@ def size_only_baseline(
     class_names: Sequence[str],
     *,
     C: float = 1.0,
+    balanced: bool = True,
 ) -> np.ndarray:
     """Logistic regression on nodule diameter (mm), fitted on the training split; returns test probs [N, K].
 
     Binary: p(malignant) = sigmoid(a + b * z) with z the diameter standardised by the training mean and SD.
     K > 2: multinomial (softmax) logistic regression on the same feature. ``C`` is scikit-learn's inverse L2
     strength on the standardised feature (1.0 barely regularises a single feature on hundreds of nodules).
+    ``balanced`` weights classes inversely to their training frequency, as the models' oversampling does.
     Classes absent from the training split get probability 0; with a single training class the baseline
     predicts that class with probability 1.
     """
@@ -63,7 +65,9 @@ def size_only_baseline(
         return np.tile(_class_prior(y, k), (len(x_test), 1))
     mean, sd = x_train.mean(), x_train.std()
     sd = sd if sd > 0 else 1.0
-    model = LogisticRegression(C=C, max_iter=1000)
+    # Balanced class weights by default: the models are trained on class-balanced data, and an unweighted fit
+    # on imbalanced labels puts every prediction in the majority class (F1 0), which is no useful reference.
+    model = LogisticRegression(C=C, max_iter=1000, class_weight="balanced" if balanced else None)
     model.fit(((x_train - mean) / sd)[:, None], y)
     fitted = model.predict_proba(((x_test - mean) / sd)[:, None])
     probs = np.zeros((len(x_test), k))
