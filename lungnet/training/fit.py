@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import keras
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
-from lungnet.errors import ConfigError
+from lungnet.errors import ConfigError, LungnetError
 from lungnet.fileio import write_json
 
 
@@ -89,6 +91,16 @@ def targets_for(model: keras.Model, dataset: tf.data.Dataset) -> tf.data.Dataset
     return dataset
 
 
+def load_checkpoint(model: keras.Model, path: Path) -> None:
+    """Load weights, with a clear error when the file belongs to another architecture."""
+    try:
+        model.load_weights(path)
+    except (ValueError, KeyError) as exc:
+        raise LungnetError(
+            f"{path}: checkpoint does not fit model {model.name!r} (another architecture or size?): {exc}"
+        ) from exc
+
+
 class _Phases:
     """phases.json: which phases of a run have finished."""
 
@@ -127,7 +139,7 @@ def train_phase(
     phases = _Phases(run_dir)
     done = phases.finished().get(phase)
     if done is not None and final.is_file():
-        model.load_weights(final)
+        load_checkpoint(model, final)
         return {**done, "resumed": "skipped (already finished)"}
 
     compile_model(model, learning_rate, config)
@@ -158,7 +170,10 @@ def train_phase(
         verbose=config.verbose,
     )
     model.save_weights(final)
-    losses = history.history.get("val_loss", [])
+    shutil.rmtree(run_dir / "backup" / phase, ignore_errors=True)
+    log = logs / f"{phase}.csv"
+    # The CSV log spans every attempt of an interrupted phase; the history only the last one.
+    losses = list(pd.read_csv(log)["val_loss"]) if log.is_file() else history.history.get("val_loss", [])
     summary = {
         "epochs_run": len(losses),
         "best_epoch": int(np.argmin(losses)) + 1 if losses else None,

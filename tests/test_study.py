@@ -1,0 +1,159 @@
+"""The classification study end to end on a tiny phantom: run folder, report, export, resume, evaluate."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from lungnet.cli import main
+from lungnet.errors import LungnetError
+from lungnet.experiment import load_experiment, resolve_experiment_path
+from lungnet.studies.classification import run_classification_study
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, tiny_phantom_config):
+    config = load_experiment(
+        resolve_experiment_path("binary_nodule"),
+        profile="smoke",
+        overrides={"data": {"phantom": {"cache_dir": tiny_phantom_config.cache_dir}}},
+    )
+    run_dir = tmp_path_factory.mktemp("run")
+    summary = run_classification_study(config, run_dir, progress=False)
+    return run_dir, summary
+
+
+def test_run_folder_holds_every_artefact(smoke_run):
+    run_dir, summary = smoke_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("f1", "f1_macro", "precision", "recall", "accuracy", "auc"):
+        assert key in metrics and metrics[key] == summary[key]
+    assert metrics["selected_model"] == "custom_cnn" and "size_only" in metrics["baselines"]
+    predictions = pd.read_csv(run_dir / "predictions.csv")
+    assert list(predictions.columns) == [
+        "image",
+        "patient_id",
+        "label",
+        "pred",
+        "prob_benign",
+        "prob_malignant",
+    ]
+    assert np.allclose(predictions[["prob_benign", "prob_malignant"]].sum(axis=1), 1.0, atol=1e-5)
+    assert len(predictions) == metrics["n_test"]
+    assert predictions["image"].str.contains("crops.npy#").all()  # the source's own references
+    html = (run_dir / "report.html").read_text()
+    assert "phantom rendered from real LIDC-IDRI annotations" in html
+    assert "65.57" in html and html.count("data:image/png;base64,") >= 8
+    for name in ("gradcam", "lime", "retrieval", "outliers", "reliability", "confusion_matrix", "roc"):
+        assert (run_dir / "figures" / f"{name}.png").stat().st_size > 1000
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "logs" / "custom_cnn.csv").is_file()
+
+
+def test_export_round_trip_matches_keras(smoke_run, tmp_path):
+    from lungnet.data.preprocessing import preprocess_image
+    from lungnet.runs import load_run_config
+    from lungnet.serving.export import export_run
+
+    run_dir, _ = smoke_run
+    path = export_run(run_dir, out=tmp_path / "saved")
+    served = tf.saved_model.load(str(path))
+    rng = np.random.default_rng(0)
+    raw_hu = rng.uniform(-1000, 400, size=(3, 90, 90)).astype(np.float32)
+    out = served.signatures["serving_default"](images=tf.constant(raw_hu))["probabilities"].numpy()
+    model = keras.models.load_model(run_dir / "models" / "custom_cnn.keras")
+    config = load_run_config(run_dir)
+    p = model.predict(preprocess_image(tf.constant(raw_hu)[..., None], config.data.preprocess), verbose=0)
+    np.testing.assert_allclose(out, np.concatenate([1 - p, p], axis=1), atol=1e-5)
+    uint8 = served.signatures["serving_uint8"](
+        images=tf.constant(rng.integers(0, 255, (2, 64, 64), np.uint8))
+    )
+    assert uint8["probabilities"].shape == (2, 2)
+    assert json.loads((path / "lungnet.json").read_text())["class_names"] == ["benign", "malignant"]
+
+
+def test_evaluate_on_another_dataset(smoke_run, tmp_path, capsys):
+    import cv2
+
+    run_dir, _ = smoke_run
+    rows = []
+    for i in range(8):
+        cv2.imwrite(str(tmp_path / f"n{i}.png"), np.full((50, 50), 20 * i, np.uint8))
+        rows.append({"image": f"n{i}.png", "patient_id": f"P{i}", "malignancy": 1 + (i % 2) * 4})
+    pd.DataFrame(rows).to_csv(tmp_path / "external.csv", index=False)
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run_dir), "--data", str(tmp_path / "external.csv"), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 8 and metrics["split"] == "all samples"
+    assert len(pd.read_csv(out / "predictions.csv")) == 8 and (out / "report.html").is_file()
+    capsys.readouterr()
+
+
+def test_bad_run_folders_give_clear_errors(tmp_path, smoke_run, capsys):
+    assert main(["export", str(tmp_path / "nowhere")]) == 2
+    assert "run folder not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["evaluate", str(tmp_path / "empty"), "--data", "lidc-phantom"]) == 2
+    assert "not a lungnet run folder" in capsys.readouterr().err
+    run_dir, _ = smoke_run
+    assert main(["export", str(run_dir), "--model", "resnet"]) == 2
+    assert "no trained model 'resnet'" in capsys.readouterr().err
+
+
+def test_training_resumes_after_interruption(tmp_path):
+    from lungnet.training.fit import TrainingConfig, train_phase
+
+    x = np.random.default_rng(0).uniform(size=(16, 16, 16, 1)).astype("float32")
+    y = np.eye(2, dtype="float32")[np.arange(16) % 2]
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+
+    def model():
+        inputs = keras.Input((16, 16, 1))
+        h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(inputs))
+        return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(h))
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    config = TrainingConfig(verbose=0, early_stopping_patience=10)
+    original_fit = keras.Model.fit
+
+    def interrupted_fit(self, *args, **kwargs):
+        kwargs["callbacks"] = [*kwargs["callbacks"], Interrupt()]
+        return original_fit(self, *args, **kwargs)
+
+    keras.Model.fit = interrupted_fit
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_phase(
+                model(), ds, ds, run_dir=tmp_path, phase="p", epochs=4, learning_rate=1e-3, config=config
+            )
+    finally:
+        keras.Model.fit = original_fit
+    assert not (tmp_path / "phases.json").exists()
+    summary = train_phase(
+        model(), ds, ds, run_dir=tmp_path, phase="p", epochs=4, learning_rate=1e-3, config=config
+    )
+    log = pd.read_csv(tmp_path / "logs" / "p.csv")
+    assert list(log["epoch"]) == [0, 1, 2, 3]  # epochs 0-1 before the interruption, 2-3 after the resume
+    assert summary["epochs_run"] == 4
+    again = train_phase(
+        model(), ds, ds, run_dir=tmp_path, phase="p", epochs=4, learning_rate=1e-3, config=config
+    )
+    assert again["resumed"].startswith("skipped")
+
+
+def test_checkpoint_of_another_architecture_is_a_clear_error(tmp_path):
+    from lungnet.training.fit import load_checkpoint
+
+    small = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    small.save_weights(tmp_path / "small.weights.h5")
+    big = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
+    with pytest.raises(LungnetError, match="checkpoint does not fit model"):
+        load_checkpoint(big, tmp_path / "small.weights.h5")
