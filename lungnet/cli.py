@@ -69,7 +69,12 @@ def _cmd_train(args) -> int:
     from lungnet.studies.runner import prepare_run
 
     config, run_dir = prepare_run(
-        args.config, profile=args.profile, data=args.data, out=args.out, resume=args.resume
+        args.config,
+        profile=args.profile,
+        data=args.data,
+        out=args.out,
+        resume=args.resume,
+        assignments=args.assignments,
     )
     print(f"run folder: {run_dir}")
     run_classification_study(config, run_dir)
@@ -98,7 +103,9 @@ def _cmd_reproduce(args) -> int:
     from lungnet.studies.classification import run_classification_study
     from lungnet.studies.runner import prepare_run
 
-    config, run_dir = prepare_run(args.study, profile=args.profile, data=args.data, out=args.out)
+    config, run_dir = prepare_run(
+        args.study, profile=args.profile, data=args.data, out=args.out, assignments=args.assignments
+    )
     print(f"run folder: {run_dir}")
     summary = run_classification_study(config, run_dir)
     saved = export_run(run_dir)
@@ -117,6 +124,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="experiment profile: default (quick, CPU), full (the study's), ...",
     )
     parser.add_argument("--out", help="run folder (default: runs/<experiment>/<UTC time>)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        dest="assignments",
+        help="override a config value, e.g. --set data.grouping=exclude-indeterminate (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

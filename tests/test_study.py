@@ -157,3 +157,21 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(tmp_path):
     big = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
     with pytest.raises(LungnetError, match="checkpoint does not fit model"):
         load_checkpoint(big, tmp_path / "small.weights.h5")
+
+
+def test_set_overrides_reach_the_config():
+    from lungnet.studies.runner import parse_overrides
+
+    overrides = parse_overrides(
+        ["data.grouping=exclude-indeterminate", "training.epochs=3", "data.split=[0.6,0.2,0.2]"]
+    )
+    assert overrides == {
+        "data": {"grouping": "exclude-indeterminate", "split": [0.6, 0.2, 0.2]},
+        "training": {"epochs": 3},
+    }
+    config = load_experiment(resolve_experiment_path("binary-nodule"), profile="smoke", overrides=overrides)
+    assert config.data.grouping == "exclude-indeterminate" and config.training.epochs == 3
+    with pytest.raises(Exception, match="expected KEY=VALUE"):
+        parse_overrides(["grouping"])
+    with pytest.raises(Exception, match=r"unknown key\(s\) \['epoch'\]"):
+        load_experiment(resolve_experiment_path("binary_nodule"), overrides={"training": {"epoch": 3}})
