@@ -8,9 +8,7 @@ when they look like 8-bit images.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,17 +18,9 @@ from matplotlib.gridspec import GridSpec
 from skimage.segmentation import find_boundaries, mark_boundaries
 
 from lungnet.errors import DataError
-from lungnet.fileio import atomic_path
+from lungnet.evaluation.figures import save_figure  # noqa: F401  (re-exported: one figure writer)
 
 PANEL_INCHES = 2.3
-
-
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Write ``fig`` to ``path`` (format from the suffix) atomically; returns the path."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
-    return path
 
 
 def _display(image: np.ndarray) -> tuple[np.ndarray, str | None]:

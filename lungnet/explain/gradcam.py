@@ -89,30 +89,10 @@ def feature_map_layers(model: keras.Model) -> list[str]:
 
 
 def find_last_conv_layer(model: keras.Model) -> str:
-    """Name of the last spatial feature map before the model's global pooling.
+    """Name of the last spatial feature map before the model's pooling: `lungnet.models.last_conv_layer_name`."""
+    from lungnet.models.blocks import last_conv_layer_name
 
-    Looks at the layers before the last global pooling/flatten layer (all layers if there is none) and returns
-    the last one with a 4-D output that is a convolution, activation, normalisation or merge layer; if there
-    is no such layer, the last 4-D layer of any kind (e.g. a pooling layer).
-    """
-    layers = list(model.layers)
-    end = len(layers)
-    for i in range(len(layers) - 1, -1, -1):
-        if isinstance(layers[i], _GLOBAL_POOLING):
-            end = i
-            break
-    candidates = [
-        layer
-        for layer in layers[:end]
-        if not isinstance(layer, keras.layers.InputLayer) and _output_rank(layer) == 4
-    ]
-    if not candidates:
-        raise ConfigError(
-            f"model {model.name!r} has no layer with a 4-D [B, h, w, c] output before its global pooling; "
-            "Grad-CAM needs a spatial feature map reachable from the model input (flat functional model)"
-        )
-    preferred = [layer for layer in candidates if isinstance(layer, _PREFERRED)]
-    return (preferred or candidates)[-1].name
+    return last_conv_layer_name(model)
 
 
 def _output_layer(model: keras.Model) -> keras.layers.Layer:

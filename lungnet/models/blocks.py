@@ -21,7 +21,7 @@ import h5py
 import keras
 from keras import layers
 
-from lungnet.errors import LungnetError
+from lungnet.errors import ConfigError, LungnetError
 
 INPUT_NAME = "image"
 EMBEDDING_NAME = "embedding"
@@ -103,15 +103,16 @@ def last_conv_layer_name(model: keras.Model) -> str:
     else:
         pools = [layer for layer in model.layers if isinstance(layer, _POOLING_LAYERS)]
         if not pools:
-            raise LungnetError(
-                f"model {model.name!r} has neither an {EMBEDDING_NAME!r} layer nor a pooling layer"
+            raise ConfigError(
+                f"model {model.name!r} has neither an {EMBEDDING_NAME!r} layer nor a pooling layer, so no 4-D "
+                "feature map before one; Grad-CAM needs a flat functional model with a spatial feature map"
             )
         end = pools[-1]
     # The embedding layer may itself be the pooling (EfficientNet) or a Dense after the pooling (custom CNN).
     for layer in reversed(_layers_up_to(model, end.input)):
         if isinstance(layer, _FEATURE_MAP_LAYERS) and len(layer.output.shape) == 4:
             return layer.name
-    raise LungnetError(
+    raise ConfigError(
         f"model {model.name!r} has no convolution or activation with a 4-D output before {end.name!r}; "
         "Grad-CAM needs a flat functional model"
     )
