@@ -8,10 +8,13 @@ PROFILE ?= default
 # Keep TensorFlow's C++ start-up chatter out of the logs.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help setup test test-slow test-all lint format duplicates bench data-info reproduce-binary-nodule clean
+.PHONY: help setup test test-slow test-all lint format duplicates bench data-info clean \
+	reproduce-binary-nodule reproduce-binary-full reproduce-5class-nodule reproduce-5class-full reproduce-classification-all
 
 help:
 	@echo "make reproduce-binary-nodule   flagship study (DATA=lidc-phantom by default, or a manifest CSV)"
+	@echo "  (also reproduce-binary-full, reproduce-5class-nodule, reproduce-5class-full, reproduce-classification-all;"
+	@echo "   PROFILE=full for the study's own settings)"
 	@echo "make test                      fast tests + notebooks (sets up .venv)"
 	@echo "make test-slow                 the slow tests"
 	@echo "make bench                     benchmarks -> benchmarks/results/*.json"
@@ -57,6 +60,18 @@ data-info: $(STAMP)
 
 reproduce-binary-nodule: $(STAMP)
 	$(VENV)/bin/lungnet reproduce binary-nodule --data $(DATA) --profile $(PROFILE)
+
+reproduce-binary-full: $(STAMP)
+	$(VENV)/bin/lungnet reproduce binary-full --data $(DATA) --profile $(PROFILE)
+
+reproduce-5class-nodule: $(STAMP)
+	$(VENV)/bin/lungnet reproduce five-class-nodule --data $(DATA) --profile $(PROFILE)
+
+reproduce-5class-full: $(STAMP)
+	$(VENV)/bin/lungnet reproduce five-class-full --data $(DATA) --profile $(PROFILE)
+
+# All twelve cells of the study's table: 3 models x {binary, 5-class} x {nodule crop, full slice}.
+reproduce-classification-all: reproduce-binary-nodule reproduce-binary-full reproduce-5class-nodule reproduce-5class-full
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

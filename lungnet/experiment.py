@@ -81,7 +81,7 @@ def load_experiment(
 ) -> ExperimentConfig:
     """Read, merge the profile and overrides, and validate. Errors name the file and the key."""
     path = Path(path)
-    raw = load_yaml(path)
+    raw = _load_with_base(path)
     profiles = raw.pop("profiles", {}) or {}
     if profile is not None and profile != "base":
         if profile not in profiles:
@@ -90,6 +90,17 @@ def load_experiment(
     raw = deep_merge(raw, overrides or {})
     raw["profile"] = profile or "base"
     return from_dict(ExperimentConfig, raw, str(path))
+
+
+def _load_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A YAML file with an optional ``base: other.yaml`` (relative to it) whose contents it overrides."""
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' files form a loop: {[str(p) for p in seen]}")
+    raw = load_yaml(path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    return deep_merge(_load_with_base(path.parent / base, (*seen, path.resolve())), raw)
 
 
 def resolve_experiment_path(name_or_path: str) -> Path:

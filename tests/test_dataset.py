@@ -81,7 +81,11 @@ def test_experiment_yaml_is_validated(tmp_path):
 
 
 def test_shipped_experiment_files_load():
-    from lungnet.cli import EXPERIMENTS_DIR
+    from lungnet.config import load_yaml
+    from lungnet.experiment import EXPERIMENTS_DIR, load_experiment
 
-    for path in EXPERIMENTS_DIR.glob("*.yaml"):
-        load_data_config(path)
+    files = sorted(EXPERIMENTS_DIR.glob("*.yaml"))
+    assert len(files) >= 4
+    for path in files:
+        for profile in ["base", *load_yaml(EXPERIMENTS_DIR / "binary_nodule.yaml")["profiles"]]:
+            assert load_experiment(path, profile=profile).data.preprocess.image_size > 0

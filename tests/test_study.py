@@ -175,3 +175,22 @@ def test_set_overrides_reach_the_config():
         parse_overrides(["grouping"])
     with pytest.raises(Exception, match=r"unknown key\(s\) \['epoch'\]"):
         load_experiment(resolve_experiment_path("binary_nodule"), overrides={"training": {"epoch": 3}})
+
+
+@pytest.mark.parametrize(
+    ("name", "grouping", "view", "crop"),
+    [
+        ("binary-nodule", "paper", "crop", 96),
+        ("binary-full", "paper", "full", None),
+        ("five-class-nodule", "5class", "crop", 96),
+        ("five-class-full", "5class", "full", None),
+    ],
+)
+def test_the_four_columns_of_the_study(name, grouping, view, crop):
+    config = load_experiment(resolve_experiment_path(name), profile="default")
+    assert (config.data.grouping, config.data.view, config.data.preprocess.center_crop) == (
+        grouping,
+        view,
+        crop,
+    )
+    assert set(config.published) == {"custom_cnn", "efficientnet_b2_transfer", "efficientnet_b2_finetuned"}
