@@ -1,11 +1,19 @@
 """Throughput of the 128 px classification pipeline with augmentation, against a plain NumPy/OpenCV loop.
 
 Both do the same work per image: read an 8-bit PNG, min-max, sigmoidal contrast (gain 10, cutoff at the
-mean), 96 px centre crop, bilinear resize to 128, a random flip + rotation (up to 36 degrees) + translation
-(up to 10 %) with reflected borders, grey to 3 channels, batches of 32. The tf.data pipeline caches the
-deterministic part, so its first epoch (decode + preprocess + augment) and later epochs (augment only)
-are reported separately; the loop redoes everything every epoch, as a plain loop does. The pipeline is
-also timed without augmentation, to show what the augmentation layers cost. Rates are medians over epochs.
+mean), 96 px centre crop, bilinear resize to 128, then random horizontal and vertical flips (each with
+probability 1/2) + rotation (up to 36 degrees) + translation (up to 10 % per axis), composed into one
+bilinear affine warp per image with the same border fill (reflect: ``d c b a | a b c d``, OpenCV's
+BORDER_REFLECT), grey to 3 channels, batches of 32.
+
+The tf.data pipeline caches the deterministic part, so its first epoch (decode + preprocess + augment) and
+later epochs (augment only) are reported separately; the loop redoes everything every epoch, as a plain
+loop does. The project's target is the cached epochs at >= 3x the loop (`meets_target`); the first
+epoch's ratio is reported beside it. For reference only, a loop that also keeps its preprocessed images
+in memory (so it too only augments after its first epoch) is timed as well: that shows how much of the
+pipeline's lead is its cache. The pipeline is also timed without augmentation, to show what the
+augmentation costs. Rates are medians over epochs; the machine may be shared, so the load average is
+recorded too.
 
 Data: the real LIDC crops in ../shared/data/lidc-crops when present, otherwise synthetic PNGs.
 Result: benchmarks/results/pipeline_throughput.json.
@@ -41,7 +49,23 @@ EFFICIENTNET_B2_IMAGES_PER_S = 24  # what EfficientNetB2 training consumes on th
 PREPROCESS = PreprocessConfig(
     normalize="minmax", sigmoid_gain=10.0, center_crop=96, image_size=128, channels=3
 )
-AUGMENT = AugmentConfig(rotation=0.1, horizontal_flip=True, vertical_flip=True, translation=0.1, zoom=0.0)
+TARGET_RATIO = 3.0
+CV2_BORDERS = {
+    "reflect": cv2.BORDER_REFLECT,
+    "constant": cv2.BORDER_CONSTANT,
+    "nearest": cv2.BORDER_REPLICATE,
+}
+
+
+def augment_config(fill_mode: str) -> AugmentConfig:
+    return AugmentConfig(
+        rotation=0.1,
+        horizontal_flip=True,
+        vertical_flip=True,
+        translation=0.1,
+        zoom=0.0,
+        fill_mode=fill_mode,
+    )
 
 
 def real_manifest(n: int, seed: int, crops: Path) -> pd.DataFrame | None:
@@ -73,30 +97,52 @@ def synthetic_manifest(n: int, folder: Path, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"image": paths, "target": targets})
 
 
-def loop_epoch(paths: list[str], rng: np.random.Generator, batch_size: int) -> int:
-    """One epoch of the plain per-image loop; returns the number of images produced."""
+def loop_preprocess(path: str) -> np.ndarray:
+    x = cv2.imread(path, cv2.IMREAD_UNCHANGED).astype(np.float32)
+    lo, hi = x.min(), x.max()
+    x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    x = 1.0 / (1.0 + np.exp(-10.0 * (x - x.mean())))
+    h, w = x.shape
+    top, left = (h - 96) // 2, (w - 96) // 2
+    return cv2.resize(x[top : top + 96, left : left + 96], (128, 128), interpolation=cv2.INTER_LINEAR)
+
+
+def loop_augment(x: np.ndarray, rng: np.random.Generator, border: int) -> np.ndarray:
+    """Flips, rotation and translation composed into one affine warp, as the pipeline's `RandomAffine`."""
+    angle = rng.uniform(-36.0, 36.0)
+    matrix = cv2.getRotationMatrix2D((63.5, 63.5), angle, 1.0)
+    if rng.random() < 0.5:
+        matrix[0, :2] *= -1
+        matrix[0, 2] = 127 - matrix[0, 2]
+    if rng.random() < 0.5:
+        matrix[1, :2] *= -1
+        matrix[1, 2] = 127 - matrix[1, 2]
+    matrix[:, 2] += rng.uniform(-12.8, 12.8, size=2)
+    x = cv2.warpAffine(x, matrix, (128, 128), flags=cv2.INTER_LINEAR, borderMode=border)
+    return np.repeat(x[..., None], 3, axis=-1)
+
+
+def loop_epoch(
+    paths: list[str],
+    rng: np.random.Generator,
+    batch_size: int,
+    border: int,
+    cache: dict[str, np.ndarray] | None = None,
+) -> int:
+    """One epoch of the plain per-image loop; returns the number of images produced.
+
+    With `cache` (a dict), preprocessed images are kept there and reused in later epochs.
+    """
     produced = 0
     batch = []
     for path in paths:
-        x = cv2.imread(path, cv2.IMREAD_UNCHANGED).astype(np.float32)
-        lo, hi = x.min(), x.max()
-        x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
-        x = 1.0 / (1.0 + np.exp(-10.0 * (x - x.mean())))
-        h, w = x.shape
-        top, left = (h - 96) // 2, (w - 96) // 2
-        x = cv2.resize(x[top : top + 96, left : left + 96], (128, 128), interpolation=cv2.INTER_LINEAR)
-        # Flip, rotation and translation composed into one affine warp.
-        angle = rng.uniform(-36.0, 36.0)
-        matrix = cv2.getRotationMatrix2D((63.5, 63.5), angle, 1.0)
-        if rng.random() < 0.5:
-            matrix[0, :2] *= -1
-            matrix[0, 2] = 127 - matrix[0, 2]
-        if rng.random() < 0.5:
-            matrix[1, :2] *= -1
-            matrix[1, 2] = 127 - matrix[1, 2]
-        matrix[:, 2] += rng.uniform(-12.8, 12.8, size=2)
-        x = cv2.warpAffine(x, matrix, (128, 128), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-        batch.append(np.repeat(x[..., None], 3, axis=-1))
+        if cache is None:
+            x = loop_preprocess(path)
+        else:
+            x = cache.get(path)
+            if x is None:
+                x = cache[path] = loop_preprocess(path)
+        batch.append(loop_augment(x, rng, border))
         if len(batch) == batch_size:
             produced += len(np.stack(batch))
             batch = []
@@ -106,11 +152,18 @@ def loop_epoch(paths: list[str], rng: np.random.Generator, batch_size: int) -> i
 
 
 def time_pipeline(
-    manifest: pd.DataFrame, epochs: int, batch_size: int, augment: AugmentConfig | None
+    manifest: pd.DataFrame, epochs: int, batch_size: int, augment: AugmentConfig | None, resampler: str
 ) -> list[float]:
     """Images/s of each epoch; the first one decodes, preprocesses and fills the cache."""
     ds = classification_dataset(
-        manifest, PREPROCESS, num_classes=3, training=True, batch_size=batch_size, augment=augment, seed=0
+        manifest,
+        PREPROCESS,
+        num_classes=3,
+        training=True,
+        batch_size=batch_size,
+        augment=augment,
+        seed=0,
+        resampler=resampler,
     )
     rates = []
     for _ in range(epochs):
@@ -123,13 +176,16 @@ def time_pipeline(
     return rates
 
 
-def time_loop(manifest: pd.DataFrame, epochs: int, batch_size: int) -> list[float]:
+def time_loop(
+    manifest: pd.DataFrame, epochs: int, batch_size: int, fill_mode: str, cache: bool = False
+) -> list[float]:
     rng = np.random.default_rng(0)
     paths = manifest["image"].tolist()
+    kept: dict[str, np.ndarray] | None = {} if cache else None
     rates = []
     for _ in range(epochs):
         start = time.perf_counter()
-        count = loop_epoch(paths, rng, batch_size)
+        count = loop_epoch(paths, rng, batch_size, CV2_BORDERS[fill_mode], kept)
         rates.append(count / (time.perf_counter() - start))
     return rates
 
@@ -143,11 +199,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--crops", type=Path, default=CROPS, help="the lidc-crops folder (synthetic if absent)"
     )
+    parser.add_argument(
+        "--fill-mode", choices=sorted(CV2_BORDERS), default="reflect", help="border fill, both sides"
+    )
+    parser.add_argument(
+        "--resampler", choices=["opencv", "tensorflow"], default="opencv", help="the pipeline's warp"
+    )
     parser.add_argument("--output", type=Path, default=RESULT)
     args = parser.parse_args(argv)
-    if args.epochs < 2:
-        parser.error("--epochs must be >= 2 (the first epoch plus at least one cached epoch)")
+    if args.epochs < 2 or args.loop_epochs < 2:
+        parser.error("--epochs and --loop-epochs must be >= 2 (the first epoch plus at least one more)")
 
+    augment = augment_config(args.fill_mode)
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="lungnet-bench-") as tmp:
         manifest = real_manifest(args.images, seed=0, crops=args.crops)
         if manifest is not None:
@@ -156,33 +220,52 @@ def main(argv: list[str] | None = None) -> int:
             manifest = synthetic_manifest(args.images, Path(tmp), seed=0)
             data = f"synthetic: {len(manifest)} 128 px PNG files (LIDC crops not found at {args.crops})"
         # Loop first: the files are then in the page cache for both, so neither pays for cold reads.
-        loop_rates = time_loop(manifest, args.loop_epochs, args.batch_size)
-        rates = time_pipeline(manifest, args.epochs, args.batch_size, AUGMENT)
-        # The same pipeline without augmentation shows what the augmentation layers cost.
-        plain_rates = time_pipeline(manifest, args.epochs, args.batch_size, None)
+        cv2_threads = cv2.getNumThreads()
+        loop_rates = time_loop(manifest, args.loop_epochs, args.batch_size, args.fill_mode)
+        cached_loop_rates = time_loop(manifest, args.loop_epochs, args.batch_size, args.fill_mode, cache=True)
+        rates = time_pipeline(manifest, args.epochs, args.batch_size, augment, args.resampler)
+        # The same pipeline without augmentation shows what the augmentation costs.
+        plain_rates = time_pipeline(manifest, args.epochs, args.batch_size, None, args.resampler)
+    load_after = os.getloadavg()
 
     # Medians over epochs: the machine may be shared, and one disturbed epoch should not decide the result.
     loop = float(np.median(loop_rates))
+    cached_loop = float(np.median(cached_loop_rates[1:]))
     cached = float(np.median(rates[1:]))
+    ratio = cached / loop
     pipeline = {
         "first_epoch_images_per_s": rates[0],
         "cached_epochs_images_per_s": cached,
         "cached_epoch_rates": rates[1:],
         "without_augmentation_first_epoch_images_per_s": plain_rates[0],
         "without_augmentation_cached_epochs_images_per_s": float(np.median(plain_rates[1:])),
+        "augmentation": "RandomAffine: one bilinear warp per image, per-batch stateless seeds, parallel "
+        f"deterministic tf.data map; resampler {args.resampler!r}, fill_mode {args.fill_mode!r}",
     }
     result = {
         "data": data,
         "images": len(manifest),
         "batch_size": args.batch_size,
-        "work": "PNG read, min-max, sigmoid gain 10, centre crop 96, resize 128, flip+rotate 0.1+translate "
-        "0.1, 3 channels",
+        "work": "PNG read, min-max, sigmoid gain 10, centre crop 96, resize 128, flips (p=1/2 each) + rotate "
+        f"0.1 turn + translate 0.1 as one bilinear affine warp ({args.fill_mode} border), 3 channels",
+        "measured": "images/s over whole epochs, medians over epochs. pipeline: classification_dataset with "
+        "augmentation; its first epoch reads + preprocesses + fills the cache + augments, later (cached) "
+        "epochs only augment. loop: a plain per-image NumPy/OpenCV loop that reads, preprocesses and "
+        "augments every image every epoch. target: cached pipeline epochs >= 3x the loop. "
+        "loop_with_cache (reference only, not the target's baseline): the loop keeping its preprocessed "
+        "images in memory after its first epoch, so later epochs only augment, like the cached pipeline.",
         "pipeline": pipeline,
         "loop": {"images_per_s": loop, "epoch_rates": loop_rates},
-        "ratio_cached_vs_loop": cached / loop,
+        "loop_with_cache": {"cached_epochs_images_per_s": cached_loop, "epoch_rates": cached_loop_rates},
+        "ratio_cached_vs_loop": ratio,
         "ratio_first_epoch_vs_loop": rates[0] / loop,
+        "ratio_cached_vs_loop_with_cache": cached / cached_loop,
+        "target_ratio": TARGET_RATIO,
+        "meets_target": bool(ratio >= TARGET_RATIO),
         "efficientnet_b2_training_images_per_s": EFFICIENTNET_B2_IMAGES_PER_S,
         "cpu_count": os.cpu_count(),
+        "load_average_1min_before_after": [load_before[0], load_after[0]],
+        "opencv_threads": cv2_threads,
         "tensorflow": tf.__version__,
         "opencv": cv2.__version__,
         "python": platform.python_version(),
@@ -194,11 +277,14 @@ def main(argv: list[str] | None = None) -> int:
         f"cached epochs {cached:.0f} images/s (without augmentation: "
         f"{pipeline['without_augmentation_cached_epochs_images_per_s']:.0f})"
     )
-    print(f"NumPy/OpenCV loop: {loop:.0f} images/s")
+    print(f"NumPy/OpenCV loop: {loop:.0f} images/s (keeping preprocessed images: {cached_loop:.0f})")
     print(
-        f"ratio: cached {result['ratio_cached_vs_loop']:.1f}x, first epoch "
-        f"{result['ratio_first_epoch_vs_loop']:.1f}x (EfficientNetB2 training needs ~"
-        f"{EFFICIENTNET_B2_IMAGES_PER_S} images/s) -> {args.output}"
+        f"ratio: cached {ratio:.1f}x (target {TARGET_RATIO:.0f}x: "
+        f"{'met' if result['meets_target'] else 'NOT met'}), first epoch "
+        f"{result['ratio_first_epoch_vs_loop']:.1f}x, cached vs caching loop "
+        f"{result['ratio_cached_vs_loop_with_cache']:.1f}x; load average {load_before[0]:.1f} -> "
+        f"{load_after[0]:.1f} (EfficientNetB2 training needs ~{EFFICIENTNET_B2_IMAGES_PER_S} images/s) "
+        f"-> {args.output}"
     )
     return 0
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -148,6 +150,70 @@ def test_augment_copy_rows_are_augmented_and_others_are_not(files):
     assert all(not np.allclose(got[row], plain[row], atol=1e-4) for row in range(len(refs)))
 
 
+def epochs_by_row(refs, seed=0, epochs=2, **kwargs):
+    """Each epoch's images in row order (targets are row numbers), from one pipeline iterated `epochs` times."""
+    df = pd.DataFrame({"image": refs, "target": range(len(refs))})
+    ds = classification_dataset(
+        df, RAW, num_classes=len(refs), training=True, batch_size=3, one_hot=False, seed=seed, **kwargs
+    )
+    out = []
+    for _ in range(epochs):
+        images, rows = collect(ds)
+        out.append(images[np.argsort(rows)])
+    return out
+
+
+def test_parallel_augmentation_repeats_for_a_seed_and_changes_every_epoch(files):
+    cfg = AugmentConfig(rotation=0.1, translation=0.1, zoom=0.1)
+    first = epochs_by_row(files, augment=cfg)
+    again = epochs_by_row(files, augment=cfg)  # a second pipeline, built separately
+    other = epochs_by_row(files, seed=5, augment=cfg, epochs=1)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert all(not np.allclose(first[0][i], first[1][i]) for i in range(len(files)))  # new draws per epoch
+    assert all(not np.allclose(first[0][i], other[0][i]) for i in range(len(files)))
+    # AugmentConfig.seed, when set, overrides the dataset's seed for the augmentation only.
+    fixed = AugmentConfig(rotation=0.1, translation=0.1, zoom=0.1, seed=7)
+    np.testing.assert_array_equal(
+        epochs_by_row(files, seed=1, augment=fixed, epochs=1)[0],
+        epochs_by_row(files, seed=1, augment=fixed, epochs=1)[0],
+    )
+
+
+def test_opencv_and_tensorflow_resamplers_give_the_same_batches(files):
+    cfg = AugmentConfig(rotation=0.1, translation=0.1, zoom=0.1)
+    a = epochs_by_row(files, augment=cfg, epochs=1, resampler="opencv")[0]
+    b = epochs_by_row(files, augment=cfg, epochs=1, resampler="tensorflow")[0]
+    np.testing.assert_allclose(a, b, atol=1e-3)  # raw pixel values up to ~150: ~1e-5 relative
+    with pytest.raises(ConfigError, match="resampler"):
+        classification_dataset(manifest(files), RAW, num_classes=3, training=True, resampler="scipy")
+
+
+def test_randaugment_runs_after_the_warp_with_three_channels(files):
+    unit = PreprocessConfig(image_size=SIZE, channels=3)
+    cfg = AugmentConfig(randaugment=True, randaugment_factor=0.3)
+
+    def epoch(preprocess):
+        ds = classification_dataset(
+            manifest(files), preprocess, num_classes=3, training=True, batch_size=4, augment=cfg, seed=2
+        )
+        return collect(ds)[0]
+
+    rgb, grey = epoch(unit), epoch(dataclasses.replace(unit, channels=1))
+    assert rgb.shape == (len(files), SIZE, SIZE, 3) and rgb.min() >= 0 and rgb.max() <= 1
+    # Photometric ops see 3 (equal) channels, then the config's channel count is made; a second pipeline
+    # with the same seed repeats the warp and RandAugment's draws exactly.
+    assert grey.shape == (len(files), SIZE, SIZE, 1)
+    np.testing.assert_allclose(grey, rgb.mean(axis=-1, keepdims=True), atol=1e-6)
+    assert not np.allclose(rgb, epoch_plain(files))
+
+
+def epoch_plain(files):
+    unit = PreprocessConfig(image_size=SIZE, channels=3)
+    ds = classification_dataset(manifest(files), unit, num_classes=3, training=True, batch_size=4, seed=2)
+    return collect(ds)[0]
+
+
 def test_missing_file_is_named_with_its_row_before_iterating(files, tmp_path):
     refs = list(files)
     refs[5] = str(tmp_path / "nowhere.png")
@@ -226,6 +292,29 @@ def test_segmentation_shapes_and_aligned_augmentation(seg_files):
     rgb = PreprocessConfig(image_size=24, channels=3)
     images, masks = next(iter(segmentation_dataset(seg_files, rgb, training=False, batch_size=2)))
     assert images.shape == (2, 24, 24, 3) and masks.shape == (2, 24, 24, 1)
+
+
+def test_segmentation_augmentation_repeats_for_a_seed(seg_files):
+    def epoch(seed, resampler="opencv"):
+        ds = segmentation_dataset(
+            seg_files,
+            RAW,
+            training=True,
+            batch_size=4,
+            augment=AugmentConfig(rotation=0.2, translation=0.1),
+            seed=seed,
+            resampler=resampler,
+        )
+        return [np.concatenate(parts) for parts in zip(*[(x.numpy(), m.numpy()) for x, m in ds], strict=True)]
+
+    (a_images, a_masks), (b_images, b_masks) = epoch(3), epoch(3)
+    np.testing.assert_array_equal(a_images, b_images)
+    np.testing.assert_array_equal(a_masks, b_masks)
+    assert not np.array_equal(a_masks, epoch(4)[1])
+    tf_images, _ = epoch(3, resampler="tensorflow")
+    np.testing.assert_allclose(a_images, tf_images, atol=1e-3)
+    with pytest.raises(ConfigError, match="segmentation"):
+        segmentation_dataset(seg_files, RAW, training=True, augment=AugmentConfig(augmix=True))
 
 
 def test_segmentation_rows_without_a_mask_and_mismatched_masks(seg_files, tmp_path):
