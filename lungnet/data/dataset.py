@@ -100,6 +100,9 @@ def prepare_data(config: DataConfig, progress: bool = True) -> PreparedData:
     manifest = split_manifest(
         labelled, config.split, seed=config.split_seed, level=config.split_level, class_names=names
     )
+    # One seeded shuffle of the rows: sources list patients in order, and a capped validation pass
+    # (training.validation_steps) should still see a mix of patients and classes.
+    manifest = manifest.sample(frac=1.0, random_state=config.split_seed).reset_index(drop=True)
     train = manifest[manifest["split"] == "train"].reset_index(drop=True)
     weights = None
     if config.balance == "oversample":

@@ -36,6 +36,9 @@ class TrainingConfig:
     fine_tune_epochs: int = 20
     fine_tune_learning_rate: float = 1e-5
     steps_per_epoch: int | None = None  # cap per epoch (quick profiles); None = the whole training split
+    validation_steps: int | None = (
+        None  # cap on validation batches per epoch (the same first batches each time)
+    )
     label_smoothing: float = 0.0
     mixed_precision: bool = False  # float16 compute: a GPU switch (slower on CPU)
     xla: bool = False  # jit_compile: a GPU switch (1.5-14x slower on a 2-core CPU, measured)
@@ -50,8 +53,10 @@ class TrainingConfig:
         for name in ("learning_rate", "fine_tune_learning_rate"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"training.{name}: {getattr(self, name)} must be > 0")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ConfigError(f"training.steps_per_epoch: {self.steps_per_epoch} must be >= 1")
+        for name in ("steps_per_epoch", "validation_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"training.{name}: {value} must be >= 1")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"training.label_smoothing: {self.label_smoothing} must be in [0, 1)")
 
@@ -163,6 +168,7 @@ def train_phase(
     history = model.fit(
         train,
         validation_data=targets_for(model, val),
+        validation_steps=config.validation_steps,
         epochs=epochs,
         steps_per_epoch=config.steps_per_epoch,
         class_weight=class_weight,
