@@ -12,8 +12,8 @@ loop does. The project's target is the cached epochs at >= 3x the loop (`meets_t
 epoch's ratio is reported beside it. For reference only, a loop that also keeps its preprocessed images
 in memory (so it too only augments after its first epoch) is timed as well: that shows how much of the
 pipeline's lead is its cache. The pipeline is also timed without augmentation, to show what the
-augmentation costs. Rates are medians over epochs; the machine may be shared, so the load average is
-recorded too.
+augmentation costs. Rates are medians over epochs, and the result the median of `--runs` whole runs; the
+machine may be shared, so each run's numbers and load average are recorded too.
 
 Data: the real LIDC crops in ../shared/data/lidc-crops when present, otherwise synthetic PNGs.
 Result: benchmarks/results/pipeline_throughput.json.
@@ -190,11 +190,45 @@ def time_loop(
     return rates
 
 
+def measure(manifest: pd.DataFrame, args: argparse.Namespace) -> dict:
+    """One run: the loop, the caching loop, the pipeline with and without augmentation; medians over epochs."""
+    load_before = os.getloadavg()[0]
+    loop_opencv_threads = cv2.getNumThreads()  # the pipeline's warps set 1 only while they run
+    # Loop first: the files are then in the page cache for both, so neither pays for cold reads.
+    loop_rates = time_loop(manifest, args.loop_epochs, args.batch_size, args.fill_mode)
+    cached_loop_rates = time_loop(manifest, args.loop_epochs, args.batch_size, args.fill_mode, cache=True)
+    augment = augment_config(args.fill_mode)
+    rates = time_pipeline(manifest, args.epochs, args.batch_size, augment, args.resampler)
+    # The same pipeline without augmentation shows what the augmentation costs.
+    plain_rates = time_pipeline(manifest, args.epochs, args.batch_size, None, args.resampler)
+    # Medians over epochs: the machine may be shared, and one disturbed epoch should not decide the result.
+    loop = float(np.median(loop_rates))
+    cached = float(np.median(rates[1:]))
+    cached_loop = float(np.median(cached_loop_rates[1:]))
+    return {
+        "pipeline_first_epoch_images_per_s": rates[0],
+        "pipeline_cached_epochs_images_per_s": cached,
+        "pipeline_cached_epoch_rates": rates[1:],
+        "pipeline_without_augmentation_first_epoch_images_per_s": plain_rates[0],
+        "pipeline_without_augmentation_cached_epochs_images_per_s": float(np.median(plain_rates[1:])),
+        "loop_images_per_s": loop,
+        "loop_epoch_rates": loop_rates,
+        "loop_with_cache_cached_epochs_images_per_s": cached_loop,
+        "loop_with_cache_epoch_rates": cached_loop_rates,
+        "ratio_cached_vs_loop": cached / loop,
+        "ratio_first_epoch_vs_loop": rates[0] / loop,
+        "ratio_cached_vs_loop_with_cache": cached / cached_loop,
+        "load_average_1min_before_after": [load_before, os.getloadavg()[0]],
+        "loop_opencv_threads": loop_opencv_threads,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=5, help="pipeline epochs: the first plus cached ones")
     parser.add_argument("--loop-epochs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="whole runs; the result is their median")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
         "--crops", type=Path, default=CROPS, help="the lidc-crops folder (synthetic if absent)"
@@ -209,9 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.epochs < 2 or args.loop_epochs < 2:
         parser.error("--epochs and --loop-epochs must be >= 2 (the first epoch plus at least one more)")
+    if args.runs < 1:
+        parser.error("--runs must be >= 1")
 
-    augment = augment_config(args.fill_mode)
-    load_before = os.getloadavg()
+    cv2_threads = cv2.getNumThreads()
     with tempfile.TemporaryDirectory(prefix="lungnet-bench-") as tmp:
         manifest = real_manifest(args.images, seed=0, crops=args.crops)
         if manifest is not None:
@@ -219,26 +254,32 @@ def main(argv: list[str] | None = None) -> int:
         else:
             manifest = synthetic_manifest(args.images, Path(tmp), seed=0)
             data = f"synthetic: {len(manifest)} 128 px PNG files (LIDC crops not found at {args.crops})"
-        # Loop first: the files are then in the page cache for both, so neither pays for cold reads.
-        cv2_threads = cv2.getNumThreads()
-        loop_rates = time_loop(manifest, args.loop_epochs, args.batch_size, args.fill_mode)
-        cached_loop_rates = time_loop(manifest, args.loop_epochs, args.batch_size, args.fill_mode, cache=True)
-        rates = time_pipeline(manifest, args.epochs, args.batch_size, augment, args.resampler)
-        # The same pipeline without augmentation shows what the augmentation costs.
-        plain_rates = time_pipeline(manifest, args.epochs, args.batch_size, None, args.resampler)
-    load_after = os.getloadavg()
+        runs = []
+        for run in range(args.runs):
+            runs.append(measure(manifest, args))
+            print(
+                f"run {run + 1}: pipeline cached {runs[-1]['pipeline_cached_epochs_images_per_s']:.0f}, "
+                f"first epoch {runs[-1]['pipeline_first_epoch_images_per_s']:.0f}, loop "
+                f"{runs[-1]['loop_images_per_s']:.0f} images/s -> {runs[-1]['ratio_cached_vs_loop']:.2f}x "
+                f"(load {runs[-1]['load_average_1min_before_after'][0]:.1f})",
+                flush=True,
+            )
 
-    # Medians over epochs: the machine may be shared, and one disturbed epoch should not decide the result.
-    loop = float(np.median(loop_rates))
-    cached_loop = float(np.median(cached_loop_rates[1:]))
-    cached = float(np.median(rates[1:]))
-    ratio = cached / loop
+    def median(key: str) -> float:
+        return float(np.median([r[key] for r in runs]))
+
+    ratio = median("ratio_cached_vs_loop")
+    cached = median("pipeline_cached_epochs_images_per_s")
+    loop = median("loop_images_per_s")
     pipeline = {
-        "first_epoch_images_per_s": rates[0],
+        "first_epoch_images_per_s": median("pipeline_first_epoch_images_per_s"),
         "cached_epochs_images_per_s": cached,
-        "cached_epoch_rates": rates[1:],
-        "without_augmentation_first_epoch_images_per_s": plain_rates[0],
-        "without_augmentation_cached_epochs_images_per_s": float(np.median(plain_rates[1:])),
+        "without_augmentation_first_epoch_images_per_s": median(
+            "pipeline_without_augmentation_first_epoch_images_per_s"
+        ),
+        "without_augmentation_cached_epochs_images_per_s": median(
+            "pipeline_without_augmentation_cached_epochs_images_per_s"
+        ),
         "augmentation": "RandomAffine: one bilinear warp per image, per-batch stateless seeds, parallel "
         f"deterministic tf.data map; resampler {args.resampler!r}, fill_mode {args.fill_mode!r}",
     }
@@ -248,23 +289,26 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "work": "PNG read, min-max, sigmoid gain 10, centre crop 96, resize 128, flips (p=1/2 each) + rotate "
         f"0.1 turn + translate 0.1 as one bilinear affine warp ({args.fill_mode} border), 3 channels",
-        "measured": "images/s over whole epochs, medians over epochs. pipeline: classification_dataset with "
-        "augmentation; its first epoch reads + preprocesses + fills the cache + augments, later (cached) "
-        "epochs only augment. loop: a plain per-image NumPy/OpenCV loop that reads, preprocesses and "
-        "augments every image every epoch. target: cached pipeline epochs >= 3x the loop. "
+        "measured": "images/s over whole epochs; per run, medians over epochs; top-level numbers are medians "
+        "over runs (each run's are under 'runs'). pipeline: classification_dataset with augmentation; its "
+        "first epoch reads + preprocesses + fills the cache + augments, later (cached) epochs only augment. "
+        "loop: a plain per-image NumPy/OpenCV loop that reads, preprocesses and augments every image every "
+        "epoch. target: cached pipeline epochs >= 3x the loop (ratio_cached_vs_loop, median over runs). "
         "loop_with_cache (reference only, not the target's baseline): the loop keeping its preprocessed "
         "images in memory after its first epoch, so later epochs only augment, like the cached pipeline.",
         "pipeline": pipeline,
-        "loop": {"images_per_s": loop, "epoch_rates": loop_rates},
-        "loop_with_cache": {"cached_epochs_images_per_s": cached_loop, "epoch_rates": cached_loop_rates},
+        "loop": {"images_per_s": loop},
+        "loop_with_cache": {
+            "cached_epochs_images_per_s": median("loop_with_cache_cached_epochs_images_per_s")
+        },
         "ratio_cached_vs_loop": ratio,
-        "ratio_first_epoch_vs_loop": rates[0] / loop,
-        "ratio_cached_vs_loop_with_cache": cached / cached_loop,
+        "ratio_first_epoch_vs_loop": median("ratio_first_epoch_vs_loop"),
+        "ratio_cached_vs_loop_with_cache": median("ratio_cached_vs_loop_with_cache"),
         "target_ratio": TARGET_RATIO,
         "meets_target": bool(ratio >= TARGET_RATIO),
+        "runs": runs,
         "efficientnet_b2_training_images_per_s": EFFICIENTNET_B2_IMAGES_PER_S,
         "cpu_count": os.cpu_count(),
-        "load_average_1min_before_after": [load_before[0], load_after[0]],
         "opencv_threads": cv2_threads,
         "tensorflow": tf.__version__,
         "opencv": cv2.__version__,
@@ -277,14 +321,16 @@ def main(argv: list[str] | None = None) -> int:
         f"cached epochs {cached:.0f} images/s (without augmentation: "
         f"{pipeline['without_augmentation_cached_epochs_images_per_s']:.0f})"
     )
-    print(f"NumPy/OpenCV loop: {loop:.0f} images/s (keeping preprocessed images: {cached_loop:.0f})")
     print(
-        f"ratio: cached {ratio:.1f}x (target {TARGET_RATIO:.0f}x: "
+        f"NumPy/OpenCV loop: {loop:.0f} images/s (keeping preprocessed images: "
+        f"{result['loop_with_cache']['cached_epochs_images_per_s']:.0f})"
+    )
+    print(
+        f"ratio (median of {args.runs} runs): cached {ratio:.1f}x (target {TARGET_RATIO:.0f}x: "
         f"{'met' if result['meets_target'] else 'NOT met'}), first epoch "
         f"{result['ratio_first_epoch_vs_loop']:.1f}x, cached vs caching loop "
-        f"{result['ratio_cached_vs_loop_with_cache']:.1f}x; load average {load_before[0]:.1f} -> "
-        f"{load_after[0]:.1f} (EfficientNetB2 training needs ~{EFFICIENTNET_B2_IMAGES_PER_S} images/s) "
-        f"-> {args.output}"
+        f"{result['ratio_cached_vs_loop_with_cache']:.1f}x (EfficientNetB2 training needs ~"
+        f"{EFFICIENTNET_B2_IMAGES_PER_S} images/s) -> {args.output}"
     )
     return 0
 

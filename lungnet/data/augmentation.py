@@ -228,28 +228,28 @@ def _warp_opencv(images: np.ndarray, transforms: np.ndarray, fill_mode, fill_val
     # float images exactly (to ~1e-6 of TensorFlow's op); others go through its older remap with
     # coordinates rounded to 1/32 pixel (~1e-2 off), so those are warped one channel at a time.
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-
-    def warp(src: np.ndarray, i: int, dst: np.ndarray | None = None) -> np.ndarray:
-        return cv2.warpAffine(
-            src, matrices[i], (width, height), dst=dst, flags=flags, borderMode=border, borderValue=fill
-        )
+    size = (width, height)
+    warp_affine = cv2.warpAffine  # positional arguments: the loops below run once per image
 
     with _opencv_single_threaded(cv2):
-        if to_rgb:  # grey: warp, then write the 3 channels of the output in one go
+        if to_rgb:  # grey: warp each image, then write the 3 channels of the output in one go
             out = _aligned_empty((batch, height, width, 3), images.dtype)
             grey = images.reshape(batch, height, width)
             warped = _aligned_empty((height, width), images.dtype)
+            three = [warped, warped, warped]
             for i in range(batch):
-                warp(grey[i], i, warped)
-                cv2.merge([warped, warped, warped], dst=out[i])
+                warp_affine(grey[i], matrices[i], size, warped, flags, border, fill)
+                cv2.merge(three, out[i])
             return out
         out = _aligned_empty(images.shape, images.dtype)
         for i in range(batch):
             if channels in (1, 3, 4):
-                out[i] = warp(images[i], i).reshape(height, width, channels)
+                warped = warp_affine(images[i], matrices[i], size, None, flags, border, fill)
+                out[i] = warped.reshape(height, width, channels)
             else:
                 for c in range(channels):
-                    out[i, ..., c] = warp(np.ascontiguousarray(images[i, ..., c]), i)
+                    src = np.ascontiguousarray(images[i, ..., c])
+                    out[i, ..., c] = warp_affine(src, matrices[i], size, None, flags, border, fill)
         return out
 
 
