@@ -249,7 +249,7 @@ def test_random_affine_without_a_seed_uses_its_seed_generator():
 
 def test_random_affine_validates_and_round_trips_its_config():
     layer = RandomAffine(rotation=0.05, zoom=0.1, horizontal_flip=True, fill_mode="nearest", seed=3)
-    clone = RandomAffine.from_config(layer.get_config())
+    clone = keras.layers.deserialize(keras.layers.serialize(layer))  # registered: no custom_objects needed
     assert (clone.rotation, clone.zoom, clone.horizontal_flip, clone.fill_mode, clone.seed) == (
         0.05,
         0.1,

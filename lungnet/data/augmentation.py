@@ -290,6 +290,7 @@ def _opencv_single_threaded(cv2) -> Iterator[None]:
                 cv2.setNumThreads(_opencv_threads_saved)
 
 
+@keras.saving.register_keras_serializable(package="lungnet")
 class RandomAffine(keras.layers.Layer):
     """Random flips, rotation, translation and zoom as one affine warp per image (bilinear, one resample).
 
