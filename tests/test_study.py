@@ -194,3 +194,26 @@ def test_the_four_columns_of_the_study(name, grouping, view, crop):
         crop,
     )
     assert set(config.published) == {"custom_cnn", "efficientnet_b2_transfer", "efficientnet_b2_finetuned"}
+
+
+@pytest.mark.slow  # XLA compilation takes ~30-60 s on 2 cores
+def test_mixed_precision_and_xla_switches_run_on_cpu(tmp_path):
+    from lungnet.models.registry import ModelConfig, build_model
+    from lungnet.training.fit import TrainingConfig, set_global_options, train_phase
+
+    config = TrainingConfig(mixed_precision=True, xla=True, verbose=0, steps_per_epoch=1)
+    set_global_options(config)
+    try:
+        model = build_model(
+            ModelConfig(name="custom_cnn", filters=(4, 4, 4, 4), dense_units=4), (16, 16, 3), 2
+        )
+        assert model.get_layer("block1_conv").compute_dtype == "float16"
+        assert model.output.dtype == "float32"  # the probabilities stay float32
+        x = np.random.default_rng(0).uniform(size=(8, 16, 16, 3)).astype("float32")
+        ds = tf.data.Dataset.from_tensor_slices((x, np.eye(2, dtype="float32")[np.arange(8) % 2])).batch(4)
+        summary = train_phase(
+            model, ds, ds, run_dir=tmp_path, phase="p", epochs=1, learning_rate=1e-3, config=config
+        )
+        assert np.isfinite(summary["best_val_loss"])
+    finally:
+        set_global_options(TrainingConfig())
