@@ -105,13 +105,7 @@ def classification_dataset(
         return image, label, copy
 
     rows = np.arange(len(refs), dtype=np.int64)
-    ds = tf.data.Dataset.from_tensor_slices((refs, rows, targets, copies))
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if cache:
-        ds = ds.cache()
-    if training:
-        ds = ds.shuffle(len(refs), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+    ds = _loaded_batches((refs, rows, targets, copies), load, cache, training, seed, batch_size)
 
     opencv = resampler == "opencv"
     augment_all = training and augment is not None
@@ -206,13 +200,7 @@ def segmentation_dataset(
         return image, mask
 
     rows = np.arange(len(refs), dtype=np.int64)
-    ds = tf.data.Dataset.from_tensor_slices((refs, masks, rows))
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if cache:
-        ds = ds.cache()
-    if training:
-        ds = ds.shuffle(len(refs), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+    ds = _loaded_batches((refs, masks, rows), load, cache, training, seed, batch_size)
     opencv = resampler == "opencv"
     if training and augment is not None:
         joint = build_joint_augmenter(augment, _augment_seed(augment, seed), resampler=resampler)
@@ -229,6 +217,19 @@ def segmentation_dataset(
 
     ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)  # see classification_dataset
     return _finalise(ds)
+
+
+def _loaded_batches(
+    columns, load, cache: bool, training: bool, seed: int, batch_size: int
+) -> tf.data.Dataset:
+    """The deterministic head of every pipeline: parallel load + preprocess, cache, shuffle (training), batch."""
+    ds = tf.data.Dataset.from_tensor_slices(columns)
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(len(columns[0]), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size)
 
 
 def _finalise(ds: tf.data.Dataset) -> tf.data.Dataset:
