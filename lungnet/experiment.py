@@ -28,7 +28,9 @@ class ModelSpec:
     name: str
     model: ModelConfig
     fine_tune: bool = False
-    fallback_to_random: bool = False  # if ImageNet weights cannot be downloaded, train from random init
+    # When ImageNet weights cannot be downloaded: stop with the error (default), train from random
+    # initialisation instead ("random_init"), or leave this model out and say so in the report ("skip").
+    if_weights_unavailable: Literal["error", "random_init", "skip"] = "error"
 
 
 @dataclass(frozen=True)

@@ -217,3 +217,37 @@ def test_mixed_precision_and_xla_switches_run_on_cpu(tmp_path):
         assert np.isfinite(summary["best_val_loss"])
     finally:
         set_global_options(TrainingConfig())
+
+
+def test_models_without_weights_are_skipped_or_fail_as_configured(tmp_path, tiny_phantom_config, monkeypatch):
+    from lungnet.models.blocks import WeightsUnavailableError
+    from lungnet.studies import classification
+
+    real_build = classification.build_model
+
+    def offline_build(config, *args):
+        if config.name == "efficientnet_b2" and config.weights == "imagenet":
+            raise WeightsUnavailableError("EfficientNetB2 ImageNet weights could not be downloaded (offline)")
+        return real_build(config, *args)
+
+    monkeypatch.setattr(classification, "build_model", offline_build)
+    efficientnet = {"name": "efficientnet_b2", "model": {"name": "efficientnet_b2"}, "fine_tune": True}
+    tiny_cnn = {
+        "name": "custom_cnn",
+        "model": {"name": "custom_cnn", "filters": [4, 4, 8, 8], "dense_units": 8},
+    }
+    overrides = {
+        "data": {"phantom": {"cache_dir": tiny_phantom_config.cache_dir}},
+        "models": [tiny_cnn, {**efficientnet, "if_weights_unavailable": "skip"}],
+        "evaluation": {"explain": False, "tta": False},
+    }
+    config = load_experiment(resolve_experiment_path("binary_nodule"), profile="smoke", overrides=overrides)
+    summary = run_classification_study(config, tmp_path / "skip", progress=False)
+    assert list(summary["models"]) == ["custom_cnn"]
+    assert "ImageNet weights could not be downloaded" in summary["skipped_models"]["efficientnet_b2"]
+    assert "efficientnet_b2: not trained" in (tmp_path / "skip" / "report.html").read_text()
+
+    overrides["models"] = [{**efficientnet, "if_weights_unavailable": "error"}]
+    config = load_experiment(resolve_experiment_path("binary_nodule"), profile="smoke", overrides=overrides)
+    with pytest.raises(WeightsUnavailableError, match="could not be downloaded"):
+        run_classification_study(config, tmp_path / "error", progress=False)

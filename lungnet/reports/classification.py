@@ -82,6 +82,8 @@ def write_report(
         f"{selected.name} ({summary['selection']})."
     )
     report.table(comparison_table(summary, config, data_label))
+    for name, why in summary.get("skipped_models", {}).items():
+        report.note(f"{name}: {why}")
     report.table(
         pd.DataFrame.from_dict(metric_definitions(len(names)), orient="index", columns=["definition"]),
         "Metric definitions",

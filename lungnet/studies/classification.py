@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from lungnet.data.dataset import PreparedData, image_column, prepare_data
+from lungnet.errors import LungnetError
 from lungnet.evaluation import (
     apply_temperature,
     classification_metrics,
@@ -55,19 +56,28 @@ def input_shape(config: ExperimentConfig) -> tuple[int, int, int]:
     return (pre.image_size, pre.image_size, pre.channels)
 
 
+class SkippedModel(Exception):
+    """A model left out of the run (its pretrained weights are unavailable and the experiment says skip)."""
+
+
 def _build(spec: ModelSpec, config: ExperimentConfig, num_classes: int) -> tuple[keras.Model, str | None]:
-    """Build the model; with `fallback_to_random`, an unreachable ImageNet download means random weights."""
+    """Build the model, applying the experiment's `if_weights_unavailable` when ImageNet cannot be fetched."""
     with distribution_scope(config.training):
         try:
             return build_model(spec.model, input_shape(config), num_classes), None
         except WeightsUnavailableError as exc:
-            if not spec.fallback_to_random:
+            cause = str(exc).splitlines()[0]
+            if spec.if_weights_unavailable == "skip":
+                note = f"not trained: ImageNet weights could not be downloaded ({cause})"
+                print(f"warning: {spec.name} {note}")
+                raise SkippedModel(note) from exc
+            if spec.if_weights_unavailable != "random_init":
                 raise
             note = (
                 f"{spec.name}: ImageNet weights could not be downloaded, so it was trained from random "
                 "initialisation end to end (no transfer learning or fine-tuning was possible)"
             )
-            print(f"warning: {note}. Cause: {str(exc).splitlines()[0]}")
+            print(f"warning: {note}. Cause: {cause}")
             fallback = dataclasses.replace(spec.model, weights=None)
             return build_model(fallback, input_shape(config), num_classes), note
 
@@ -189,12 +199,17 @@ def run_classification_study(config: ExperimentConfig, run_dir: Path, progress: 
     set_global_options(config.training)
     data = prepare_data(config.data, progress=progress)
     results: dict[str, ModelResult] = {}
+    skipped: dict[str, str] = {}
     for spec in config.models:
-        for name, model, summary in _train_model(spec, config, data, run_dir):
-            results[name] = evaluate_model(name, model, data, config, run_dir, summary)
-            print(
-                f"{name}: validation F1 {results[name].val_metrics['f1']:.3f}, test F1 {results[name].test_metrics['f1']:.3f}"
-            )
+        try:  # evaluate each phase as it finishes: fine-tuning continues from the same model object
+            for name, model, summary in _train_model(spec, config, data, run_dir):
+                results[name] = evaluate_model(name, model, data, config, run_dir, summary)
+                val_f1, test_f1 = results[name].val_metrics["f1"], results[name].test_metrics["f1"]
+                print(f"{name}: validation F1 {val_f1:.3f}, test F1 {test_f1:.3f}")
+        except SkippedModel as exc:
+            skipped[spec.name] = str(exc)
+    if not results:
+        raise LungnetError(f"no model was trained: {skipped}")
     selected = max(results.values(), key=lambda r: r.val_metrics["f1"])
     predictions_table(data, selected).to_csv(run_dir / "predictions.csv", index=False)
     summary = {
@@ -217,6 +232,7 @@ def run_classification_study(config: ExperimentConfig, run_dir: Path, progress: 
             for r in results.values()
         },
         "baselines": baselines(data),
+        "skipped_models": skipped,
     }
     write_json(run_dir / "metrics.json", summary)
     explanations = explain_selected(config, data, selected, run_dir) if config.evaluation.explain else {}
