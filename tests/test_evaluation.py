@@ -458,3 +458,13 @@ def test_figure_inputs_are_checked():
         F.confusion_matrix_figure([[1, 2, 3]], BINARY)
     with pytest.raises(DataError, match="nothing to plot"):
         F.metric_comparison_figure({})
+
+
+def test_best_f1_threshold_is_chosen_on_the_given_labels():
+    from lungnet.evaluation import best_f1_threshold, predictions_at_threshold
+
+    y = np.array([0, 0, 0, 1, 1])
+    p = np.array([0.05, 0.1, 0.3, 0.2, 0.4])
+    # Thresholds 0.2 -> preds [0,0,1,1,1]: TP 2, FP 1 -> F1 0.8; 0.4 -> TP 1 -> F1 0.667; 0.5 -> F1 0.
+    assert best_f1_threshold(y, p) == pytest.approx(0.2)
+    np.testing.assert_array_equal(predictions_at_threshold(p, 0.2), [0, 0, 1, 1, 1])

@@ -14,17 +14,21 @@ from lungnet.evaluation.calibration import (
     reliability_curve,
 )
 from lungnet.evaluation.metrics import (
+    best_f1_threshold,
     bootstrap_ci,
     classification_metrics,
     confusion_matrix,
     mean_probability,
     metric_definitions,
     mode_of_predictions,
+    predictions_at_threshold,
     predictions_from_probs,
     summarise,
 )
 
 __all__ = [
+    "best_f1_threshold",
+    "predictions_at_threshold",
     "apply_temperature",
     "bootstrap_ci",
     "classification_metrics",

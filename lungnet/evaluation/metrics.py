@@ -359,3 +359,28 @@ def summarise(results: Mapping[str, Mapping], keys: Sequence[str] = ("f1", "auc"
         cells = ["     n/a" if m.get(k) is None else f"{m[k]:8.3f}" for k in keys]
         lines.append(f"{model:<{width}}  " + "  ".join(cells))
     return "\n".join(lines)
+
+
+def best_f1_threshold(y_true, probs) -> float:
+    """Binary: the malignant-probability threshold that maximises F1 (of the malignant class) on these labels.
+
+    Meant for the validation split; apply the result to the test split with `predictions_at_threshold`.
+    Candidates are the distinct predicted probabilities; ties go to the threshold closest to 0.5.
+    """
+    y = np.asarray(y_true).astype(int)
+    p = as_probs(probs, 2)[:, 1]
+    best, best_f1 = 0.5, -1.0
+    for t in np.unique(np.concatenate([p, [0.5]])):
+        pred = (p >= t).astype(int)
+        tp = int(((pred == 1) & (y == 1)).sum())
+        f1 = _ratio(
+            2 * tp, 2 * tp + int(((pred == 1) & (y == 0)).sum()) + int(((pred == 0) & (y == 1)).sum())
+        )
+        if f1 > best_f1 + 1e-12 or (abs(f1 - best_f1) <= 1e-12 and abs(t - 0.5) < abs(best - 0.5)):
+            best, best_f1 = float(t), f1
+    return best
+
+
+def predictions_at_threshold(probs, threshold: float) -> np.ndarray:
+    """Binary labels: malignant where p(malignant) >= threshold."""
+    return (as_probs(probs, 2)[:, 1] >= threshold).astype(int)

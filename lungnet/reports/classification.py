@@ -82,6 +82,19 @@ def write_report(
         f"{selected.name} ({summary['selection']})."
     )
     report.table(comparison_table(summary, config, data_label))
+    thresholds = {
+        name: {
+            "threshold (chosen on validation)": r["threshold_from_val"]["threshold"],
+            **{m: r["threshold_from_val"]["test"].get(m) for m in ("f1", "f1_macro", "precision", "recall")},
+        }
+        for name, r in summary["models"].items()
+        if r.get("threshold_from_val")
+    }
+    if thresholds:
+        report.table(
+            pd.DataFrame(thresholds).T,
+            "Beside the study's 0.5 threshold: test metrics at the threshold that maximises validation F1",
+        )
     for name, why in summary.get("skipped_models", {}).items():
         report.note(f"{name}: {why}")
     report.table(

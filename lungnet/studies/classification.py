@@ -19,12 +19,14 @@ from lungnet.data.dataset import PreparedData, image_column, prepare_data
 from lungnet.errors import LungnetError
 from lungnet.evaluation import (
     apply_temperature,
+    best_f1_threshold,
     classification_metrics,
     expected_calibration_error,
     fit_temperature,
     majority_baseline,
     mean_probability,
     mode_of_predictions,
+    predictions_at_threshold,
     size_only_baseline,
 )
 from lungnet.experiment import ExperimentConfig, ModelSpec
@@ -49,6 +51,7 @@ class ModelResult:
     training: dict
     tta: dict | None = None
     calibration: dict | None = None
+    threshold: dict | None = None  # binary: threshold maximising validation F1, and test metrics at it
 
 
 def input_shape(config: ExperimentConfig) -> tuple[int, int, int]:
@@ -139,6 +142,14 @@ def evaluate_model(name, model, data: PreparedData, config: ExperimentConfig, ru
         classification_metrics(y_test, test_probs, names),
         training,
     )
+    if len(names) == 2:  # the study's F1 is at 0.5; a validation-chosen threshold is reported beside it
+        threshold = best_f1_threshold(y_val, val_probs)
+        result.threshold = {
+            "threshold": threshold,
+            "test": classification_metrics(
+                y_test, test_probs, names, y_pred=predictions_at_threshold(test_probs, threshold)
+            ),
+        }
     if config.evaluation.tta:
         tta = predict_tta(model, data.test)
         result.tta = {
@@ -223,6 +234,7 @@ def run_classification_study(config: ExperimentConfig, run_dir: Path, progress: 
         "n_test": int(len(data.split("test"))),
         "models": {
             r.name: {
+                "threshold_from_val": r.threshold,
                 "val": r.val_metrics,
                 "test": r.test_metrics,
                 "tta": r.tta,
