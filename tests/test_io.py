@@ -7,9 +7,9 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from dicom_files import write_ct_slice
 from pydicom.data import get_testdata_file
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from lungnet.data.io import (
     list_dicom_series,
@@ -20,38 +20,6 @@ from lungnet.data.io import (
     split_reference,
 )
 from lungnet.errors import DataError
-
-
-def write_ct_slice(
-    path, stored, *, slope=1.0, intercept=-1024.0, z=0.0, series_uid=None, instance=1, pixels=True
-):
-    """A minimal CT DICOM file with `stored` (uint16) pixels; `pixels=False` leaves the pixel data out."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    ds.SeriesInstanceUID = series_uid or generate_uid()
-    ds.StudyInstanceUID = "1.2.3"
-    ds.InstanceNumber = instance
-    ds.ImagePositionPatient = [0.0, 0.0, z]
-    ds.PixelSpacing = [0.7, 0.7]
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.RescaleSlope = slope
-    ds.RescaleIntercept = intercept
-    if pixels:
-        ds.PixelData = stored.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def test_ct_small_reads_in_hounsfield_units():

@@ -11,10 +11,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pydicom
 import pytest
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from dicom_files import write_ct_slice
+from pydicom.uid import generate_uid
 from skimage.draw import polygon
 
 from lungnet.data.io import read_image, read_mask
@@ -68,33 +67,19 @@ def _write_series(root, scan, *, pixels=True, skip_annotated=False):
 
 
 def _write_slice(path, scan, z, instance, hu, pixels, series_uid=None):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    ds.PatientID = scan.patient_id
-    ds.StudyInstanceUID = scan.study_instance_uid
-    ds.SeriesInstanceUID = series_uid or scan.series_instance_uid
-    ds.InstanceNumber = instance
-    ds.ImagePositionPatient = [-180.0, -180.0, z]
-    ds.PixelSpacing = [scan.pixel_spacing, scan.pixel_spacing]
-    ds.SliceThickness = scan.slice_thickness
-    ds.Rows, ds.Columns = hu.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.RescaleSlope = 1
-    ds.RescaleIntercept = -1024  # stored = HU + 1024, as in LIDC
-    if pixels:
-        ds.PixelData = np.clip(np.rint(hu) + 1024, 0, 4095).astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    write_ct_slice(  # stored = HU + 1024 with intercept -1024, as in LIDC
+        path,
+        np.clip(np.rint(hu) + 1024, 0, 4095),
+        z=z,
+        series_uid=series_uid or scan.series_instance_uid,
+        study_uid=scan.study_instance_uid,
+        patient_id=scan.patient_id,
+        instance=instance,
+        pixels=pixels,
+        spacing=scan.pixel_spacing,
+        thickness=scan.slice_thickness,
+        origin=(-180.0, -180.0),
+    )
 
 
 @pytest.fixture(scope="module")
