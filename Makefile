@@ -9,12 +9,14 @@ PROFILE ?= default
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: help setup test test-slow test-all lint format duplicates bench data-info clean \
-	reproduce-binary-nodule reproduce-binary-full reproduce-5class-nodule reproduce-5class-full reproduce-classification-all
+	reproduce-binary-nodule reproduce-binary-full reproduce-5class-nodule reproduce-5class-full reproduce-classification-all \
+	reproduce-attention-unet bench-segmentation
 
 help:
 	@echo "make reproduce-binary-nodule   flagship study (DATA=lidc-phantom by default, or a manifest CSV)"
 	@echo "  (also reproduce-binary-full, reproduce-5class-nodule, reproduce-5class-full, reproduce-classification-all;"
 	@echo "   PROFILE=full for the study's own settings)"
+	@echo "make reproduce-attention-unet  segmentation study: U-Net vs attention residual U-Net, Dice+Focal, dense CRF"
 	@echo "make test                      fast tests + notebooks (sets up .venv)"
 	@echo "make test-slow                 the slow tests"
 	@echo "make bench                     benchmarks -> benchmarks/results/*.json"
@@ -54,6 +56,10 @@ duplicates:
 bench: $(STAMP)
 	$(PY) benchmarks/phantom_build.py
 	$(PY) benchmarks/pipeline_throughput.py
+	$(PY) benchmarks/segmentation_speed.py
+
+bench-segmentation: $(STAMP)
+	$(PY) benchmarks/segmentation_speed.py
 
 data-info: $(STAMP)
 	$(VENV)/bin/lungnet data info $(DATA)
@@ -72,6 +78,9 @@ reproduce-5class-full: $(STAMP)
 
 # All twelve cells of the study's table: 3 models x {binary, 5-class} x {nodule crop, full slice}.
 reproduce-classification-all: reproduce-binary-nodule reproduce-binary-full reproduce-5class-nodule reproduce-5class-full
+
+reproduce-attention-unet: $(STAMP)
+	$(VENV)/bin/lungnet reproduce attention-unet --data $(DATA) --profile $(PROFILE)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -65,8 +65,7 @@ def _cmd_data_info(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from lungnet.studies.classification import run_classification_study
-    from lungnet.studies.runner import prepare_run
+    from lungnet.studies.runner import prepare_run, run_study
 
     config, run_dir = prepare_run(
         args.config,
@@ -77,7 +76,7 @@ def _cmd_train(args) -> int:
         assignments=args.assignments,
     )
     print(f"run folder: {run_dir}")
-    run_classification_study(config, run_dir)
+    run_study(config, run_dir)
     print(f"run folder: {run_dir}\nreport: {run_dir / 'report.html'}")
     return 0
 
@@ -100,19 +99,15 @@ def _cmd_export(args) -> int:
 
 def _cmd_reproduce(args) -> int:
     from lungnet.serving.export import export_run
-    from lungnet.studies.classification import run_classification_study
-    from lungnet.studies.runner import prepare_run
+    from lungnet.studies.runner import prepare_run, run_study, summary_line
 
     config, run_dir = prepare_run(
         args.study, profile=args.profile, data=args.data, out=args.out, assignments=args.assignments
     )
     print(f"run folder: {run_dir}")
-    summary = run_classification_study(config, run_dir)
+    summary = run_study(config, run_dir)
     saved = export_run(run_dir)
-    print(
-        f"\nselected model {summary['selected_model']}: test F1 {summary['f1']:.3f}, AUC {summary['auc'] or float('nan'):.3f}"
-        f" ({summary['data']})\nreport: {run_dir / 'report.html'}\nSavedModel: {saved}"
-    )
+    print(f"\n{summary_line(summary)}\nreport: {run_dir / 'report.html'}\nSavedModel: {saved}")
     return 0
 
 
@@ -185,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce = commands.add_parser(
         "reproduce", help="run a published study end to end (train, report, export)"
     )
-    reproduce.add_argument("study", help="study name, e.g. binary-nodule (experiments/binary_nodule.yaml)")
+    reproduce.add_argument(
+        "study", help="study name, e.g. binary-nodule or attention-unet (experiments/*.yaml)"
+    )
     _add_run_options(reproduce)
     reproduce.set_defaults(func=_cmd_reproduce)
     return parser

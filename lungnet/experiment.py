@@ -14,8 +14,12 @@ from typing import Any, Literal
 
 from lungnet.config import from_dict, load_yaml
 from lungnet.data.dataset import DataConfig
+from lungnet.data.segmentation import SegmentationDataConfig
 from lungnet.errors import ConfigError
+from lungnet.losses import LossConfig
 from lungnet.models.registry import ModelConfig
+from lungnet.models.unet import SegmentationModelConfig
+from lungnet.postprocess.crf import CRFConfig
 from lungnet.training.fit import TrainingConfig
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
@@ -67,6 +71,67 @@ class ExperimentConfig:
             raise ConfigError(f"models: names must be unique, got {names}")
 
 
+@dataclass(frozen=True)
+class SegmentationModelSpec:
+    name: str
+    model: SegmentationModelConfig
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    threshold: float = 0.5  # probability -> mask
+    crf: CRFConfig = field(default_factory=CRFConfig)  # every metric is reported with and without it
+
+    def __post_init__(self):
+        if not 0 < self.threshold < 1:
+            raise ConfigError(f"postprocess.threshold: {self.threshold} must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class SegmentationEvaluationConfig:
+    small_diameter_mm: float = 10.0  # a lesion is small below this equivalent diameter
+    detection_iou: float = 0.3  # a lesion is detected when its IoU with the predicted regions reaches this
+    intensity_test: bool = True  # Dice under the fixed brightness / contrast / noise perturbations
+    reader_agreement: bool = True  # reader-to-reader Dice on the test nodules (LIDC-derived sources)
+    figure_samples: int = 6
+
+    def __post_init__(self):
+        if not self.small_diameter_mm > 0:
+            raise ConfigError(f"evaluation.small_diameter_mm: {self.small_diameter_mm} must be > 0")
+        if not 0 < self.detection_iou <= 1:
+            raise ConfigError(f"evaluation.detection_iou: {self.detection_iou} must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class SegmentationExperimentConfig:
+    """A segmentation study: models trained with one loss, evaluated with and without the dense CRF."""
+
+    name: str
+    task: Literal["segmentation"] = "segmentation"
+    data: SegmentationDataConfig = field(default_factory=SegmentationDataConfig)
+    models: tuple[SegmentationModelSpec, ...] = ()
+    loss: LossConfig = field(default_factory=LossConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    evaluation: SegmentationEvaluationConfig = field(default_factory=SegmentationEvaluationConfig)
+    published: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> metric -> value
+    published_source: str = ""
+    profile: str = "base"
+
+    def __post_init__(self):
+        ExperimentConfig.__post_init__(self)
+
+
+def config_class(raw: dict) -> type:
+    """The experiment dataclass for a raw config, by its ``task`` key (classification when absent)."""
+    task = raw.get("task", "classification")
+    if task == "segmentation":
+        return SegmentationExperimentConfig
+    if task != "classification":
+        raise ConfigError(f"task: {task!r} is not one of ['classification', 'segmentation']")
+    return ExperimentConfig
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():
@@ -91,7 +156,7 @@ def load_experiment(
         raw = deep_merge(raw, profiles[profile])
     raw = deep_merge(raw, overrides or {})
     raw["profile"] = profile or "base"
-    return from_dict(ExperimentConfig, raw, str(path))
+    return from_dict(config_class(raw), raw, str(path))
 
 
 def _load_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict:

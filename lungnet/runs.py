@@ -34,7 +34,7 @@ def save_config(run_dir: Path, config) -> Path:
 def load_run_config(run_dir: str | Path):
     """The experiment config a run was made with (for resume, evaluate and export)."""
     from lungnet.config import from_dict
-    from lungnet.experiment import ExperimentConfig
+    from lungnet.experiment import config_class
 
     run_dir = Path(run_dir)
     path = run_dir / CONFIG_FILE
@@ -42,7 +42,8 @@ def load_run_config(run_dir: str | Path):
         raise LungnetError(f"{run_dir}: run folder not found")
     if not path.is_file():
         raise LungnetError(f"{run_dir}: not a lungnet run folder (no {CONFIG_FILE})")
-    return from_dict(ExperimentConfig, yaml.safe_load(path.read_text()), str(path))
+    raw = yaml.safe_load(path.read_text())
+    return from_dict(config_class(raw), raw, str(path))
 
 
 def require_files(run_dir: Path, *names: str) -> None:

@@ -25,7 +25,7 @@ import dataclasses
 import os
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -175,12 +175,14 @@ def segmentation_dataset(
     seed: int = 0,
     cache: bool = True,
     resampler: Resampler = "opencv",
+    perturb: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
 ) -> tf.data.Dataset:
     """Batches of ``(image [S, S, C] float32, mask [S, S, 1] float32 0/1)``.
 
     Masks get the image's geometry (centre crop, nearest resize) and, in training with `augment`, exactly
     the image's random geometric transform. Every row needs a mask. `resampler`: see
-    `classification_dataset`.
+    `classification_dataset`. `perturb(image [H, W] in native units, row int64) -> image` runs before
+    preprocessing (intensity-robustness tests); seed any randomness from the row, so it is repeatable.
     """
     _check_batch_size(batch_size)
     _check_resampler(resampler)
@@ -195,6 +197,8 @@ def segmentation_dataset(
         )
         image.set_shape([None, None])
         mask.set_shape([None, None])
+        if perturb is not None:
+            image = perturb(image, row)
         image = tf.ensure_shape(preprocess_image(image, grey), [size, size, 1])
         mask = tf.ensure_shape(preprocess_mask(mask, grey), [size, size, 1])
         return image, mask

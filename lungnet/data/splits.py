@@ -23,12 +23,14 @@ def split_manifest(
     seed: int = 0,
     level: str = "patient",
     class_names: tuple[str, ...] | None = None,
+    require_every_class: bool = True,
 ) -> pd.DataFrame:
     """Add a ``split`` column (train/val/test). Needs ``target``; rows of one patient share a split.
 
     Patients are stratified by their most severe class (the highest target among their rows) and dealt to
     the split whose share of that stratum's rows is furthest below its fraction, so each split gets about
-    its fraction of every class.
+    its fraction of every class. With `require_every_class` (classification) a split missing a class is an
+    error; without it (strata that are only a balancing aid, such as nodule size) it is allowed.
     """
     fractions = _check_fractions(fractions)
     if "target" not in df.columns:
@@ -59,7 +61,8 @@ def split_manifest(
             counts[choice] += sizes[pid]
     out = df.copy()
     out["split"] = groups.map(lambda g: SPLIT_NAMES[assignment[g]]).to_numpy()
-    _check_classes_present(out, fractions, class_names)
+    if require_every_class:
+        _check_classes_present(out, fractions, class_names)
     return out
 
 

@@ -6,6 +6,10 @@ Signatures (``saved_model_cli show --dir DIR --all`` lists them):
   (Hounsfield units for CT, 0-255 for 8-bit images), any height and width (the training preprocessing crops and
   resizes). Returns ``probabilities`` float32 ``[batch, K]`` in the order of the run's class names.
 - ``serving_uint8``: the same for ``uint8`` images.
+
+For a segmentation run, ``probabilities`` is the nodule probability map float32 ``[batch, height, width]``
+at the input's own size (the model's output resized back bilinearly); threshold it (the run's
+``postprocess.threshold``, 0.5 by default) for a mask. The dense CRF is not part of the signature.
 """
 
 from __future__ import annotations
@@ -40,8 +44,11 @@ def load_run_model(run_dir: str | Path, model_name: str | None = None) -> tuple[
         raise LungnetError(
             f"{run_dir}: no trained model {name!r} (models/{name}.keras); available: {available}"
         )
+    import lungnet.losses  # noqa: F401  (registers the segmentation losses a saved model may name)
+    import lungnet.models.unet  # noqa: F401
+
     try:
-        return keras.models.load_model(path), name
+        return keras.models.load_model(path, compile=False), name
     except Exception as exc:  # a truncated or foreign file
         raise LungnetError(f"{path}: cannot load the model ({type(exc).__name__}: {exc})") from exc
 
@@ -51,15 +58,25 @@ def export_run(run_dir: str | Path, model_name: str | None = None, out: str | Pa
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     model, name = load_run_model(run_dir, model_name)
-    preprocess = config.data.preprocess
-    class_names = json.loads((run_dir / "metrics.json").read_text()).get("class_names")
+    segmentation = getattr(config, "task", "classification") == "segmentation"
+    if segmentation:
+        from lungnet.studies.segmentation import load_preprocess
+
+        preprocess = load_preprocess(run_dir)
+        class_names = None
+    else:
+        preprocess = config.data.preprocess
+        class_names = json.loads((run_dir / "metrics.json").read_text()).get("class_names")
     binary = int(model.outputs[0].shape[-1]) == 1
 
     def serve(images):
         x = preprocess_image(tf.cast(images, tf.float32)[..., None], preprocess)
-        out = model(x, training=False)
+        out = tf.cast(model(x, training=False), tf.float32)
+        if segmentation:  # back to the input's size: a map a viewer can lay over the image it sent
+            out = tf.image.resize(out, tf.shape(images)[1:3], method="bilinear")
+            return {"probabilities": out[..., 0]}
         probs = tf.concat([1.0 - out, out], axis=-1) if binary else out
-        return {"probabilities": tf.cast(probs, tf.float32)}
+        return {"probabilities": probs}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -75,7 +92,11 @@ def export_run(run_dir: str | Path, model_name: str | None = None, out: str | Pa
             tmp / "lungnet.json",
             {
                 "model": name,
+                "task": "segmentation" if segmentation else "classification",
                 "class_names": class_names,
+                "output": "probability map float32 [batch, height, width] at the input size"
+                if segmentation
+                else "class probabilities float32 [batch, K]",
                 "input": "float32 or uint8 [batch, height, width], raw "
                 "grey images (HU or 0-255); preprocessing is inside the signature",
                 "preprocess": str(preprocess),

@@ -30,6 +30,10 @@ from lungnet.serving.export import load_run_model
 def evaluate_run(run_dir, source_spec: str, out=None, model_name: str | None = None) -> Path:
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
+    if getattr(config, "task", "classification") == "segmentation":
+        from lungnet.studies.segmentation import evaluate_segmentation_run
+
+        return evaluate_segmentation_run(run_dir, source_spec, out=out, model_name=model_name)
     model, name = load_run_model(run_dir, model_name)
     source = load_source(source_spec, config.data.phantom)
     labelled = assign_labels(source.manifest, config.data.grouping, origin=source.spec)

@@ -44,3 +44,25 @@ def prepare_run(
         overrides = deep_merge(overrides, {"data": {"source": data}})
     experiment = load_experiment(resolve_experiment_path(config), profile=profile, overrides=overrides)
     return experiment, new_run_dir(experiment.name, out)
+
+
+def run_study(config, run_dir: Path, progress: bool = True) -> dict:
+    """Run the study an experiment describes (classification or segmentation); returns its metrics summary."""
+    if getattr(config, "task", "classification") == "segmentation":
+        from lungnet.studies.segmentation import run_segmentation_study
+
+        return run_segmentation_study(config, run_dir, progress=progress)
+    from lungnet.studies.classification import run_classification_study
+
+    return run_classification_study(config, run_dir, progress=progress)
+
+
+def summary_line(summary: dict) -> str:
+    """One line of a finished study's headline numbers, with the data they come from."""
+    name = summary["selected_model"]
+    if summary.get("task") == "segmentation":
+        crf = summary.get("crf") or {}
+        with_crf = f", with CRF {crf['dice']:.3f}" if crf.get("dice") is not None else ""
+        return f"selected model {name}: test Dice {summary['dice']:.3f}{with_crf} ({summary['data']})"
+    auc = summary["auc"] if summary.get("auc") is not None else float("nan")
+    return f"selected model {name}: test F1 {summary['f1']:.3f}, AUC {auc:.3f} ({summary['data']})"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,6 +33,7 @@ class TrainingConfig:
     epochs: int = 30
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4  # AdamW's decoupled weight decay
+    optimizer: Literal["adamw", "adam"] = "adamw"  # adam: the segmentation study's (no weight decay)
     early_stopping_patience: int = 5  # on validation loss; the best weights are restored
     fine_tune_epochs: int = 20
     fine_tune_learning_rate: float = 1e-5
@@ -75,7 +77,15 @@ def distribution_scope(config: TrainingConfig):
 
 
 def binary_output(model: keras.Model) -> bool:
-    return int(model.outputs[0].shape[-1]) == 1
+    """A classifier with one sigmoid unit ``[B, 1]`` (a segmentation map ``[B, H, W, 1]`` is not one)."""
+    shape = model.outputs[0].shape
+    return len(shape) == 2 and int(shape[-1]) == 1
+
+
+def make_optimizer(learning_rate: float, config: TrainingConfig) -> keras.optimizers.Optimizer:
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=learning_rate)
+    return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay)
 
 
 def compile_model(model: keras.Model, learning_rate: float, config: TrainingConfig) -> None:
@@ -85,8 +95,9 @@ def compile_model(model: keras.Model, learning_rate: float, config: TrainingConf
     else:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
         metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
-    optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay)
-    model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=config.xla)
+    model.compile(
+        optimizer=make_optimizer(learning_rate, config), loss=loss, metrics=metrics, jit_compile=config.xla
+    )
 
 
 def targets_for(model: keras.Model, dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -130,10 +141,12 @@ def train_phase(
     learning_rate: float,
     config: TrainingConfig,
     class_weight: dict[int, float] | None = None,
+    compile_fn: Callable[[keras.Model, float, TrainingConfig], None] | None = None,
 ) -> dict:
     """Compile and fit one phase with checkpoints, early stopping, logs and resume. Returns the phase summary.
 
     If the phase already finished in `run_dir`, its final weights are loaded and nothing is trained.
+    `compile_fn(model, learning_rate, config)` replaces the classifier's `compile_model` (other losses).
     """
     run_dir = Path(run_dir)
     checkpoints = run_dir / "checkpoints"
@@ -147,7 +160,7 @@ def train_phase(
         load_checkpoint(model, final)
         return {**done, "resumed": "skipped (already finished)"}
 
-    compile_model(model, learning_rate, config)
+    (compile_fn or compile_model)(model, learning_rate, config)
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup" / phase)),
         keras.callbacks.ModelCheckpoint(

@@ -1,0 +1,439 @@
+"""The segmentation study: U-Net vs attention residual U-Net, hybrid Dice + Focal loss, dense-CRF post-processing.
+
+Per model: train with the experiment's loss (Adam), predict the validation and test splits, and evaluate the
+test split twice, on the thresholded probabilities and after the fully connected CRF: Dice, IoU, precision,
+sensitivity, F-score, accuracy, small-tumour recall, and the intensity test (the std of mean Dice over a
+fixed set of brightness / contrast / noise perturbations of the raw test images). The model with the best
+validation Dice is the run's selected model (exported). For LIDC-derived sources the radiologists' own
+agreement on the same test nodules is computed as the human reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from lungnet.data.pipelines import data_errors
+from lungnet.data.preprocessing import PreprocessConfig
+from lungnet.data.segmentation import PreparedSegmentationData, prepare_segmentation_data
+from lungnet.errors import DataError, LungnetError
+from lungnet.evaluation.perturbations import (
+    DEFAULT_PERTURBATIONS,
+    Perturbation,
+    intensity_std,
+    perturb_image,
+    value_range_for,
+)
+from lungnet.evaluation.segmentation import (
+    aggregate_metrics,
+    binarize,
+    lesion_table,
+    per_image_metrics,
+    small_tumour_recall,
+)
+from lungnet.experiment import SegmentationExperimentConfig
+from lungnet.fileio import write_json
+from lungnet.losses import build_loss
+from lungnet.models.unet import build_segmentation_model
+from lungnet.postprocess.crf import dense_crf_batch, require_crf
+from lungnet.runs import save_config
+from lungnet.training.fit import distribution_scope, make_optimizer, set_global_options, train_phase
+
+MODELS_DIR = "models"
+MASKS_DIR = "predicted_masks"
+METRIC_KEYS = (
+    "dice",
+    "iou",
+    "precision",
+    "sensitivity",
+    "f_score",
+    "accuracy",
+    "small_tumour_recall",
+    "intensity_std",
+)
+
+
+@dataclasses.dataclass
+class Predictions:
+    """One split's preprocessed images, true masks and predicted probabilities, all ``[N, S, S]``."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    probs: np.ndarray
+
+
+def predict_split(model: keras.Model, dataset: tf.data.Dataset, progress: bool = False) -> Predictions:
+    images, masks, probs = [], [], []
+    with data_errors():
+        for x, y in tqdm(dataset, desc="predicting", disable=not progress, leave=False):
+            images.append(x.numpy()[..., 0])
+            masks.append(y.numpy()[..., 0])
+            probs.append(np.asarray(model(x, training=False), dtype=np.float32)[..., 0])
+    if not images:
+        raise DataError("no images to predict")
+    return Predictions(np.concatenate(images), np.concatenate(masks) > 0.5, np.concatenate(probs))
+
+
+def compile_segmentation(config: SegmentationExperimentConfig):
+    """A `train_phase` compile function: the experiment's loss, Adam(W), IoU of the nodule class."""
+
+    def compile_fn(model: keras.Model, learning_rate: float, training) -> None:
+        model.compile(
+            optimizer=make_optimizer(learning_rate, training),
+            loss=build_loss(config.loss),
+            metrics=[keras.metrics.BinaryIoU(target_class_ids=[1], threshold=0.5, name="iou")],
+            jit_compile=training.xla,
+        )
+
+    return compile_fn
+
+
+def mask_metrics(
+    pred: np.ndarray, truth: np.ndarray, spacing: np.ndarray, config: SegmentationExperimentConfig
+) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """(aggregate metrics incl. small-tumour recall, per-image table, lesion table) of binary masks."""
+    per_image = per_image_metrics(truth, pred)
+    lesions = lesion_table(
+        truth,
+        pred,
+        spacing,
+        max_diameter_mm=config.evaluation.small_diameter_mm,
+        min_iou=config.evaluation.detection_iou,
+    )
+    summary = {**aggregate_metrics(per_image), **small_tumour_recall(lesions)}
+    return summary, per_image, lesions
+
+
+def crf_probabilities(pred: Predictions, config: SegmentationExperimentConfig, progress: bool) -> np.ndarray:
+    return dense_crf_batch(pred.images, pred.probs, config.postprocess.crf, progress=progress)
+
+
+def perturbation_fn(p: Perturbation, intensity: str):
+    value_range = value_range_for(intensity)
+    clip = intensity == "8bit"  # 0-255 is physical for 8-bit files; HU have no such bound
+
+    def fn(image, row):
+        return perturb_image(image, p, value_range, seed=row, clip=clip)
+
+    return fn
+
+
+def intensity_test(
+    model: keras.Model,
+    data: PreparedSegmentationData,
+    frame: pd.DataFrame,
+    config: SegmentationExperimentConfig,
+    progress: bool,
+) -> dict:
+    """Mean Dice under each perturbation (and after the CRF when enabled), and their std."""
+    threshold = config.postprocess.threshold
+    use_crf = config.postprocess.crf.enabled
+    dice_raw, dice_crf = {}, {}
+    for p in tqdm(DEFAULT_PERTURBATIONS, desc="intensity test", disable=not progress, leave=False):
+        ds = data.pipeline(frame, perturb=None if p.kind == "none" else perturbation_fn(p, data.intensity))
+        pred = predict_split(model, ds)
+        dice_raw[p.name] = float(
+            np.nanmean(per_image_metrics(pred.masks, binarize(pred.probs, threshold))["dice"])
+        )
+        if use_crf:
+            refined = crf_probabilities(pred, config, progress=False)
+            dice_crf[p.name] = float(
+                np.nanmean(per_image_metrics(pred.masks, binarize(refined, threshold))["dice"])
+            )
+    out = {"raw": {"dice_by_condition": dice_raw, "intensity_std": intensity_std(dice_raw)}}
+    if use_crf:
+        out["crf"] = {"dice_by_condition": dice_crf, "intensity_std": intensity_std(dice_crf)}
+    return out
+
+
+@dataclasses.dataclass
+class SegmentationResult:
+    name: str
+    model: keras.Model
+    path: Path
+    training: dict
+    val_dice: float
+    test: Predictions
+    crf_probs: np.ndarray | None
+    metrics: dict  # {"raw": {...}, "crf": {...}}
+    per_image: dict[str, pd.DataFrame]
+    lesions: dict[str, pd.DataFrame]
+
+
+def evaluate_predictions(
+    test: Predictions, spacing: np.ndarray, config: SegmentationExperimentConfig, progress: bool
+) -> tuple[dict, dict, dict, np.ndarray | None]:
+    """Metrics of the raw masks and, when enabled, of the CRF-refined masks."""
+    threshold = config.postprocess.threshold
+    metrics, per_image, lesions = {}, {}, {}
+    metrics["raw"], per_image["raw"], lesions["raw"] = mask_metrics(
+        binarize(test.probs, threshold), test.masks, spacing, config
+    )
+    refined = None
+    if config.postprocess.crf.enabled:
+        refined = crf_probabilities(test, config, progress)
+        metrics["crf"], per_image["crf"], lesions["crf"] = mask_metrics(
+            binarize(refined, threshold), test.masks, spacing, config
+        )
+    return metrics, per_image, lesions, refined
+
+
+def train_and_evaluate(
+    spec, config: SegmentationExperimentConfig, data: PreparedSegmentationData, run_dir: Path, progress: bool
+) -> SegmentationResult:
+    pre = data.preprocess
+    with distribution_scope(config.training):
+        model = build_segmentation_model(spec.model, (pre.image_size, pre.image_size, pre.channels))
+    summary = train_phase(
+        model,
+        data.train,
+        data.val,
+        run_dir=run_dir,
+        phase=spec.name,
+        epochs=config.training.epochs,
+        learning_rate=config.training.learning_rate,
+        config=config.training,
+        compile_fn=compile_segmentation(config),
+    )
+    path = run_dir / MODELS_DIR / f"{spec.name}.keras"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    val = predict_split(model, data.val)
+    val_dice = float(
+        np.nanmean(per_image_metrics(val.masks, binarize(val.probs, config.postprocess.threshold))["dice"])
+    )
+    test_frame = data.split("test")
+    test = predict_split(model, data.test, progress=progress)
+    metrics, per_image, lesions, refined = evaluate_predictions(
+        test, test_frame["eval_spacing_mm"].to_numpy(), config, progress
+    )
+    if config.evaluation.intensity_test:
+        robustness = intensity_test(model, data, test_frame, config, progress)
+        for kind, values in robustness.items():
+            metrics[kind].update(values)
+    return SegmentationResult(
+        spec.name, model, path, summary, val_dice, test, refined, metrics, per_image, lesions
+    )
+
+
+def write_predictions(
+    out_dir: Path, frame: pd.DataFrame, results: list[SegmentationResult], threshold: float
+) -> pd.DataFrame:
+    """``predictions.csv``: one row per (model, image) with Dice and IoU; each predicted mask as a PNG."""
+    rows = []
+    for result in results:
+        variants = {"raw": result.test.probs}
+        if result.crf_probs is not None:
+            variants["crf"] = result.crf_probs
+        paths: dict[str, list[str]] = {}
+        for kind, probs in variants.items():
+            folder = out_dir / MASKS_DIR / (result.name if kind == "raw" else f"{result.name}-crf")
+            folder.mkdir(parents=True, exist_ok=True)
+            paths[kind] = []
+            for i, mask in enumerate(binarize(probs, threshold)):
+                target = folder / f"{i:05d}.png"
+                cv2.imwrite(str(target), mask.astype(np.uint8) * 255)
+                paths[kind].append(str(target.relative_to(out_dir)))
+        table = pd.DataFrame(
+            {
+                "image": frame["image_ref"].to_numpy(),
+                "patient_id": frame["patient_id"].to_numpy(),
+                "model": result.name,
+                "dice": result.per_image["raw"]["dice"].to_numpy(),
+                "iou": result.per_image["raw"]["iou"].to_numpy(),
+                "predicted_mask": paths["raw"],
+            }
+        )
+        if "crf" in paths:
+            table["dice_crf"] = result.per_image["crf"]["dice"].to_numpy()
+            table["iou_crf"] = result.per_image["crf"]["iou"].to_numpy()
+            table["predicted_mask_crf"] = paths["crf"]
+        if "nodule_id" in frame.columns:
+            table.insert(2, "nodule_id", frame["nodule_id"].to_numpy())
+        rows.append(table)
+    predictions = pd.concat(rows, ignore_index=True)
+    predictions.to_csv(out_dir / "predictions.csv", index=False)
+    return predictions
+
+
+def readers_on_test(data: PreparedSegmentationData, config: SegmentationExperimentConfig, progress: bool):
+    """(summary, per-(nodule, reader) table) of reader-to-reader Dice on the test nodules, or (None, None)."""
+    test = data.split("test")
+    if not config.evaluation.reader_agreement or not {"series_uid", "nodule_id"} <= set(test.columns):
+        return None, None
+    from lungnet.evaluation.reader_agreement import parse_nodule_index, reader_agreement, summarize_agreement
+
+    nodules = test.drop_duplicates("nodule_id")
+    try:
+        table = pd.DataFrame(
+            {
+                "series_uid": nodules["series_uid"].astype(str).to_numpy(),
+                "nodule_index": [parse_nodule_index(n) for n in nodules["nodule_id"].astype(str)],
+            }
+        )
+        # LIDC has four readers: larger clusters are pylidc clustering artefacts, left out
+        agreement = reader_agreement(table, progress=progress, max_readers=4)
+    except (DataError, LungnetError) as exc:
+        print(f"note: reader agreement not computed: {exc}")
+        return None, None
+    if agreement.empty:
+        return None, None
+    return summarize_agreement(agreement), agreement
+
+
+def headline(metrics: dict) -> dict:
+    """The study's eight columns, from a raw or CRF metrics block."""
+    return {key: metrics.get(key) for key in METRIC_KEYS}
+
+
+def run_segmentation_study(
+    config: SegmentationExperimentConfig, run_dir: Path, progress: bool = True
+) -> dict:
+    """Train, evaluate and report every model of `config` into `run_dir`; returns the metrics summary."""
+    from lungnet.reports.segmentation import write_segmentation_report
+
+    if config.postprocess.crf.enabled:
+        require_crf()  # before any training: a missing package must not cost a finished run
+    save_config(run_dir, config)
+    set_global_options(config.training)
+    data = prepare_segmentation_data(config.data, progress=progress)
+    results = []
+    for spec in config.models:
+        result = train_and_evaluate(spec, config, data, run_dir, progress)
+        raw = result.metrics["raw"]
+        print(f"{spec.name}: validation Dice {result.val_dice:.3f}, test Dice {raw['dice']:.3f}")
+        results.append(result)
+    selected = max(results, key=lambda r: r.val_dice)
+    test_frame = data.split("test")
+    write_predictions(run_dir, test_frame, results, config.postprocess.threshold)
+    readers, reader_table = readers_on_test(data, config, progress)
+    if reader_table is not None:
+        reader_table.to_csv(run_dir / "reader_agreement.csv", index=False)
+    summary = {
+        **headline(selected.metrics["raw"]),
+        "crf": headline(selected.metrics["crf"]) if "crf" in selected.metrics else None,
+        "selected_model": selected.name,
+        "selection": "best validation Dice (thresholded at postprocess.threshold, no CRF)",
+        "task": "segmentation",
+        "split": "test",
+        "data": data.source.description,
+        "n_test": int(len(test_frame)),
+        "n_empty_masks": data.n_empty_masks,
+        "intensity": data.intensity,
+        "preprocess": dataclasses.asdict(data.preprocess),
+        "definitions": definitions(config),
+        "models": {r.name: {"val_dice": r.val_dice, "training": r.training, **r.metrics} for r in results},
+        "reader_agreement": readers,
+    }
+    write_json(run_dir / "metrics.json", summary)
+    write_segmentation_report(run_dir, config, data, results, selected, summary, reader_table)
+    return summary
+
+
+def definitions(config: SegmentationExperimentConfig) -> dict[str, str]:
+    ev = config.evaluation
+    return {
+        "small_tumour_recall": (
+            f"ground-truth lesions (8-connected components) with equivalent-circle diameter < "
+            f"{ev.small_diameter_mm:g} mm that are detected: IoU >= {ev.detection_iou:g} between the lesion and "
+            "the predicted regions that touch it"
+        ),
+        "intensity_std": (
+            "population std of the mean test Dice over 7 conditions: the original images, brightness +-10 % "
+            "of the intensity range, contrast x0.8 and x1.2 about the image mean, Gaussian noise sigma 2 % "
+            "and 5 % of the range, applied to the raw images before preprocessing"
+        ),
+        "f_score": "harmonic mean of mean precision and mean sensitivity (per-pixel F1 is the Dice)",
+        "accuracy": "pixel accuracy, mean over images",
+        "dice": "per-image Dice, mean over test images (an empty mask predicted empty counts as 1)",
+    }
+
+
+def load_preprocess(run_dir: Path) -> PreprocessConfig:
+    """The resolved preprocessing of a segmentation run (dataset z-score statistics included)."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    values = dict(metrics["preprocess"])
+    for key in ("hu_window", "clahe_tiles"):
+        if values.get(key) is not None:
+            values[key] = tuple(values[key])
+    return PreprocessConfig(**values)
+
+
+def evaluate_segmentation_run(
+    run_dir, source_spec: str, out=None, model_name: str | None = None, progress: bool = True
+) -> Path:
+    """A trained segmentation run on every sample (with a mask) of another source, the run's preprocessing."""
+    import datetime as dt
+    import re
+
+    from lungnet.data.registry import load_source
+    from lungnet.data.segmentation import detect_intensity, segmentation_frame, segmentation_pipeline
+    from lungnet.evaluation.figures import save_figure
+    from lungnet.evaluation.segmentation_figures import dice_distribution_figure
+    from lungnet.reports.html import HtmlReport
+    from lungnet.runs import load_run_config
+    from lungnet.serving.export import load_run_model
+
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    if config.postprocess.crf.enabled:
+        require_crf()
+    model, name = load_run_model(run_dir, model_name)
+    preprocess = load_preprocess(run_dir)
+    trained_on = json.loads((run_dir / "metrics.json").read_text()).get("intensity")
+    source = load_source(source_spec, config.data.phantom, progress=progress)
+    frame, n_empty = segmentation_frame(source, config.data, progress)
+    intensity = detect_intensity(frame["image_ref"], config.data.intensity)
+    if trained_on and intensity != trained_on:
+        raise DataError(
+            f"{source.spec}: holds {intensity} images but run {run_dir} was trained on {trained_on} images; "
+            "its intensity preprocessing would not fit them"
+        )
+    ds = segmentation_pipeline(frame, preprocess, config.data, training=False)
+    pred = predict_split(model, ds, progress=progress)
+    metrics, per_image, lesions, refined = evaluate_predictions(
+        pred, frame["eval_spacing_mm"].to_numpy(), config, progress
+    )
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", Path(source.spec).stem or source.spec).strip("-")
+    out = Path(out) if out else run_dir / "evaluations" / f"{slug}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
+    out.mkdir(parents=True, exist_ok=True)
+    result = SegmentationResult(
+        name, model, Path(), {}, float("nan"), pred, refined, metrics, per_image, lesions
+    )
+    write_predictions(out, frame, [result], config.postprocess.threshold)
+    write_json(
+        out / "metrics.json",
+        {
+            **headline(metrics["raw"]),
+            "crf": headline(metrics["crf"]) if "crf" in metrics else None,
+            "details": metrics,
+            "model": name,
+            "run": str(run_dir),
+            "data": source.description,
+            "split": "all samples with a mask",
+            "n_images": int(len(frame)),
+            "n_empty_masks": n_empty,
+            "definitions": definitions(config),
+        },
+    )
+    report = HtmlReport(f"External evaluation of {name} ({run_dir.name}) on {source.spec}")
+    report.paragraph(f"Data: {source.description}; every sample with a mask ({len(frame)} images).")
+    rows = {"raw": metrics["raw"], **({"+ CRF": metrics["crf"]} if "crf" in metrics else {})}
+    report.table(pd.DataFrame({k: headline(v) for k, v in rows.items()}).T.rename_axis(name))
+    report.image(
+        save_figure(
+            dice_distribution_figure({name: per_image["raw"]["dice"].dropna().tolist()}),
+            out / "dice_distribution.png",
+        ),
+        "Per-image Dice",
+    )
+    report.save(out / "report.html")
+    return out

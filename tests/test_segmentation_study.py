@@ -1,0 +1,211 @@
+"""The segmentation study end to end: data preparation, bad input, a smoke run, evaluate and export."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from lungnet.cli import main
+from lungnet.data.segmentation import SegmentationDataConfig, prepare_segmentation_data
+from lungnet.errors import ConfigError, DataError
+from lungnet.experiment import load_experiment, resolve_experiment_path
+from lungnet.runs import load_run_config
+
+
+def write_png_dataset(root: Path, n_patients: int = 8, size: int = 64, empty_rows=(), seed: int = 0) -> Path:
+    """8-bit PNG crops of bright discs with their masks, two slices per patient, and a manifest CSV."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rows = []
+    for p in range(n_patients):
+        for _ in range(2):
+            k = len(rows)
+            radius = int(rng.integers(3, 12))
+            yy, xx = np.mgrid[:size, :size]
+            mask = ((yy - size // 2) ** 2 + (xx - size // 2) ** 2 <= radius**2).astype(np.uint8)
+            if k in empty_rows:
+                mask[:] = 0
+            image = np.clip(20 + 100 * mask + rng.normal(0, 8, (size, size)), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(root / "images" / f"{k}.png"), image)
+            cv2.imwrite(str(root / "masks" / f"{k}.png"), mask * 255)
+            rows.append(
+                {
+                    "image": f"images/{k}.png",
+                    "mask": f"masks/{k}.png",
+                    "patient_id": f"P{p:03d}",
+                    "nodule_id": f"P{p:03d}/nodule-0",
+                    "label": "benign",
+                    "diameter_mm": 2 * radius * 0.7,
+                    "pixel_spacing_mm": 0.7,
+                }
+            )
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    return root / "manifest.csv"
+
+
+def png_config(manifest: Path, **overrides) -> SegmentationDataConfig:
+    values = {"source": str(manifest), "image_size": 32, "batch_size": 4, "split": (0.5, 0.25, 0.25)}
+    return SegmentationDataConfig(**{**values, **overrides})
+
+
+def test_8bit_source_is_zscored_per_image(tmp_path):
+    data = prepare_segmentation_data(png_config(write_png_dataset(tmp_path)), progress=False)
+    assert data.intensity == "8bit"
+    assert data.preprocess.hu_window is None and data.preprocess.zscore_mean is None
+    images, masks = next(iter(data.val))
+    assert images.shape[1:] == (32, 32, 1) and masks.shape[1:] == (32, 32, 1)
+    per_image_mean = tf.reduce_mean(images, axis=[1, 2, 3]).numpy()
+    np.testing.assert_allclose(per_image_mean, 0.0, atol=1e-4)
+    assert set(np.unique(masks.numpy())) <= {0.0, 1.0}
+    # patient-level split, and the pixel spacing follows the resize (64 px at 0.7 mm -> 32 px at 1.4 mm)
+    assert data.manifest.groupby("patient_id")["split"].nunique().max() == 1
+    np.testing.assert_allclose(data.manifest["eval_spacing_mm"], 1.4)
+
+
+def test_ct_source_uses_dataset_statistics_after_the_hu_clip(tiny_phantom_config):
+    config = SegmentationDataConfig(
+        source="lidc-phantom", view="crop", image_size=32, batch_size=4, phantom=tiny_phantom_config
+    )
+    data = prepare_segmentation_data(config, progress=False)
+    assert data.intensity == "ct"
+    assert data.preprocess.hu_window == (-1000.0, 400.0)
+    # lung parenchyma dominates a clipped CT crop: the mean sits well below 0 HU, the std is hundreds of HU
+    assert -1000 < data.preprocess.zscore_mean < 0 and 100 < data.preprocess.zscore_std < 700
+    assert data.split("test")["eval_spacing_mm"].notna().all()
+
+
+def test_empty_masks_are_kept_dropped_or_refused(tmp_path):
+    manifest = write_png_dataset(tmp_path, empty_rows=(3,))
+    kept = prepare_segmentation_data(png_config(manifest), progress=False)
+    assert kept.n_empty_masks == 1 and len(kept.manifest) == 16
+    dropped = prepare_segmentation_data(png_config(manifest, empty_masks="drop"), progress=False)
+    assert len(dropped.manifest) == 15
+    with pytest.raises(DataError, match=r"row 3: mask \S*masks/3\.png is empty"):
+        prepare_segmentation_data(png_config(manifest, empty_masks="error"), progress=False)
+
+
+def test_mask_with_other_values_is_named(tmp_path):
+    manifest = write_png_dataset(tmp_path)
+    bad = np.zeros((64, 64), np.uint8)
+    bad[10:20, 10:20] = 7
+    cv2.imwrite(str(tmp_path / "masks" / "5.png"), bad)
+    with pytest.raises(DataError, match=r"masks/5\.png: mask values must be 0/1 or 0/255, found \[0, 7\]"):
+        prepare_segmentation_data(png_config(manifest), progress=False)
+
+
+def test_image_and_mask_of_different_sizes_are_named(tmp_path):
+    manifest = write_png_dataset(tmp_path)
+    cv2.imwrite(str(tmp_path / "masks" / "2.png"), np.zeros((48, 48), np.uint8))
+    with pytest.raises(
+        DataError, match=r"row 2: \S*masks/2\.png: mask shape \(48, 48\) does not match its image"
+    ):
+        prepare_segmentation_data(png_config(manifest), progress=False)
+
+
+def test_segmentation_experiment_validates():
+    config = load_experiment(resolve_experiment_path("attention-unet"), profile="default")
+    assert config.task == "segmentation"
+    assert [m.name for m in config.models] == ["unet", "attention_res_unet"]
+    assert config.loss.name == "hybrid" and config.training.optimizer == "adam"
+    with pytest.raises(ConfigError, match="postprocess.threshold"):
+        load_experiment(
+            resolve_experiment_path("attention-unet"),
+            profile="smoke",
+            overrides={"postprocess": {"threshold": 2}},
+        )
+    with pytest.raises(ConfigError, match="task"):
+        load_experiment(resolve_experiment_path("attention-unet"), overrides={"task": "detection"})
+
+
+def test_crf_without_pydensecrf2_fails_before_training(tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m.startswith("pydensecrf")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "pydensecrf", None)
+    monkeypatch.setitem(sys.modules, "pydensecrf2", None)
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
+    out = tmp_path / "run"
+    code = main(["train", "attention-unet", "--profile", "smoke", "--out", str(out)])
+    assert code == 2
+    assert not (out / "checkpoints").exists()
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, tiny_phantom_config):
+    out = tmp_path_factory.mktemp("seg") / "run"
+    cache = str(tiny_phantom_config.cache_dir)
+    code = main(
+        [
+            "reproduce",
+            "attention-unet",
+            "--profile",
+            "smoke",
+            "--out",
+            str(out),
+            "--set",
+            f"data.phantom.cache_dir={cache}",
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_smoke_run_writes_every_artefact(smoke_run):
+    metrics = json.loads((smoke_run / "metrics.json").read_text())
+    for key in (
+        "dice",
+        "iou",
+        "precision",
+        "sensitivity",
+        "f_score",
+        "accuracy",
+        "small_tumour_recall",
+        "intensity_std",
+    ):
+        assert key in metrics and key in metrics["crf"]
+    assert set(metrics["models"]) == {"unet", "attention_res_unet"}
+    assert 0 <= metrics["dice"] <= 1
+    predictions = pd.read_csv(smoke_run / "predictions.csv")
+    assert {"image", "patient_id", "dice", "iou", "predicted_mask", "dice_crf"} <= set(predictions.columns)
+    assert len(predictions) == 2 * metrics["n_test"]
+    mask = cv2.imread(str(smoke_run / predictions["predicted_mask"].iloc[0]), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (32, 32) and set(np.unique(mask)) <= {0, 255}
+    assert (smoke_run / "report.html").stat().st_size > 10_000
+    assert (smoke_run / "figures" / "overlays.png").is_file()
+    assert list((smoke_run / "figures").glob("attention_attention_res_unet_*.png"))
+    assert load_run_config(smoke_run).task == "segmentation"
+
+
+def test_export_returns_the_probability_map_at_input_size(smoke_run):
+    from lungnet.data.preprocessing import preprocess_image
+    from lungnet.serving.export import load_run_model
+    from lungnet.studies.segmentation import load_preprocess
+
+    saved = tf.saved_model.load(str(smoke_run / "saved_model"))
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1000, 400, (2, 40, 40)).astype(np.float32)
+    out = saved.signatures["serving_default"](images=tf.constant(images))["probabilities"].numpy()
+    assert out.shape == (2, 40, 40) and np.all((out >= 0) & (out <= 1))
+    model, _ = load_run_model(smoke_run)
+    x = preprocess_image(tf.constant(images)[..., None], load_preprocess(smoke_run))
+    expected = tf.image.resize(model(x), (40, 40))[..., 0].numpy()
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_evaluate_a_segmentation_run_on_another_source(smoke_run, tmp_path, tiny_phantom_config):
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(smoke_run), "--data", "lidc-phantom", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_images"] > 0 and 0 <= metrics["dice"] <= 1
+    assert (out / "report.html").is_file() and (out / "predictions.csv").is_file()
+    # a CT-trained run refuses 8-bit images instead of mis-normalising them
+    manifest = write_png_dataset(tmp_path / "png")
+    code = main(["evaluate", str(smoke_run), "--data", str(manifest), "--out", str(tmp_path / "bad")])
+    assert code == 2
