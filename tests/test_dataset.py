@@ -85,7 +85,12 @@ def test_shipped_experiment_files_load():
     from lungnet.experiment import EXPERIMENTS_DIR, load_experiment
 
     files = sorted(EXPERIMENTS_DIR.glob("*.yaml"))
-    assert len(files) >= 4
+    assert len(files) >= 5
     for path in files:
-        for profile in ["base", *load_yaml(EXPERIMENTS_DIR / "binary_nodule.yaml")["profiles"]]:
-            assert load_experiment(path, profile=profile).data.preprocess.image_size > 0
+        raw = load_yaml(path)
+        inherited = load_yaml(path.parent / raw["base"]).get("profiles", {}) if "base" in raw else {}
+        for profile in ["base", *raw.get("profiles", {}), *inherited]:
+            config = load_experiment(path, profile=profile)
+            data = config.data
+            size = data.image_size if config.task == "segmentation" else data.preprocess.image_size
+            assert size > 0 and config.models
