@@ -72,7 +72,7 @@ def attention_maps(model: keras.Model, image: np.ndarray) -> list[np.ndarray]:
     names = attention_layer_names(model)
     if not names:
         return []
-    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+    probe = keras.Model(model.input, [model.get_layer(n).output for n in names])
     outputs = probe(image[None], training=False)
     outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
     return [np.asarray(o)[0, ..., 0] for o in outputs]

@@ -41,7 +41,7 @@ from lungnet.evaluation.segmentation import (
 )
 from lungnet.experiment import SegmentationExperimentConfig
 from lungnet.fileio import write_json
-from lungnet.losses import build_loss
+from lungnet.losses import LossConfig, build_loss
 from lungnet.models.unet import build_segmentation_model
 from lungnet.postprocess.crf import dense_crf_batch, require_crf
 from lungnet.runs import save_config
@@ -82,13 +82,13 @@ def predict_split(model: keras.Model, dataset: tf.data.Dataset, progress: bool =
     return Predictions(np.concatenate(images), np.concatenate(masks) > 0.5, np.concatenate(probs))
 
 
-def compile_segmentation(config: SegmentationExperimentConfig):
-    """A `train_phase` compile function: the experiment's loss, Adam(W), IoU of the nodule class."""
+def compile_segmentation(loss: LossConfig):
+    """A `train_phase` compile function: the loss, the training config's optimizer, IoU of the nodule class."""
 
     def compile_fn(model: keras.Model, learning_rate: float, training) -> None:
         model.compile(
             optimizer=make_optimizer(learning_rate, training),
-            loss=build_loss(config.loss),
+            loss=build_loss(loss),
             metrics=[keras.metrics.BinaryIoU(target_class_ids=[1], threshold=0.5, name="iou")],
             jit_compile=training.xla,
         )
@@ -201,7 +201,7 @@ def train_and_evaluate(
         epochs=config.training.epochs,
         learning_rate=config.training.learning_rate,
         config=config.training,
-        compile_fn=compile_segmentation(config),
+        compile_fn=compile_segmentation(config.loss),
     )
     path = run_dir / MODELS_DIR / f"{spec.name}.keras"
     path.parent.mkdir(parents=True, exist_ok=True)
