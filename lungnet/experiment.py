@@ -81,6 +81,8 @@ class SegmentationModelSpec:
 class PostprocessConfig:
     threshold: float = 0.5  # probability -> mask
     crf: CRFConfig = field(default_factory=CRFConfig)  # every metric is reported with and without it
+    # Choose the CRF's bilateral kernel (srgb x compat grid) per model by validation Dice, never on test.
+    tune_crf: bool = True
 
     def __post_init__(self):
         if not 0 < self.threshold < 1:

@@ -171,6 +171,8 @@ def test_smoke_run_writes_every_artefact(smoke_run):
     ):
         assert key in metrics and key in metrics["crf"]
     assert set(metrics["models"]) == {"unet", "attention_res_unet"}
+    tuning = metrics["models"]["unet"]["crf_tuning"]  # chosen on validation, from the whole grid
+    assert len(tuning["grid"]) == 9 and tuning["val_dice_crf"] == max(r["val_dice"] for r in tuning["grid"])
     assert 0 <= metrics["dice"] <= 1
     predictions = pd.read_csv(smoke_run / "predictions.csv")
     assert {"image", "patient_id", "dice", "iou", "predicted_mask", "dice_crf"} <= set(predictions.columns)

@@ -11,6 +11,7 @@ agreement on the same test nodules is computed as the human reference.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -43,11 +44,12 @@ from lungnet.experiment import SegmentationExperimentConfig
 from lungnet.fileio import write_json
 from lungnet.losses import LossConfig, build_loss
 from lungnet.models.unet import build_segmentation_model
-from lungnet.postprocess.crf import dense_crf_batch, require_crf
+from lungnet.postprocess.crf import CRFConfig, dense_crf_batch, require_crf
 from lungnet.runs import save_config
 from lungnet.training.fit import distribution_scope, make_optimizer, set_global_options, train_phase
 
 MODELS_DIR = "models"
+CRF_GRID = {"bilateral_srgb": (5.0, 10.0, 20.0), "bilateral_compat": (3.0, 5.0, 10.0)}
 MASKS_DIR = "predicted_masks"
 METRIC_KEYS = (
     "dice",
@@ -114,6 +116,41 @@ def mask_metrics(
 
 def crf_probabilities(pred: Predictions, config: SegmentationExperimentConfig, progress: bool) -> np.ndarray:
     return dense_crf_batch(pred.images, pred.probs, config.postprocess.crf, progress=progress)
+
+
+def mean_dice(truth: np.ndarray, probs: np.ndarray, threshold: float) -> float:
+    return float(np.nanmean(per_image_metrics(truth, binarize(probs, threshold))["dice"]))
+
+
+def tune_crf(val: Predictions, config: SegmentationExperimentConfig) -> tuple[CRFConfig, dict]:
+    """The CRF setting of `CRF_GRID` with the best validation Dice, and the whole search for the record.
+
+    The default kernels come from natural photographs; a nodule's edge on CT is another matter, so the
+    bilateral kernel's intensity width and weight are chosen per model, on the validation split only.
+    """
+    base, threshold = config.postprocess.crf, config.postprocess.threshold
+    grid = []
+    for srgb, compat in itertools.product(*CRF_GRID.values()):
+        candidate = dataclasses.replace(base, bilateral_srgb=srgb, bilateral_compat=compat)
+        dice = mean_dice(val.masks, dense_crf_batch(val.images, val.probs, candidate), threshold)
+        grid.append({"bilateral_srgb": srgb, "bilateral_compat": compat, "val_dice": dice})
+    best = max(grid, key=lambda row: row["val_dice"])
+    raw = mean_dice(val.masks, val.probs, threshold)
+    chosen = dataclasses.replace(
+        base, bilateral_srgb=best["bilateral_srgb"], bilateral_compat=best["bilateral_compat"]
+    )
+    record = {
+        "selected": {"bilateral_srgb": chosen.bilateral_srgb, "bilateral_compat": chosen.bilateral_compat},
+        "val_dice_crf": best["val_dice"],
+        "val_dice_raw": raw,
+        "crf_helps_on_validation": best["val_dice"] > raw,
+        "grid": grid,
+    }
+    return chosen, record
+
+
+def with_crf(config: SegmentationExperimentConfig, crf: CRFConfig) -> SegmentationExperimentConfig:
+    return dataclasses.replace(config, postprocess=dataclasses.replace(config.postprocess, crf=crf))
 
 
 def perturbation_fn(p: Perturbation, intensity: str):
@@ -207,9 +244,11 @@ def train_and_evaluate(
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
     val = predict_split(model, data.val)
-    val_dice = float(
-        np.nanmean(per_image_metrics(val.masks, binarize(val.probs, config.postprocess.threshold))["dice"])
-    )
+    val_dice = mean_dice(val.masks, val.probs, config.postprocess.threshold)
+    tuning = None
+    if config.postprocess.crf.enabled and config.postprocess.tune_crf:
+        crf, tuning = tune_crf(val, config)
+        config = with_crf(config, crf)  # this model's CRF, for its test metrics and intensity test
     test_frame = data.split("test")
     test = predict_split(model, data.test, progress=progress)
     metrics, per_image, lesions, refined = evaluate_predictions(
@@ -219,6 +258,8 @@ def train_and_evaluate(
         robustness = intensity_test(model, data, test_frame, config, progress)
         for kind, values in robustness.items():
             metrics[kind].update(values)
+    if tuning is not None:
+        metrics["crf_tuning"] = tuning
     return SegmentationResult(
         spec.name, model, path, summary, val_dice, test, refined, metrics, per_image, lesions
     )
@@ -388,7 +429,11 @@ def evaluate_segmentation_run(
         require_crf()
     model, name = load_run_model(run_dir, model_name)
     preprocess = load_preprocess(run_dir)
-    trained_on = json.loads((run_dir / "metrics.json").read_text()).get("intensity")
+    run_metrics = json.loads((run_dir / "metrics.json").read_text())
+    trained_on = run_metrics.get("intensity")
+    tuned = (run_metrics.get("models", {}).get(name, {}).get("crf_tuning") or {}).get("selected")
+    if tuned:  # the CRF setting chosen on the run's validation split for this model
+        config = with_crf(config, dataclasses.replace(config.postprocess.crf, **tuned))
     source = load_source(source_spec, config.data.phantom, progress=progress)
     frame, n_empty = segmentation_frame(source, config.data, progress)
     intensity = detect_intensity(frame["image_ref"], config.data.intensity)
