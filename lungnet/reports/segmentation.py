@@ -86,10 +86,12 @@ def write_segmentation_report(
     data_label = "lidc-phantom" if data.source.is_phantom else data.source.spec
     test = data.split("test")
     report = HtmlReport(f"{config.name}: nodule segmentation")
+    # `view` only picks between the phantom's crops and full slices; other sources hold one kind of image
+    view = f"view '{config.data.view}', " if "crop_image" in data.manifest.columns else ""
     if data.source.is_phantom:
         report.note(PHANTOM_CAVEAT)
     report.paragraph(
-        f"Data: {data.source.description}; view '{config.data.view}', {config.data.image_size} px, "
+        f"Data: {data.source.description}; {view}{config.data.image_size} px, "
         f"{config.data.split_level}-level split {list(config.data.split)} (seed {config.data.split_seed}): "
         f"{', '.join(f'{s} {int((data.manifest.split == s).sum())}' for s in ('train', 'val', 'test'))} images "
         f"({test.patient_id.nunique()} test patients). Intensities: {data.intensity}; "
