@@ -54,9 +54,7 @@ def evaluate_run(run_dir, source_spec: str, out=None, model_name: str | None = N
         probs = predict_proba(model, ds)
     y = labelled["target"].to_numpy()
     metrics = classification_metrics(y, probs, names)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", Path(source.spec).stem or source.spec).strip("-")
-    out = Path(out) if out else run_dir / "evaluations" / f"{slug}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
-    out.mkdir(parents=True, exist_ok=True)
+    out = evaluation_dir(run_dir, source.spec, out)
     table = pd.DataFrame(
         {
             "image": labelled[column],
@@ -92,6 +90,14 @@ def evaluate_run(run_dir, source_spec: str, out=None, model_name: str | None = N
     )
     report.image(save_figure(evaluation_figures.roc_figure(y, probs, names), out / "roc.png"), "ROC")
     report.save(out / "report.html")
+    return out
+
+
+def evaluation_dir(run_dir: Path, source_spec: str, out=None) -> Path:
+    """`out`, or ``RUN/evaluations/<source>-<UTC time>``; created."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", Path(source_spec).stem or source_spec).strip("-")
+    out = Path(out) if out else run_dir / "evaluations" / f"{slug}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
+    out.mkdir(parents=True, exist_ok=True)
     return out
 
 

@@ -168,23 +168,25 @@ def intensity_test(
     data: PreparedSegmentationData,
     frame: pd.DataFrame,
     config: SegmentationExperimentConfig,
+    original: tuple[Predictions, np.ndarray | None],
     progress: bool,
 ) -> dict:
-    """Mean Dice under each perturbation (and after the CRF when enabled), and their std."""
+    """Mean Dice under each perturbation (and after the CRF when enabled), and their std.
+
+    `original` is the unperturbed test split's (predictions, CRF probabilities), already computed.
+    """
     threshold = config.postprocess.threshold
     use_crf = config.postprocess.crf.enabled
     dice_raw, dice_crf = {}, {}
     for p in tqdm(DEFAULT_PERTURBATIONS, desc="intensity test", disable=not progress, leave=False):
-        ds = data.pipeline(frame, perturb=None if p.kind == "none" else perturbation_fn(p, data.intensity))
-        pred = predict_split(model, ds)
-        dice_raw[p.name] = float(
-            np.nanmean(per_image_metrics(pred.masks, binarize(pred.probs, threshold))["dice"])
-        )
+        if p.kind == "none":
+            pred, refined = original
+        else:
+            pred = predict_split(model, data.pipeline(frame, perturb=perturbation_fn(p, data.intensity)))
+            refined = crf_probabilities(pred, config, progress=False) if use_crf else None
+        dice_raw[p.name] = mean_dice(pred.masks, pred.probs, threshold)
         if use_crf:
-            refined = crf_probabilities(pred, config, progress=False)
-            dice_crf[p.name] = float(
-                np.nanmean(per_image_metrics(pred.masks, binarize(refined, threshold))["dice"])
-            )
+            dice_crf[p.name] = mean_dice(pred.masks, refined, threshold)
     out = {"raw": {"dice_by_condition": dice_raw, "intensity_std": intensity_std(dice_raw)}}
     if use_crf:
         out["crf"] = {"dice_by_condition": dice_crf, "intensity_std": intensity_std(dice_crf)}
@@ -255,7 +257,7 @@ def train_and_evaluate(
         test, test_frame["eval_spacing_mm"].to_numpy(), config, progress
     )
     if config.evaluation.intensity_test:
-        robustness = intensity_test(model, data, test_frame, config, progress)
+        robustness = intensity_test(model, data, test_frame, config, (test, refined), progress)
         for kind, values in robustness.items():
             metrics[kind].update(values)
     if tuning is not None:
@@ -310,18 +312,11 @@ def readers_on_test(data: PreparedSegmentationData, config: SegmentationExperime
     test = data.split("test")
     if not config.evaluation.reader_agreement or not {"series_uid", "nodule_id"} <= set(test.columns):
         return None, None
-    from lungnet.evaluation.reader_agreement import parse_nodule_index, reader_agreement, summarize_agreement
+    from lungnet.evaluation.reader_agreement import reader_agreement, summarize_agreement
 
-    nodules = test.drop_duplicates("nodule_id")
-    try:
-        table = pd.DataFrame(
-            {
-                "series_uid": nodules["series_uid"].astype(str).to_numpy(),
-                "nodule_index": [parse_nodule_index(n) for n in nodules["nodule_id"].astype(str)],
-            }
-        )
-        # LIDC has four readers: larger clusters are pylidc clustering artefacts, left out
-        agreement = reader_agreement(table, progress=progress, max_readers=4)
+    nodules = test[["series_uid", "nodule_id"]].drop_duplicates("nodule_id").astype(str)
+    try:  # LIDC has four readers: larger clusters are pylidc clustering artefacts, left out
+        agreement = reader_agreement(nodules, progress=progress, max_readers=4)
     except (DataError, LungnetError) as exc:
         print(f"note: reader agreement not computed: {exc}")
         return None, None
@@ -400,21 +395,13 @@ def definitions(config: SegmentationExperimentConfig) -> dict[str, str]:
 
 def load_preprocess(run_dir: Path) -> PreprocessConfig:
     """The resolved preprocessing of a segmentation run (dataset z-score statistics included)."""
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    values = dict(metrics["preprocess"])
-    for key in ("hu_window", "clahe_tiles"):
-        if values.get(key) is not None:
-            values[key] = tuple(values[key])
-    return PreprocessConfig(**values)
+    return PreprocessConfig(**json.loads((run_dir / "metrics.json").read_text())["preprocess"])
 
 
 def evaluate_segmentation_run(
     run_dir, source_spec: str, out=None, model_name: str | None = None, progress: bool = True
 ) -> Path:
     """A trained segmentation run on every sample (with a mask) of another source, the run's preprocessing."""
-    import datetime as dt
-    import re
-
     from lungnet.data.registry import load_source
     from lungnet.data.segmentation import detect_intensity, segmentation_frame, segmentation_pipeline
     from lungnet.evaluation.figures import save_figure
@@ -422,6 +409,7 @@ def evaluate_segmentation_run(
     from lungnet.reports.html import HtmlReport
     from lungnet.runs import load_run_config
     from lungnet.serving.export import load_run_model
+    from lungnet.studies.external import evaluation_dir
 
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
@@ -447,9 +435,7 @@ def evaluate_segmentation_run(
     metrics, per_image, lesions, refined = evaluate_predictions(
         pred, frame["eval_spacing_mm"].to_numpy(), config, progress
     )
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", Path(source.spec).stem or source.spec).strip("-")
-    out = Path(out) if out else run_dir / "evaluations" / f"{slug}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
-    out.mkdir(parents=True, exist_ok=True)
+    out = evaluation_dir(run_dir, source.spec, out)
     result = SegmentationResult(
         name, model, Path(), {}, float("nan"), pred, refined, metrics, per_image, lesions
     )
