@@ -36,11 +36,9 @@ import tensorflow as tf  # noqa: E402
 
 from lungnet.fileio import write_json  # noqa: E402
 from lungnet.losses import HybridLoss  # noqa: E402
-from lungnet.models.unet import (  # noqa: E402
-    SEGMENTATION_MODELS,
-    SegmentationModelConfig,
-    build_segmentation_model,
-)
+from lungnet.models import SEGMENTERS, build_segmenter  # noqa: E402
+
+SEGMENTATION_MODELS = ("unet", "attention_res_unet")  # the study's two; --models takes any of SEGMENTERS
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = ROOT / "benchmarks" / "results" / "segmentation_speed.json"
@@ -77,8 +75,7 @@ def measure(
     keras.mixed_precision.set_global_policy(policy)
     try:
         keras.utils.set_random_seed(0)
-        config = SegmentationModelConfig(name=name, depth=args.depth, filters=args.filters)
-        model = build_segmentation_model(config, (size, size, 1))
+        model = build_segmenter({"name": name, "depth": args.depth, "filters": args.filters}, (size, size, 1))
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=HybridLoss(), jit_compile=jit_compile)
         images, masks = synthetic_batch(args.batch_size, size)
         with tf.device(device):  # on the device once, so no step pays for a host-to-device copy
@@ -124,7 +121,7 @@ def device_info() -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", choices=SEGMENTATION_MODELS, default=list(SEGMENTATION_MODELS))
+    parser.add_argument("--models", nargs="+", choices=SEGMENTERS.names(), default=list(SEGMENTATION_MODELS))
     parser.add_argument("--sizes", nargs="+", type=int, default=[128, 256], help="image sides in px")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--depth", type=int, default=4)

@@ -82,7 +82,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from lungnet.studies.external import evaluate_run
+    from lungnet.studies.runner import evaluate_run
 
     out = evaluate_run(args.run, args.data, out=args.out, model_name=args.model)
     print(f"evaluation written to {out} (metrics.json, predictions.csv, report.html)")
@@ -107,7 +107,33 @@ def _cmd_reproduce(args) -> int:
     print(f"run folder: {run_dir}")
     summary = run_study(config, run_dir)
     saved = export_run(run_dir)
-    print(f"\n{summary_line(summary)}\nreport: {run_dir / 'report.html'}\nSavedModel: {saved}")
+    print(f"\n{summary_line(summary, config.task)}\nreport: {run_dir / 'report.html'}\nSavedModel: {saved}")
+    return 0
+
+
+def _cmd_models_list(args) -> int:
+    from lungnet.models import list_models
+
+    rows = list_models(args.task)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    task = None
+    for row in rows:
+        if row["task"] != task:
+            task = row["task"]
+            print(f"{task}:")
+        print(f"  {row['name']:<{width}}  {row['family']:<24} {row['description']}")
+    return 0
+
+
+def _cmd_models_describe(args) -> int:
+    from lungnet.models import describe
+    from lungnet.models.describe import format_description
+
+    info = describe(args.name, input_size=args.input_size, task=args.task, channels=args.channels)
+    print(json.dumps(info, indent=2) if args.json else format_description(info))
     return 0
 
 
@@ -176,6 +202,25 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model", help="which trained model of the run (default: the selected one)")
     export.add_argument("--out", help="output folder (default: RUN/saved_model)")
     export.set_defaults(func=_cmd_export)
+
+    models = commands.add_parser("models", help="the architectures lungnet has (registries)")
+    models_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    tasks = ["classification", "segmentation", "encoder"]
+    listing = models_commands.add_parser("list", help="every registered architecture, by task")
+    listing.add_argument("--task", choices=tasks, help="only this registry")
+    listing.add_argument("--json", action="store_true", help="a JSON list instead of a table")
+    listing.set_defaults(func=_cmd_models_list)
+    describe = models_commands.add_parser(
+        "describe", help="parameters, input, outputs or pyramid levels, explanation layer of one architecture"
+    )
+    describe.add_argument("name", metavar="NAME", help="an architecture name from `lungnet models list`")
+    describe.add_argument(
+        "--input-size", type=int, default=128, help="image side to build it at (default 128)"
+    )
+    describe.add_argument("--channels", type=int, help="input channels (default: 3, segmenters 1)")
+    describe.add_argument("--task", choices=tasks, help="for a name in several registries (efficientnet_b2)")
+    describe.add_argument("--json", action="store_true", help="one JSON object")
+    describe.set_defaults(func=_cmd_models_describe)
 
     reproduce = commands.add_parser(
         "reproduce", help="run a published study end to end (train, report, export)"

@@ -15,6 +15,17 @@ from lungnet.errors import ConfigError
 T = TypeVar("T")
 
 
+def is_int(value) -> bool:
+    """An int that is not a bool (YAML's ``true`` must not pass as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_rate(value, field: str) -> None:
+    """A rate such as a dropout: a number in [0, 1), else a `ConfigError` naming the field."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise ConfigError(f"{field}: {value!r} must be a number in [0, 1)")
+
+
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
     """Build dataclass `cls` from `data`, checking keys and types; nested dataclasses recurse.
 
@@ -58,6 +69,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
         return value
+    parse = getattr(hint, "from_config_dict", None)
+    if parse is not None:  # a registry-backed config (the family is chosen by the value's ``name``)
+        return parse(value, where)
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, where)
     if origin in (tuple, list):

@@ -17,8 +17,7 @@ from lungnet.data.dataset import DataConfig
 from lungnet.data.segmentation import SegmentationDataConfig
 from lungnet.errors import ConfigError
 from lungnet.losses import LossConfig
-from lungnet.models.registry import ModelConfig
-from lungnet.models.unet import SegmentationModelConfig
+from lungnet.models import ClassifierConfig, SegmenterConfig
 from lungnet.postprocess.crf import CRFConfig
 from lungnet.training.fit import TrainingConfig
 
@@ -30,7 +29,7 @@ class ModelSpec:
     """One model of an experiment. `fine_tune` adds a second, fine-tuned model continuing from the first."""
 
     name: str
-    model: ModelConfig
+    model: ClassifierConfig  # a registered classifier, chosen by the mapping's ``name``
     fine_tune: bool = False
     # When ImageNet weights cannot be downloaded: stop with the error (default), train from random
     # initialisation instead ("random_init"), or leave this model out and say so in the report ("skip").
@@ -74,7 +73,7 @@ class ExperimentConfig:
 @dataclass(frozen=True)
 class SegmentationModelSpec:
     name: str
-    model: SegmentationModelConfig
+    model: SegmenterConfig  # a registered segmenter, chosen by the mapping's ``name``
 
 
 @dataclass(frozen=True)
@@ -124,14 +123,18 @@ class SegmentationExperimentConfig:
         ExperimentConfig.__post_init__(self)
 
 
+EXPERIMENT_CONFIGS: dict[str, type] = {
+    "classification": ExperimentConfig,
+    "segmentation": SegmentationExperimentConfig,
+}
+
+
 def config_class(raw: dict) -> type:
     """The experiment dataclass for a raw config, by its ``task`` key (classification when absent)."""
     task = raw.get("task", "classification")
-    if task == "segmentation":
-        return SegmentationExperimentConfig
-    if task != "classification":
-        raise ConfigError(f"task: {task!r} is not one of ['classification', 'segmentation']")
-    return ExperimentConfig
+    if task not in EXPERIMENT_CONFIGS:
+        raise ConfigError(f"task: {task!r} is not one of {sorted(EXPERIMENT_CONFIGS)}")
+    return EXPERIMENT_CONFIGS[task]
 
 
 def deep_merge(base: dict, override: dict) -> dict:

@@ -13,22 +13,23 @@ from keras import layers
 from keras.src.legacy.saving import legacy_h5_format
 from keras.src.utils import file_utils
 
-from lungnet.config import from_dict
 from lungnet.errors import ConfigError, LungnetError
+from lungnet.explain.gradcam import find_last_conv_layer
 from lungnet.models import (
     BACKBONE_INPUT_NAME,
-    MODEL_BUILDERS,
-    ModelConfig,
+    CLASSIFIERS,
     WeightsError,
     WeightsUnavailableError,
-    backbone_layers,
-    build_model,
-    has_pretrained_backbone,
-    last_conv_layer_name,
-    set_fine_tuning,
-    set_transfer_learning,
+    build_classifier,
 )
-from lungnet.models.efficientnet import IMAGENET_MEAN, IMAGENET_STD, WEIGHTS_FILE, WEIGHTS_URL
+from lungnet.models.classifiers.custom_cnn import CustomCNNConfig
+from lungnet.models.classifiers.pretrained import PretrainedClassifierConfig
+from lungnet.models.encoders.applications import BASES, IMAGENET_MEAN, IMAGENET_STD, WEIGHTS_ROOT
+from lungnet.models.weights import encoder_record
+from lungnet.training.schedules import encoder_layers, set_fine_tuning, set_transfer_learning
+
+WEIGHTS_FILE = BASES["efficientnet_b2"].weights_file
+WEIGHTS_URL = WEIGHTS_ROOT + WEIGHTS_FILE
 
 SIZE = 64  # EfficientNet input side in these tests (>= 32, and 2x2 at top_activation)
 B2_WIDTH = 1408
@@ -68,6 +69,16 @@ def _is_flat(model: keras.Model) -> bool:
     return not any(isinstance(layer, keras.Model) for layer in model.layers)
 
 
+def classifier_config(**fields):
+    """A classifier config, chosen and validated by the registry as an experiment file's mapping is."""
+    return CLASSIFIERS.parse(fields, "model")
+
+
+def has_pretrained_encoder(model: keras.Model) -> bool:
+    record = encoder_record(model)
+    return record is not None and record.pretrained
+
+
 def _weights_by_layer(model: keras.Model) -> dict[str, list[np.ndarray]]:
     return {layer.name: layer.get_weights() for layer in model.layers if layer.weights}
 
@@ -75,14 +86,16 @@ def _weights_by_layer(model: keras.Model) -> dict[str, list[np.ndarray]]:
 # ----------------------------------------------------------------------------------------------- config
 
 
-def test_config_defaults_and_from_dict():
-    config = from_dict(ModelConfig, {"name": "efficientnet_b2"}, "x.yaml: model")
-    assert config == ModelConfig(name="efficientnet_b2")
-    assert config.weights == "imagenet" and config.fine_tune_layers == 20
-    cnn = from_dict(ModelConfig, {"name": "custom_cnn", "filters": [8, 8, 16, 16], "weights": None}, "m")
-    assert cnn.filters == (8, 8, 16, 16) and cnn.weights is None
-    assert ModelConfig(name="custom_cnn", filters=[1, 2, 3, 4]).filters == (1, 2, 3, 4)
-    assert set(MODEL_BUILDERS) == {"custom_cnn", "efficientnet_b2"}
+def test_config_defaults_and_family_configs():
+    b2 = classifier_config(name="efficientnet_b2")
+    assert isinstance(b2, PretrainedClassifierConfig) and b2 == PretrainedClassifierConfig(
+        name="efficientnet_b2"
+    )
+    assert b2.weights == "imagenet" and b2.fine_tune_layers == 20
+    cnn = classifier_config(name="custom_cnn", filters=[8, 8, 16, 16], weights=None)
+    assert isinstance(cnn, CustomCNNConfig) and cnn.filters == (8, 8, 16, 16) and cnn.weights is None
+    assert CustomCNNConfig(filters=[1, 2, 3, 4]).filters == (1, 2, 3, 4)
+    assert {"custom_cnn", "efficientnet_b2"} <= set(CLASSIFIERS.names())
 
 
 @pytest.mark.parametrize(
@@ -99,32 +112,36 @@ def test_config_defaults_and_from_dict():
         ({"name": "custom_cnn", "fine_tune_layers": 0}, "fine_tune_layers"),
         ({"name": "custom_cnn", "fine_tune_layers": 2.5}, "fine_tune_layers"),
         ({"name": "custom_cnn", "depth": 3}, "depth"),
+        ({"name": "efficientnet_b2", "filters": [8, 8, 8, 8]}, "filters"),  # the CNN's key, not B2's
+        ({"name": "efficientnet_b2", "fine_tune_layers": 0}, "fine_tune_layers"),
     ],
 )
 def test_config_errors_name_the_field(data, field):
     with pytest.raises(ConfigError, match=field):
-        from_dict(ModelConfig, data, "x.yaml: model")
+        CLASSIFIERS.parse(data, "x.yaml: model")
 
 
 def test_direct_construction_is_validated_too():
     with pytest.raises(ConfigError, match=r"model\.dropout"):
-        ModelConfig(name="custom_cnn", dropout=2)
+        CustomCNNConfig(dropout=2)
     with pytest.raises(ConfigError, match=r"model\.dense_units"):
-        ModelConfig(name="custom_cnn", dense_units=True)
+        CustomCNNConfig(dense_units=True)
+    with pytest.raises(ConfigError, match="expects CustomCNNConfig"):
+        CLASSIFIERS.parse(PretrainedClassifierConfig(name="custom_cnn"))
 
 
 def test_build_model_checks_its_arguments():
-    config = ModelConfig(**TINY)
+    config = classifier_config(**TINY)
     with pytest.raises(ConfigError, match="num_classes"):
-        build_model(config, (CNN_SIZE, CNN_SIZE, 3), 1)
+        build_classifier(config, (CNN_SIZE, CNN_SIZE, 3), 1)
     with pytest.raises(ConfigError, match="input_shape"):
-        build_model(config, (CNN_SIZE, CNN_SIZE), 2)
+        build_classifier(config, (CNN_SIZE, CNN_SIZE), 2)
     with pytest.raises(ConfigError, match="at least 16x16"):
-        build_model(config, (8, 8, 3), 2)
+        build_classifier(config, (8, 8, 3), 2)
     with pytest.raises(ConfigError, match="at least 32x32"):
-        build_model(ModelConfig(name="efficientnet_b2", weights=None), (16, 16, 3), 2)
+        build_classifier(classifier_config(name="efficientnet_b2", weights=None), (16, 16, 3), 2)
     with pytest.raises(ConfigError, match="channels: 3"):
-        build_model(ModelConfig(name="efficientnet_b2", weights="imagenet"), (SIZE, SIZE, 1), 2)
+        build_classifier(classifier_config(name="efficientnet_b2", weights="imagenet"), (SIZE, SIZE, 1), 2)
 
 
 # ------------------------------------------------------------------------------------------- custom CNN
@@ -148,8 +165,8 @@ def expected_custom_cnn_params(
 
 @pytest.mark.parametrize("num_classes", [2, 5])
 def test_custom_cnn_shapes_parameters_and_graph(num_classes):
-    config = ModelConfig(**TINY)
-    model = build_model(config, (CNN_SIZE, CNN_SIZE, 3), num_classes)
+    config = classifier_config(**TINY)
+    model = build_classifier(config, (CNN_SIZE, CNN_SIZE, 3), num_classes)
     out = model.predict(_images(3, CNN_SIZE), verbose=0)
     assert out.shape == (3, _units(num_classes))
     if num_classes == 2:
@@ -164,16 +181,16 @@ def test_custom_cnn_shapes_parameters_and_graph(num_classes):
     assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == trainable
     # flat; the last conv feature map and the embedding are reachable from the input
     assert _is_flat(model)
-    assert last_conv_layer_name(model) == "block4_act"
+    assert find_last_conv_layer(model) == "block4_act"
     assert model.get_layer("embedding").output.shape == (None, config.dense_units)
-    probe = keras.Model(model.input, [model.get_layer(last_conv_layer_name(model)).output, model.output])
+    probe = keras.Model(model.input, [model.get_layer(find_last_conv_layer(model)).output, model.output])
     feature_map, probs = probe.predict(_images(2, CNN_SIZE), verbose=0)
     assert feature_map.shape == (2, CNN_SIZE // 8, CNN_SIZE // 8, config.filters[-1])  # before the 4th pool
     np.testing.assert_allclose(probs, model.predict(_images(2, CNN_SIZE), verbose=0), rtol=1e-5)
 
 
 def test_custom_cnn_default_parameter_count():
-    model = build_model(ModelConfig(name="custom_cnn", weights=None), (128, 128, 3), 2)
+    model = build_classifier(classifier_config(name="custom_cnn", weights=None), (128, 128, 3), 2)
     assert (
         model.count_params() == expected_custom_cnn_params(128, 3, (32, 64, 128, 256), 128, 2)[0] == 2_487_265
     )
@@ -181,7 +198,7 @@ def test_custom_cnn_default_parameter_count():
 
 @pytest.mark.parametrize("num_classes", [2, 5])
 def test_custom_cnn_one_training_step(num_classes):
-    model = build_model(ModelConfig(**TINY), (CNN_SIZE, CNN_SIZE, 3), num_classes)
+    model = build_classifier(classifier_config(**TINY), (CNN_SIZE, CNN_SIZE, 3), num_classes)
     before = _snapshot(model)
     loss = _one_step(model, num_classes, CNN_SIZE)
     assert np.isfinite(loss)
@@ -190,30 +207,30 @@ def test_custom_cnn_one_training_step(num_classes):
     assert any("moving_mean" in path for path in changed)  # batch norms trained (training mode)
 
 
-def test_custom_cnn_has_no_backbone():
-    model = build_model(ModelConfig(**TINY), (CNN_SIZE, CNN_SIZE, 3), 2)
-    assert backbone_layers(model) == [] and not has_pretrained_backbone(model)
+def test_custom_cnn_has_no_pretrained_encoder():
+    model = build_classifier(classifier_config(**TINY), (CNN_SIZE, CNN_SIZE, 3), 2)
+    assert encoder_layers(model) == [] and not has_pretrained_encoder(model)
     assert set_transfer_learning(model) is False
     assert len(model.trainable_weights) == len([w for w in model.weights if w.trainable])
     assert all(layer.trainable for layer in model.layers)
-    with pytest.raises(ConfigError, match="no backbone"):
+    with pytest.raises(ConfigError, match="no pretrained encoder"):
         set_fine_tuning(model, 5)
 
 
 def test_custom_cnn_weights_file_and_round_trip(tmp_path):
-    config = ModelConfig(**TINY)
-    model = build_model(config, (CNN_SIZE, CNN_SIZE, 3), 2)
+    config = classifier_config(**TINY)
+    model = build_classifier(config, (CNN_SIZE, CNN_SIZE, 3), 2)
     path = tmp_path / "cnn.weights.h5"
     model.save_weights(path)
-    again = build_model(ModelConfig(**{**TINY, "weights": str(path)}), (CNN_SIZE, CNN_SIZE, 3), 2)
+    again = build_classifier(classifier_config(**{**TINY, "weights": str(path)}), (CNN_SIZE, CNN_SIZE, 3), 2)
     for a, b in zip(model.get_weights(), again.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(WeightsError, match="cnn.weights.h5"):  # built for another number of classes
-        build_model(ModelConfig(**{**TINY, "weights": str(path)}), (CNN_SIZE, CNN_SIZE, 3), 5)
+        build_classifier(classifier_config(**{**TINY, "weights": str(path)}), (CNN_SIZE, CNN_SIZE, 3), 5)
     # a saved and reloaded model keeps its names, so Grad-CAM and retrieval still find their layers
     model.save(tmp_path / "cnn.keras")
     loaded = keras.saving.load_model(tmp_path / "cnn.keras")
-    assert _is_flat(loaded) and last_conv_layer_name(loaded) == "block4_act"
+    assert _is_flat(loaded) and find_last_conv_layer(loaded) == "block4_act"
     np.testing.assert_allclose(
         loaded.predict(_images(2, CNN_SIZE), verbose=0),
         model.predict(_images(2, CNN_SIZE), verbose=0),
@@ -251,7 +268,9 @@ def b2_weights_files(tmp_path_factory) -> dict[str, object]:
 
 @pytest.mark.parametrize("num_classes", [2, 5])
 def test_efficientnet_shapes_parameters_and_graph(num_classes, plain_b2_params):
-    model = build_model(ModelConfig(name="efficientnet_b2", weights=None), (SIZE, SIZE, 3), num_classes)
+    model = build_classifier(
+        classifier_config(name="efficientnet_b2", weights=None), (SIZE, SIZE, 3), num_classes
+    )
     units = _units(num_classes)
     assert model.count_params() == plain_b2_params + B2_WIDTH * units + units
     out = model(_images(2, SIZE))  # eager calls: tracing predict() through 340 layers takes seconds
@@ -261,27 +280,27 @@ def test_efficientnet_shapes_parameters_and_graph(num_classes, plain_b2_params):
     assert {"stem_conv", "block1a_dwconv", "top_conv", "top_activation"} <= {
         layer.name for layer in model.layers
     }
-    assert last_conv_layer_name(model) == "top_activation"
+    assert find_last_conv_layer(model) == "top_activation"
     assert model.get_layer("embedding").output.shape == (None, B2_WIDTH)
     probe = keras.Model(model.input, [model.get_layer("top_activation").output, model.output])
     feature_map, _ = probe(_images(1, SIZE))
     assert feature_map.shape == (1, SIZE // 32, SIZE // 32, B2_WIDTH)
-    backbone = backbone_layers(model)
+    backbone = encoder_layers(model)
     assert backbone[0].name == BACKBONE_INPUT_NAME and backbone[-1].name == "top_activation"
     head = {layer.name for layer in model.layers} - {layer.name for layer in backbone}
     assert head == {"image", "embedding", "head_dropout", "probabilities"}
 
 
 def test_efficientnet_random_init_is_not_frozen_for_transfer():
-    model = build_model(ModelConfig(name="efficientnet_b2", weights=None), (SIZE, SIZE, 3), 2)
-    assert not has_pretrained_backbone(model)
+    model = build_classifier(classifier_config(name="efficientnet_b2", weights=None), (SIZE, SIZE, 3), 2)
+    assert not has_pretrained_encoder(model)
     assert set_transfer_learning(model) is False  # a random base must be trained, not frozen
     assert all(layer.trainable for layer in model.layers)
 
 
 def _pretrained(b2_weights_files, kind: str = "legacy", num_classes: int = 2) -> keras.Model:
-    config = ModelConfig(name="efficientnet_b2", weights=str(b2_weights_files[kind]), dropout=0.3)
-    return build_model(config, (SIZE, SIZE, 3), num_classes)
+    config = classifier_config(name="efficientnet_b2", weights=str(b2_weights_files[kind]), dropout=0.3)
+    return build_classifier(config, (SIZE, SIZE, 3), num_classes)
 
 
 @pytest.mark.parametrize("kind", ["legacy", "modern"])
@@ -302,7 +321,7 @@ def test_efficientnet_loads_a_local_weights_file(b2_weights_files, kind):
         rtol=1e-4,
         atol=1e-5,
     )
-    assert has_pretrained_backbone(model)
+    assert has_pretrained_encoder(model)
 
 
 def test_imagenet_weights_path_matches_local_file(b2_weights_files, monkeypatch):
@@ -314,9 +333,11 @@ def test_imagenet_weights_path_matches_local_file(b2_weights_files, monkeypatch)
         return str(b2_weights_files["legacy"])
 
     monkeypatch.setattr(file_utils, "get_file", fake_get_file)
-    from_imagenet = build_model(ModelConfig(name="efficientnet_b2", weights="imagenet"), (SIZE, SIZE, 3), 5)
+    from_imagenet = build_classifier(
+        classifier_config(name="efficientnet_b2", weights="imagenet"), (SIZE, SIZE, 3), 5
+    )
     assert requested == {"fname": WEIGHTS_FILE, "origin": WEIGHTS_URL}
-    assert _is_flat(from_imagenet) and last_conv_layer_name(from_imagenet) == "top_activation"
+    assert _is_flat(from_imagenet) and find_last_conv_layer(from_imagenet) == "top_activation"
     from_file = _pretrained(b2_weights_files, "legacy", num_classes=5)
     from_file.get_layer("probabilities").set_weights(from_imagenet.get_layer("probabilities").get_weights())
     x = _images(2, SIZE, seed=3)
@@ -334,7 +355,7 @@ def _trainable_names(model: keras.Model) -> set[str]:
 
 def test_transfer_then_fine_tune_trainability(b2_weights_files):
     model = _pretrained(b2_weights_files)
-    backbone = backbone_layers(model)
+    backbone = encoder_layers(model)
     head_weights = {w.path for w in model.get_layer("probabilities").weights}
 
     assert set_transfer_learning(model) is True
@@ -385,7 +406,7 @@ def test_efficientnet_training_steps_transfer_and_fine_tune(b2_weights_files):
 def test_efficientnet_compiled_training_step():
     """model.fit in graph mode (tf.function), 5 classes, every layer trainable (weights=None): about two
     minutes on 2 CPUs, nearly all of it tracing the train step."""
-    model = build_model(ModelConfig(name="efficientnet_b2", weights=None), (SIZE, SIZE, 3), 5)
+    model = build_classifier(classifier_config(name="efficientnet_b2", weights=None), (SIZE, SIZE, 3), 5)
     before = _snapshot(model)
     assert np.isfinite(_one_step(model, 5, SIZE))
     changed = _changed(before, model)
@@ -413,7 +434,7 @@ def test_failed_download_through_keras_get_file(monkeypatch, tmp_path):
         file_utils, "get_file", lambda *a, **k: real_get_file(*a, **{**k, "cache_dir": str(tmp_path)})
     )
     with pytest.raises(WeightsUnavailableError) as caught:
-        build_model(ModelConfig(name="efficientnet_b2", weights="imagenet"), (SIZE, SIZE, 3), 2)
+        build_classifier(classifier_config(name="efficientnet_b2", weights="imagenet"), (SIZE, SIZE, 3), 2)
     _assert_ways_out(str(caught.value))
     assert "Name or service not known" in str(caught.value)
     assert isinstance(caught.value, LungnetError)
@@ -428,7 +449,7 @@ def test_failed_download_raised_from_url_error(monkeypatch):
 
     monkeypatch.setattr(keras.applications, "EfficientNetB2", offline)
     with pytest.raises(WeightsUnavailableError) as caught:
-        build_model(ModelConfig(name="efficientnet_b2"), (SIZE, SIZE, 3), 5)
+        build_classifier(classifier_config(name="efficientnet_b2"), (SIZE, SIZE, 3), 5)
     _assert_ways_out(str(caught.value))
 
 
@@ -438,13 +459,13 @@ def test_other_errors_are_not_reported_as_download_failures(monkeypatch):
 
     monkeypatch.setattr(keras.applications, "EfficientNetB2", broken)
     with pytest.raises(RuntimeError, match="something else"):
-        build_model(ModelConfig(name="efficientnet_b2"), (SIZE, SIZE, 3), 2)
+        build_classifier(classifier_config(name="efficientnet_b2"), (SIZE, SIZE, 3), 2)
 
 
 def test_missing_weights_file_is_named(tmp_path):
     missing = tmp_path / "nowhere" / WEIGHTS_FILE
     with pytest.raises(WeightsError, match=r"nowhere/efficientnetb2_notop\.h5 does not exist"):
-        build_model(ModelConfig(name="efficientnet_b2", weights=str(missing)), (SIZE, SIZE, 3), 2)
+        build_classifier(classifier_config(name="efficientnet_b2", weights=str(missing)), (SIZE, SIZE, 3), 2)
 
 
 def test_weights_of_another_architecture(tmp_path):
@@ -456,13 +477,13 @@ def test_weights_of_another_architecture(tmp_path):
     b0.save_weights(modern)
     for path in (legacy, modern):
         with pytest.raises(WeightsError, match=rf"{path.name} does not hold weights of an EfficientNetB2"):
-            build_model(ModelConfig(name="efficientnet_b2", weights=str(path)), (SIZE, SIZE, 3), 2)
+            build_classifier(classifier_config(name="efficientnet_b2", weights=str(path)), (SIZE, SIZE, 3), 2)
 
 
 def test_a_file_that_is_not_hdf5(tmp_path):
     junk = tmp_path / "junk.h5"
     junk.write_text("<html>a proxy's error page saved as the weights</html>")
     with pytest.raises(WeightsError, match=r"junk\.h5 is not an HDF5 file"):
-        build_model(ModelConfig(name="efficientnet_b2", weights=str(junk)), (SIZE, SIZE, 3), 2)
+        build_classifier(classifier_config(name="efficientnet_b2", weights=str(junk)), (SIZE, SIZE, 3), 2)
     with pytest.raises(WeightsError, match=r"junk\.h5 is not an HDF5 file"):
-        build_model(ModelConfig(**{**TINY, "weights": str(junk)}), (CNN_SIZE, CNN_SIZE, 3), 2)
+        build_classifier(classifier_config(**{**TINY, "weights": str(junk)}), (CNN_SIZE, CNN_SIZE, 3), 2)

@@ -187,8 +187,7 @@ def test_smoke_run_writes_every_artefact(smoke_run):
 
 def test_export_returns_the_probability_map_at_input_size(smoke_run):
     from lungnet.data.preprocessing import preprocess_image
-    from lungnet.serving.export import load_run_model
-    from lungnet.studies.segmentation import load_preprocess
+    from lungnet.runs.artifacts import load_run_model, run_preprocess
 
     saved = tf.saved_model.load(str(smoke_run / "saved_model"))
     rng = np.random.default_rng(0)
@@ -196,7 +195,7 @@ def test_export_returns_the_probability_map_at_input_size(smoke_run):
     out = saved.signatures["serving_default"](images=tf.constant(images))["probabilities"].numpy()
     assert out.shape == (2, 40, 40) and np.all((out >= 0) & (out <= 1))
     model, _ = load_run_model(smoke_run)
-    x = preprocess_image(tf.constant(images)[..., None], load_preprocess(smoke_run))
+    x = preprocess_image(tf.constant(images)[..., None], run_preprocess(smoke_run, load_run_config(smoke_run)))
     expected = tf.image.resize(model(x), (40, 40))[..., 0].numpy()
     np.testing.assert_allclose(out, expected, atol=1e-5)
 

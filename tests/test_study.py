@@ -198,14 +198,14 @@ def test_the_four_columns_of_the_study(name, grouping, view, crop):
 
 @pytest.mark.slow  # XLA compilation takes ~30-60 s on 2 cores
 def test_mixed_precision_and_xla_switches_run_on_cpu(tmp_path):
-    from lungnet.models.registry import ModelConfig, build_model
+    from lungnet.models import build_classifier
     from lungnet.training.fit import TrainingConfig, set_global_options, train_phase
 
     config = TrainingConfig(mixed_precision=True, xla=True, verbose=0, steps_per_epoch=1)
     set_global_options(config)
     try:
-        model = build_model(
-            ModelConfig(name="custom_cnn", filters=(4, 4, 4, 4), dense_units=4), (16, 16, 3), 2
+        model = build_classifier(
+            {"name": "custom_cnn", "filters": [4, 4, 4, 4], "dense_units": 4}, (16, 16, 3), 2
         )
         assert model.get_layer("block1_conv").compute_dtype == "float16"
         assert model.output.dtype == "float32"  # the probabilities stay float32
@@ -220,17 +220,17 @@ def test_mixed_precision_and_xla_switches_run_on_cpu(tmp_path):
 
 
 def test_models_without_weights_are_skipped_or_fail_as_configured(tmp_path, tiny_phantom_config, monkeypatch):
-    from lungnet.models.blocks import WeightsUnavailableError
+    from lungnet.models import WeightsUnavailableError
     from lungnet.studies import classification
 
-    real_build = classification.build_model
+    real_build = classification.build_classifier
 
     def offline_build(config, *args):
         if config.name == "efficientnet_b2" and config.weights == "imagenet":
             raise WeightsUnavailableError("EfficientNetB2 ImageNet weights could not be downloaded (offline)")
         return real_build(config, *args)
 
-    monkeypatch.setattr(classification, "build_model", offline_build)
+    monkeypatch.setattr(classification, "build_classifier", offline_build)
     efficientnet = {"name": "efficientnet_b2", "model": {"name": "efficientnet_b2"}, "fine_tune": True}
     tiny_cnn = {
         "name": "custom_cnn",

@@ -13,17 +13,20 @@ from keras import layers
 
 from lungnet.errors import ConfigError
 from lungnet.losses import HybridLoss
-from lungnet.models.unet import (
-    SEGMENTATION_MODELS,
-    SegmentationModelConfig,
-    attention_layer_names,
-    build_segmentation_model,
-)
+from lungnet.models import SEGMENTERS, build_segmenter
+from lungnet.models.classifiers.custom_cnn import CustomCNNConfig
+from lungnet.models.segmenters.unet import attention_layer_names
+
+SEGMENTATION_MODELS = ("unet", "attention_res_unet")
+
+
+def SegmentationModelConfig(**fields):  # noqa: N802  (reads like the config it returns)
+    return SEGMENTERS.parse(fields, "model")
 
 
 def _model(name: str, size: int = 32, depth: int = 2, channels: int = 1, **kwargs) -> keras.Model:
     config = SegmentationModelConfig(name=name, depth=depth, filters=4, **kwargs)
-    return build_segmentation_model(config, (size, size, channels))
+    return build_segmenter(config, (size, size, channels))
 
 
 def _squares(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -191,19 +194,25 @@ def test_indivisible_input():
     config = SegmentationModelConfig(name="unet")
     message = r"input_shape: 100x100 is not divisible by 2\*\*4 = 16 \(model\.depth 4\)"
     with pytest.raises(ConfigError, match=message):
-        build_segmentation_model(config, (100, 100, 1))
+        build_segmenter(config, (100, 100, 1))
     with pytest.raises(ConfigError, match=r"input_shape: 64x36 is not divisible by 2\*\*3 = 8"):
-        build_segmentation_model(SegmentationModelConfig(name="unet", depth=3), (64, 36, 1))
+        build_segmenter(SegmentationModelConfig(name="unet", depth=3), (64, 36, 1))
     with pytest.raises(ConfigError, match="input_shape"):
-        build_segmentation_model(config, (64, 64))
-    with pytest.raises(ConfigError, match="SegmentationModelConfig"):
-        build_segmentation_model({"name": "unet"}, (64, 64, 1))
+        build_segmenter(config, (64, 64))
+    with pytest.raises(ConfigError, match="'custom_cnn' is not a segmentation model"):
+        build_segmenter(CustomCNNConfig(), (64, 64, 1))
+    assert build_segmenter({"name": "unet", "depth": 2, "filters": 2}, (8, 8, 1)).output.shape == (
+        None,
+        8,
+        8,
+        1,
+    )
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"name": "vnet"}, r"model\.name: 'vnet' is not one of"),
+        ({"name": "vnet"}, r"model\.name: 'vnet' is not a segmentation model"),
         ({"name": "unet", "depth": 0}, r"model\.depth: 0 must be an integer >= 1"),
         ({"name": "unet", "depth": 2.0}, r"model\.depth"),
         ({"name": "unet", "filters": 0}, r"model\.filters: 0"),

@@ -42,32 +42,25 @@ import numpy as np
 import tensorflow as tf
 
 from lungnet.errors import ConfigError, DataError
+from lungnet.models.contract import EMBEDDING_NAME, OUTPUT_NAME, layers_up_to
 
 _GLOBAL_POOLING = (
     keras.layers.GlobalAveragePooling2D,
     keras.layers.GlobalMaxPooling2D,
     keras.layers.Flatten,
 )
-# Layers whose output is a "feature map" in the Grad-CAM sense; pooling, dropout, reshaping are passed over
-# in favour of the layer that feeds them.
-_PREFERRED = (
+# Layers whose 4-D output counts as a convolutional feature map for `find_last_conv_layer`.
+_FEATURE_MAP_LAYERS = (
     keras.layers.Conv2D,
     keras.layers.DepthwiseConv2D,
     keras.layers.SeparableConv2D,
-    keras.layers.Conv2DTranspose,
     keras.layers.Activation,
     keras.layers.ReLU,
     keras.layers.LeakyReLU,
     keras.layers.PReLU,
     keras.layers.ELU,
-    keras.layers.BatchNormalization,
-    keras.layers.LayerNormalization,
-    keras.layers.GroupNormalization,
-    keras.layers.Add,
-    keras.layers.Concatenate,
-    keras.layers.Multiply,
 )
-_OUTPUT_LAYER_NAME = "probabilities"
+_OUTPUT_LAYER_NAME = OUTPUT_NAME
 
 Method = Literal["gradcam", "gradcam++"]
 
@@ -89,10 +82,32 @@ def feature_map_layers(model: keras.Model) -> list[str]:
 
 
 def find_last_conv_layer(model: keras.Model) -> str:
-    """Name of the last spatial feature map before the model's pooling: `lungnet.models.last_conv_layer_name`."""
-    from lungnet.models.blocks import last_conv_layer_name
+    """Name of the last convolutional feature map (a 4-D conv or activation output) before the pooling.
 
-    return last_conv_layer_name(model)
+    The default for models that do not declare their explanation layer (lungnet's registered models do:
+    `lungnet.models.registry.Entry.explanation_layer`). The search runs backwards through the layers that
+    feed the ``embedding`` layer (or, without one, the last global-pooling/flatten layer), so side branches
+    (squeeze-and-excitation) are passed over. It needs a convolutional model: a transformer declares its map.
+    """
+    names = {layer.name for layer in model.layers}
+    if EMBEDDING_NAME in names:
+        end = model.get_layer(EMBEDDING_NAME)
+    else:
+        pools = [layer for layer in model.layers if isinstance(layer, _GLOBAL_POOLING)]
+        if not pools:
+            raise ConfigError(
+                f"model {model.name!r} has neither an {EMBEDDING_NAME!r} layer nor a pooling layer, so no 4-D "
+                "feature map before one; pass layer_name= (Grad-CAM needs a spatial feature map)"
+            )
+        end = pools[-1]
+    # The embedding layer may itself be the pooling (EfficientNet) or a Dense after the pooling (custom CNN).
+    for layer in reversed(layers_up_to(model, end.input)):
+        if isinstance(layer, _FEATURE_MAP_LAYERS) and len(layer.output.shape) == 4:
+            return layer.name
+    raise ConfigError(
+        f"model {model.name!r} has no convolution or activation with a 4-D output before {end.name!r}; "
+        "pass layer_name= (Grad-CAM needs a flat functional model)"
+    )
 
 
 def _output_layer(model: keras.Model) -> keras.layers.Layer:

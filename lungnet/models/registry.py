@@ -1,171 +1,173 @@
-"""Model configs, the registry of builders, and the transfer-learning / fine-tuning switches.
+"""One registry per output contract: encoders (feature pyramids), classifiers and segmenters.
 
-``build_model(ModelConfig(name=...), input_shape, num_classes)`` looks the family up in `MODEL_BUILDERS`;
-a new family is one module with a builder ``(config, input_shape, num_classes) -> keras.Model`` that follows
-the conventions of `lungnet.models.blocks`, one entry in `MODEL_BUILDERS`, and its name in `ModelName`.
+A family registers itself from its own module, with its own validated config dataclass::
 
-Training schedule (the Keras transfer-learning guide): `set_transfer_learning` freezes a pretrained backbone
-and trains the head; `set_fine_tuning` then unfreezes the backbone's top layers, batch norms excepted, for
-training at a lower learning rate. Both change ``layer.trainable``: compile the model again afterwards.
+    @CLASSIFIERS.register("custom_cnn", CustomCNNConfig, family="custom_cnn", description="...",
+                          explanation_layer=lambda config: "block4_act")
+    def build_custom_cnn(config, input_shape, num_classes) -> keras.Model: ...
+
+Variants (EfficientNet b2 / b3, ResNet depths) are names of one family sharing a builder; the config's
+``name`` says which. This module imports no family: importing `lungnet.models` registers them all.
+
+Builders by registry:
+
+- encoders: ``(config, x) -> Pyramid`` applied to a tensor ``x`` of the caller's graph (flat models);
+- classifiers: ``(config, input_shape, num_classes) -> keras.Model`` with output ``probabilities``;
+- segmenters: ``(config, input_shape) -> keras.Model`` with output ``probabilities`` ``[B, H, W, 1]`` and,
+  when the config asks for deep supervision, side outputs ``aux_*`` (a dict of outputs).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar
 
-import keras
-from keras import layers
-
+from lungnet.config import from_dict
 from lungnet.errors import ConfigError
-from lungnet.models.blocks import (
-    WEIGHTS_SUFFIXES,
-    backbone_layers,
-    has_pretrained_backbone,
-    last_conv_layer_name,
-)
-from lungnet.models.custom_cnn import build_custom_cnn
-from lungnet.models.efficientnet import build_efficientnet_b2
 
-ModelName = Literal["custom_cnn", "efficientnet_b2"]
-ModelBuilder = Callable[["ModelConfig", tuple[int, int, int], int], keras.Model]
 
-MODEL_BUILDERS: dict[str, ModelBuilder] = {
-    "custom_cnn": build_custom_cnn,
-    "efficientnet_b2": build_efficientnet_b2,
-}
+def _no_side_outputs(config) -> tuple[str, ...]:
+    return ()
 
-__all__ = [
-    "MODEL_BUILDERS",
-    "ModelConfig",
-    "build_model",
-    "last_conv_layer_name",
-    "set_fine_tuning",
-    "set_transfer_learning",
-]
+
+def _no_explanation_layer(config) -> None:
+    return None
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """One classifier: its family and hyper-parameters (YAML: the ``model:`` mapping of an experiment).
+class Entry:
+    """What the tools need to know of one registered architecture, without building it."""
 
-    ``weights`` is for pretrained families (efficientnet_b2): ``"imagenet"`` (downloaded by Keras), a path to a
-    local ``.h5`` / ``.weights.h5`` file of the same base (e.g. ``efficientnetb2_notop.h5``), or ``None``
-    (random initialisation). The custom CNN is trained from scratch: for it ``"imagenet"`` and ``None`` both
-    mean random weights, and a path loads a ``.weights.h5`` file saved from the same custom CNN.
-    ``filters`` and ``dense_units`` shape the custom CNN (``dense_units`` is its embedding width);
-    ``fine_tune_layers`` is how many of the base's top layers `set_fine_tuning` unfreezes.
-    """
+    name: str
+    task: str
+    family: str
+    config_class: type
+    builder: Callable
+    description: str
+    # Grad-CAM's feature map (a layer name of the built model), or None where there is none to explain.
+    explanation_layer: Callable[[Any], str | None] = _no_explanation_layer
+    # Names of side outputs (``aux_*``) the loss reads; evaluation and serving read ``probabilities`` only.
+    side_outputs: Callable[[Any], tuple[str, ...]] = _no_side_outputs
+    extra_inputs: tuple[str, ...] = ()  # named inputs beside ``image`` (a second stream)
+    # Encoders: the pyramid's keys, shallowest first (``P{k}`` at stride 2**k).
+    pyramid_keys: Callable[[Any], tuple[str, ...]] = _no_side_outputs
+    input_scaling: str = ""  # what the ``image`` input expects, in words
 
-    name: ModelName
-    weights: str | None = "imagenet"
-    dropout: float = 0.3
-    filters: tuple[int, int, int, int] = (32, 64, 128, 256)
-    dense_units: int = 128
-    fine_tune_layers: int = 20
 
-    def __post_init__(self) -> None:
-        def bad(field: str, why: str) -> ConfigError:
-            return ConfigError(f"model.{field}: {getattr(self, field)!r} {why}")
+class Registry:
+    """Architectures of one output contract, by name."""
 
-        if self.name not in MODEL_BUILDERS:
-            raise bad("name", f"is not one of {sorted(MODEL_BUILDERS)}")
-        if self.weights is not None:
-            if not isinstance(self.weights, str):
-                raise bad("weights", "must be 'imagenet', a path to a weights file, or null")
-            if self.weights != "imagenet" and not self.weights.lower().endswith(WEIGHTS_SUFFIXES):
-                raise bad(
-                    "weights",
-                    f"must be 'imagenet', null, or a path to a weights file ending in {list(WEIGHTS_SUFFIXES)}",
+    def __init__(self, task: str):
+        self.task = task
+        self._entries: dict[str, Entry] = {}
+
+    def register(
+        self,
+        names: str | tuple[str, ...],
+        config_class: type,
+        *,
+        family: str,
+        description: str,
+        explanation_layer: Callable[[Any], str | None] = _no_explanation_layer,
+        side_outputs: Callable[[Any], tuple[str, ...]] = _no_side_outputs,
+        extra_inputs: tuple[str, ...] = (),
+        input_scaling: str = "",
+        pyramid_keys: Callable[[Any], tuple[str, ...]] = _no_side_outputs,
+    ) -> Callable[[Callable], Callable]:
+        """A decorator registering a builder under one name or several (the variants of one family)."""
+        names = (names,) if isinstance(names, str) else tuple(names)
+
+        def decorator(builder: Callable) -> Callable:
+            for name in names:
+                if name in self._entries:
+                    raise ConfigError(f"{self.task} registry: {name!r} is registered twice")
+                self._entries[name] = Entry(
+                    name=name,
+                    task=self.task,
+                    family=family,
+                    config_class=config_class,
+                    builder=builder,
+                    description=description,
+                    explanation_layer=explanation_layer,
+                    side_outputs=side_outputs,
+                    extra_inputs=extra_inputs,
+                    input_scaling=input_scaling,
+                    pyramid_keys=pyramid_keys,
                 )
-        if (
-            isinstance(self.dropout, bool)
-            or not isinstance(self.dropout, int | float)
-            or not 0 <= self.dropout < 1
-        ):
-            raise bad("dropout", "must be a number in [0, 1)")
-        filters = self.filters
-        if (
-            not isinstance(filters, list | tuple)
-            or len(filters) != 4
-            or not all(_is_int(f) and f >= 1 for f in filters)
-        ):
-            raise bad("filters", "must be four integers >= 1 (one per conv block)")
-        object.__setattr__(self, "filters", tuple(filters))
-        if not _is_int(self.dense_units) or self.dense_units < 1:
-            raise bad("dense_units", "must be an integer >= 1")
-        if not _is_int(self.fine_tune_layers) or self.fine_tune_layers < 1:
-            raise bad("fine_tune_layers", "must be an integer >= 1")
+            return builder
+
+        return decorator
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def get(self, name: str, where: str = "model.name") -> Entry:
+        if name not in self._entries:
+            raise ConfigError(f"{where}: {name!r} is not a {self.task} model; known: {self.names()}")
+        return self._entries[name]
+
+    def parse(self, value, where: str = "model"):
+        """A family config from a mapping with a ``name`` (or a config object, checked), errors naming keys."""
+        if isinstance(value, FamilyConfig):
+            entry = self.get(value.name, f"{where}.name")
+            if not isinstance(value, entry.config_class):
+                raise ConfigError(
+                    f"{where}: a {type(value).__name__} cannot configure {value.name!r} "
+                    f"(expects {entry.config_class.__name__})"
+                )
+            return value
+        if not isinstance(value, dict) or "name" not in value:
+            raise ConfigError(
+                f"{where}: expected a mapping with a 'name', one of {self.names()}; got {value!r}"
+            )
+        entry = self.get(value["name"], f"{where}.name")
+        return from_dict(entry.config_class, value, where)
+
+    def entry_for(self, config) -> Entry:
+        return self.get(self.parse(config).name)
+
+    def build(self, config, *args, **kwargs):
+        """Build the architecture `config` names (validated first)."""
+        config = self.parse(config)
+        return self._entries[config.name].builder(config, *args, **kwargs)
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+ENCODERS = Registry("encoder")
+CLASSIFIERS = Registry("classification")
+SEGMENTERS = Registry("segmentation")
+REGISTRIES = {registry.task: registry for registry in (CLASSIFIERS, SEGMENTERS, ENCODERS)}
 
 
-def build_model(
-    config: ModelConfig, input_shape: tuple[int, int, int] = (128, 128, 3), num_classes: int = 2
-) -> keras.Model:
-    """A flat functional classifier for `config`.
+@dataclass(frozen=True)
+class FamilyConfig:
+    """Base of every family's config: ``name`` picks the registered architecture (and so the family).
 
-    Input ``image`` ``[B, H, W, C]`` in ``[0, 1]``; output ``probabilities``: ``[B, 1]`` sigmoid for
-    ``num_classes == 2``, ``[B, K]`` softmax for more; layer ``embedding`` is the penultimate feature vector;
-    `last_conv_layer_name` finds the last conv feature map. All layers come back trainable.
+    In an experiment file a field typed with one of the bases below accepts a mapping; the registry chooses
+    the family's own dataclass by the mapping's ``name`` and validates every other key against it.
     """
-    if not isinstance(config, ModelConfig):
-        raise ConfigError(f"model: expected a ModelConfig, got {type(config).__name__}")
-    shape = tuple(input_shape)
-    if len(shape) != 3 or not all(_is_int(d) and d >= 1 for d in shape):
-        raise ConfigError(
-            f"input_shape: {input_shape!r} must be three positive integers (height, width, channels)"
-        )
-    if not _is_int(num_classes) or num_classes < 2:
-        raise ConfigError(f"num_classes: {num_classes!r} must be an integer >= 2")
-    return MODEL_BUILDERS[config.name](config, shape, num_classes)
+
+    name: str
+    registry: ClassVar[Registry]
+
+    @classmethod
+    def from_config_dict(cls, value, where: str):
+        return cls.registry.parse(value, where)
 
 
-def set_transfer_learning(model: keras.Model) -> bool:
-    """Transfer-learning phase: freeze a pretrained backbone, keep the head trainable.
-
-    Returns True if a backbone was frozen. A model without a pretrained backbone (the custom CNN, or
-    efficientnet_b2 with ``weights: null``, whose random base must be trained) is left fully trainable and
-    False comes back. Compile the model after calling this.
-    """
-    for layer in model.layers:
-        layer.trainable = True
-    if not has_pretrained_backbone(model):
-        return False
-    for layer in backbone_layers(model):
-        layer.trainable = False
-    return True
+@dataclass(frozen=True)
+class EncoderConfig(FamilyConfig):
+    registry: ClassVar[Registry] = ENCODERS
 
 
-def set_fine_tuning(model: keras.Model, n_layers: int) -> int:
-    """Fine-tuning phase: the top `n_layers` layers of the backbone become trainable, except batch norms.
+@dataclass(frozen=True)
+class ClassifierConfig(FamilyConfig):
+    registry: ClassVar[Registry] = CLASSIFIERS
 
-    As in the Keras fine-tuning guide, `n_layers` counts the backbone's last layers in graph order (batch norms
-    and weightless layers included); of those, every layer but the ``BatchNormalization`` ones is unfrozen.
-    Batch norms stay frozen, which in Keras 3 also keeps them in inference mode, so their ImageNet statistics
-    are not overwritten by small batches. Everything below is frozen; the head is trainable. ``n_layers`` at
-    least the backbone's size unfreezes the whole backbone (batch norms excepted).
 
-    Returns the number of backbone layers made trainable. Compile the model (lower learning rate) afterwards.
-    """
-    if not _is_int(n_layers) or n_layers < 0:
-        raise ConfigError(f"model.fine_tune_layers: {n_layers!r} must be an integer >= 0")
-    backbone = backbone_layers(model)
-    if not backbone:
-        raise ConfigError(
-            f"model {model.name!r} has no backbone to fine-tune; fine-tuning applies to pretrained families "
-            f"such as efficientnet_b2"
-        )
-    for layer in model.layers:
-        layer.trainable = True
-    for layer in backbone:
-        layer.trainable = False
-    unfrozen = 0
-    for layer in backbone[len(backbone) - min(n_layers, len(backbone)) :]:
-        if not isinstance(layer, layers.BatchNormalization):
-            layer.trainable = True
-            unfrozen += 1
-    return unfrozen
+@dataclass(frozen=True)
+class SegmenterConfig(FamilyConfig):
+    registry: ClassVar[Registry] = SEGMENTERS

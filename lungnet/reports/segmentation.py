@@ -18,7 +18,7 @@ from lungnet.evaluation.segmentation_figures import (
     perturbation_figure,
     segmentation_metrics_figure,
 )
-from lungnet.models.unet import attention_layer_names
+from lungnet.models.segmenters.unet import attention_layer_names
 from lungnet.reports.classification import PHANTOM_CAVEAT
 from lungnet.reports.html import HtmlReport
 

@@ -14,7 +14,6 @@ at the input's own size (the model's output resized back bilinearly); threshold 
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -22,35 +21,11 @@ import keras
 import tensorflow as tf
 
 from lungnet.data.preprocessing import preprocess_image
-from lungnet.errors import LungnetError
 from lungnet.fileio import atomic_directory, write_json
-from lungnet.runs import load_run_config, require_files
+from lungnet.runs import load_run_config
+from lungnet.runs.artifacts import load_run_model, run_class_names, run_preprocess
 
 SAVED_MODEL_DIR = "saved_model"
-
-
-def selected_model_name(run_dir: Path) -> str:
-    require_files(run_dir, "metrics.json")
-    return json.loads((run_dir / "metrics.json").read_text())["selected_model"]
-
-
-def load_run_model(run_dir: str | Path, model_name: str | None = None) -> tuple[keras.Model, str]:
-    """The trained Keras model of a run (the selected one unless `model_name` is given)."""
-    run_dir = Path(run_dir)
-    name = model_name or selected_model_name(run_dir)
-    path = run_dir / "models" / f"{name}.keras"
-    if not path.is_file():
-        available = sorted(p.stem for p in (run_dir / "models").glob("*.keras"))
-        raise LungnetError(
-            f"{run_dir}: no trained model {name!r} (models/{name}.keras); available: {available}"
-        )
-    import lungnet.losses  # noqa: F401  (registers the segmentation losses a saved model may name)
-    import lungnet.models.unet  # noqa: F401
-
-    try:
-        return keras.models.load_model(path, compile=False), name
-    except Exception as exc:  # a truncated or foreign file
-        raise LungnetError(f"{path}: cannot load the model ({type(exc).__name__}: {exc})") from exc
 
 
 def export_run(run_dir: str | Path, model_name: str | None = None, out: str | Path | None = None) -> Path:
@@ -58,15 +33,10 @@ def export_run(run_dir: str | Path, model_name: str | None = None, out: str | Pa
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     model, name = load_run_model(run_dir, model_name)
-    segmentation = getattr(config, "task", "classification") == "segmentation"
-    if segmentation:
-        from lungnet.studies.segmentation import load_preprocess
-
-        preprocess = load_preprocess(run_dir)
-        class_names = None
-    else:
-        preprocess = config.data.preprocess
-        class_names = json.loads((run_dir / "metrics.json").read_text()).get("class_names")
+    preprocess = run_preprocess(run_dir, config)
+    # the output's own shape says what to serve: a map [B, H, W, 1] or class probabilities [B, K]
+    segmentation = len(model.outputs[0].shape) == 4
+    class_names = None if segmentation else run_class_names(run_dir)
     binary = int(model.outputs[0].shape[-1]) == 1
 
     def serve(images):
@@ -92,7 +62,7 @@ def export_run(run_dir: str | Path, model_name: str | None = None, out: str | Pa
             tmp / "lungnet.json",
             {
                 "model": name,
-                "task": "segmentation" if segmentation else "classification",
+                "task": config.task,
                 "class_names": class_names,
                 "output": "probability map float32 [batch, height, width] at the input size"
                 if segmentation

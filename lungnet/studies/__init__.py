@@ -1,1 +1,3 @@
-"""Study schedules: thin layers over the data, model, training and evaluation packages."""
+"""One module per reproduced paper, registered by the ``task`` of its experiments (`registry`)."""
+
+from lungnet.studies import classification, segmentation  # noqa: F401  (registers the studies)

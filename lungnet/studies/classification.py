@@ -32,12 +32,14 @@ from lungnet.evaluation import (
 from lungnet.experiment import ExperimentConfig, ModelSpec
 from lungnet.fileio import write_json
 from lungnet.inference import predict_proba, predict_tta
-from lungnet.models.blocks import WeightsUnavailableError
-from lungnet.models.registry import build_model, set_fine_tuning, set_transfer_learning
+from lungnet.models import CLASSIFIERS, WeightsUnavailableError, build_classifier
+from lungnet.models.weights import encoder_record, provenance
 from lungnet.runs import save_config
+from lungnet.runs.artifacts import save_run_model
+from lungnet.studies.external import evaluate_classification_run
+from lungnet.studies.registry import Study, register_study
 from lungnet.training.fit import distribution_scope, set_global_options, train_phase
-
-MODELS_DIR = "models"
+from lungnet.training.schedules import transfer_then_fine_tune
 
 
 @dataclasses.dataclass
@@ -52,6 +54,7 @@ class ModelResult:
     tta: dict | None = None
     calibration: dict | None = None
     threshold: dict | None = None  # binary: threshold maximising validation F1, and test metrics at it
+    explanation_layer: str | None = None  # Grad-CAM's feature map, as the model's registry entry declares
 
 
 def input_shape(config: ExperimentConfig) -> tuple[int, int, int]:
@@ -67,7 +70,7 @@ def _build(spec: ModelSpec, config: ExperimentConfig, num_classes: int) -> tuple
     """Build the model, applying the experiment's `if_weights_unavailable` when ImageNet cannot be fetched."""
     with distribution_scope(config.training):
         try:
-            return build_model(spec.model, input_shape(config), num_classes), None
+            return build_classifier(spec.model, input_shape(config), num_classes), None
         except WeightsUnavailableError as exc:
             cause = str(exc).splitlines()[0]
             if spec.if_weights_unavailable == "skip":
@@ -82,46 +85,52 @@ def _build(spec: ModelSpec, config: ExperimentConfig, num_classes: int) -> tuple
             )
             print(f"warning: {note}. Cause: {cause}")
             fallback = dataclasses.replace(spec.model, weights=None)
-            return build_model(fallback, input_shape(config), num_classes), note
+            return build_classifier(fallback, input_shape(config), num_classes), note
 
 
 def _train_model(spec: ModelSpec, config: ExperimentConfig, data: PreparedData, run_dir: Path):
-    """Yield (name, model, phase summary): the trained model and, if asked, its fine-tuned continuation.
-
-    A pretrained backbone is frozen for the first phase (transfer learning: the head only); a model without
-    one (the custom CNN, random initialisation) trains end to end and is not fine-tuned.
-    """
+    """Yield (name, model, phase summary) per phase of the transfer -> fine-tune schedule."""
     training = config.training
     model, note = _build(spec, config, len(data.class_names))
-    pretrained = set_transfer_learning(model)
-    summary = train_phase(
-        model,
-        data.train,
-        data.val,
-        run_dir=run_dir,
-        phase=spec.name,
-        epochs=training.epochs,
-        learning_rate=training.learning_rate,
-        config=training,
-        class_weight=data.class_weight,
-    )
-    if note:
-        summary["note"] = note
-    yield (f"{spec.name}_transfer" if pretrained else spec.name), model, summary
-    if spec.fine_tune and pretrained:
-        unfrozen = set_fine_tuning(model, spec.model.fine_tune_layers)
-        summary = train_phase(
+
+    def fit(phase: str, epochs: int, learning_rate: float) -> dict:
+        return train_phase(
             model,
             data.train,
             data.val,
             run_dir=run_dir,
-            phase=f"{spec.name}_finetuned",
-            epochs=training.fine_tune_epochs,
-            learning_rate=training.fine_tune_learning_rate,
+            phase=phase,
+            epochs=epochs,
+            learning_rate=learning_rate,
             config=training,
             class_weight=data.class_weight,
         )
-        yield f"{spec.name}_finetuned", model, {**summary, "layers_unfrozen": unfrozen}
+
+    phases = transfer_then_fine_tune(
+        model,
+        spec.name,
+        fit,
+        epochs=training.epochs,
+        learning_rate=training.learning_rate,
+        fine_tune=spec.fine_tune,
+        fine_tune_layers=getattr(spec.model, "fine_tune_layers", 0),
+        fine_tune_epochs=training.fine_tune_epochs,
+        fine_tune_learning_rate=training.fine_tune_learning_rate,
+    )
+    for i, (name, summary) in enumerate(phases):
+        if note and i == 0:
+            summary["note"] = note
+        yield name, model, {**summary, "weights": weights_provenance(spec.model, model)}
+
+
+def weights_provenance(model_config, model) -> str:
+    """Where the model's starting weights came from, as the report says it."""
+    record = encoder_record(model)
+    if record is not None:
+        return f"encoder: {record.provenance}"
+    weights = getattr(model_config, "weights", None)
+    # a from-scratch family reads ``imagenet`` (the old shared default) as random initialisation
+    return provenance(None if weights == "imagenet" else weights)
 
 
 def evaluate_model(name, model, data: PreparedData, config: ExperimentConfig, run_dir: Path, training: dict):
@@ -130,9 +139,7 @@ def evaluate_model(name, model, data: PreparedData, config: ExperimentConfig, ru
     y_test = data.split("test")["target"].to_numpy()
     val_probs = predict_proba(model, data.val)
     test_probs = predict_proba(model, data.test)
-    path = run_dir / MODELS_DIR / f"{name}.keras"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(path)
+    path = save_run_model(run_dir, name, model)
     result = ModelResult(
         name,
         path,
@@ -215,6 +222,9 @@ def run_classification_study(config: ExperimentConfig, run_dir: Path, progress: 
         try:  # evaluate each phase as it finishes: fine-tuning continues from the same model object
             for name, model, summary in _train_model(spec, config, data, run_dir):
                 results[name] = evaluate_model(name, model, data, config, run_dir, summary)
+                results[name].explanation_layer = CLASSIFIERS.entry_for(spec.model).explanation_layer(
+                    spec.model
+                )
                 val_f1, test_f1 = results[name].val_metrics["f1"], results[name].test_metrics["f1"]
                 print(f"{name}: validation F1 {val_f1:.3f}, test F1 {test_f1:.3f}")
         except SkippedModel as exc:
@@ -250,3 +260,19 @@ def run_classification_study(config: ExperimentConfig, run_dir: Path, progress: 
     explanations = explain_selected(config, data, selected, run_dir) if config.evaluation.explain else {}
     write_report(run_dir, config, data, results, selected, summary, explanations)
     return summary
+
+
+def classification_summary_line(summary: dict) -> str:
+    name = summary["selected_model"]
+    auc = summary["auc"] if summary.get("auc") is not None else float("nan")
+    return f"selected model {name}: test F1 {summary['f1']:.3f}, AUC {auc:.3f} ({summary['data']})"
+
+
+register_study(
+    Study(
+        task="classification",
+        run=run_classification_study,
+        evaluate=evaluate_classification_run,
+        summary_line=classification_summary_line,
+    )
+)

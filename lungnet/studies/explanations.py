@@ -70,7 +70,11 @@ def explain_selected(config, data, selected, run_dir: Path) -> dict[str, tuple[P
     images = test_images[cases]
     out: dict[str, tuple[Path, str]] = {}
 
-    cams = {"Grad-CAM": grad_cam(model, images), "Grad-CAM++": grad_cam_plus_plus(model, images)}
+    layer = selected.explanation_layer  # declared by the model's registry entry
+    cams = {
+        "Grad-CAM": grad_cam(model, images, layer_name=layer),
+        "Grad-CAM++": grad_cam_plus_plus(model, images, layer_name=layer),
+    }
     fig = plot_cam_overlays(
         images, cams, y_true=y_test[cases], probs=selected.test_probs[cases], class_names=names
     )

@@ -1,4 +1,4 @@
-"""External validation: a trained run evaluated on every sample of another dataset.
+"""External validation of a classification run: evaluated on every sample of another dataset.
 
 The run's own preprocessing, view and label grouping are applied, so the numbers compare with the run's test
 split; every sample of the source is used (no split).
@@ -6,8 +6,6 @@ split; every sample of the source is used (no split).
 
 from __future__ import annotations
 
-import datetime as dt
-import re
 from pathlib import Path
 
 import pandas as pd
@@ -24,21 +22,17 @@ from lungnet.fileio import write_json
 from lungnet.inference import predict_proba
 from lungnet.reports.html import HtmlReport
 from lungnet.runs import load_run_config
-from lungnet.serving.export import load_run_model
+from lungnet.runs.artifacts import evaluation_dir, load_run_model, run_class_names
 
 
-def evaluate_run(run_dir, source_spec: str, out=None, model_name: str | None = None) -> Path:
+def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name: str | None = None) -> Path:
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
-    if getattr(config, "task", "classification") == "segmentation":
-        from lungnet.studies.segmentation import evaluate_segmentation_run
-
-        return evaluate_segmentation_run(run_dir, source_spec, out=out, model_name=model_name)
     model, name = load_run_model(run_dir, model_name)
     source = load_source(source_spec, config.data.phantom)
     labelled = assign_labels(source.manifest, config.data.grouping, origin=source.spec)
     names = class_names(config.data.grouping, source.manifest)
-    run_names = tuple(config_class_names(run_dir) or names)
+    run_names = tuple(run_class_names(run_dir) or names)
     if names != run_names:
         raise DataError(f"{source.spec}: classes {list(names)} differ from the run's {list(run_names)}")
     column = image_column(labelled, config.data.view)
@@ -91,18 +85,3 @@ def evaluate_run(run_dir, source_spec: str, out=None, model_name: str | None = N
     report.image(save_figure(evaluation_figures.roc_figure(y, probs, names), out / "roc.png"), "ROC")
     report.save(out / "report.html")
     return out
-
-
-def evaluation_dir(run_dir: Path, source_spec: str, out=None) -> Path:
-    """`out`, or ``RUN/evaluations/<source>-<UTC time>``; created."""
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", Path(source_spec).stem or source_spec).strip("-")
-    out = Path(out) if out else run_dir / "evaluations" / f"{slug}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def config_class_names(run_dir: Path):
-    import json
-
-    path = run_dir / "metrics.json"
-    return json.loads(path.read_text()).get("class_names") if path.is_file() else None

@@ -9,6 +9,7 @@ import yaml
 from lungnet.errors import ConfigError
 from lungnet.experiment import deep_merge, load_experiment, resolve_experiment_path
 from lungnet.runs import load_run_config, new_run_dir
+from lungnet.studies.registry import get_study
 
 
 def parse_overrides(assignments: list[str] | None) -> dict:
@@ -47,22 +48,17 @@ def prepare_run(
 
 
 def run_study(config, run_dir: Path, progress: bool = True) -> dict:
-    """Run the study an experiment describes (classification or segmentation); returns its metrics summary."""
-    if getattr(config, "task", "classification") == "segmentation":
-        from lungnet.studies.segmentation import run_segmentation_study
-
-        return run_segmentation_study(config, run_dir, progress=progress)
-    from lungnet.studies.classification import run_classification_study
-
-    return run_classification_study(config, run_dir, progress=progress)
+    """Run the study an experiment describes (by its ``task``); returns its metrics summary."""
+    return get_study(config.task).run(config, run_dir, progress=progress)
 
 
-def summary_line(summary: dict) -> str:
+def evaluate_run(run_dir, source_spec: str, out=None, model_name: str | None = None) -> Path:
+    """A trained run judged on every sample of another source, by the study that made it."""
+    return get_study(load_run_config(run_dir).task).evaluate(
+        run_dir, source_spec, out=out, model_name=model_name
+    )
+
+
+def summary_line(summary: dict, task: str) -> str:
     """One line of a finished study's headline numbers, with the data they come from."""
-    name = summary["selected_model"]
-    if summary.get("task") == "segmentation":
-        crf = summary.get("crf") or {}
-        with_crf = f", with CRF {crf['dice']:.3f}" if crf.get("dice") is not None else ""
-        return f"selected model {name}: test Dice {summary['dice']:.3f}{with_crf} ({summary['data']})"
-    auc = summary["auc"] if summary.get("auc") is not None else float("nan")
-    return f"selected model {name}: test F1 {summary['f1']:.3f}, AUC {auc:.3f} ({summary['data']})"
+    return get_study(task).summary_line(summary)

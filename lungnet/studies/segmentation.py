@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 from pathlib import Path
 
 import cv2
@@ -23,7 +22,6 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from lungnet.data.pipelines import data_errors
-from lungnet.data.preprocessing import PreprocessConfig
 from lungnet.data.segmentation import PreparedSegmentationData, prepare_segmentation_data
 from lungnet.errors import DataError, LungnetError
 from lungnet.evaluation.perturbations import (
@@ -43,12 +41,14 @@ from lungnet.evaluation.segmentation import (
 from lungnet.experiment import SegmentationExperimentConfig
 from lungnet.fileio import write_json
 from lungnet.losses import LossConfig, build_loss
-from lungnet.models.unet import build_segmentation_model
+from lungnet.models import build_segmenter, inference_model
+from lungnet.models.contract import output_names
 from lungnet.postprocess.crf import CRFConfig, dense_crf_batch, require_crf
-from lungnet.runs import save_config
+from lungnet.runs import load_run_config, save_config
+from lungnet.runs.artifacts import evaluation_dir, load_run_model, run_metrics, run_preprocess, save_run_model
+from lungnet.studies.registry import Study, register_study
 from lungnet.training.fit import distribution_scope, make_optimizer, set_global_options, train_phase
 
-MODELS_DIR = "models"
 CRF_GRID = {"bilateral_srgb": (5.0, 10.0, 20.0), "bilateral_compat": (3.0, 5.0, 10.0)}
 MASKS_DIR = "predicted_masks"
 METRIC_KEYS = (
@@ -88,10 +88,13 @@ def compile_segmentation(loss: LossConfig):
     """A `train_phase` compile function: the loss, the training config's optimizer, IoU of the nodule class."""
 
     def compile_fn(model: keras.Model, learning_rate: float, training) -> None:
+        iou = keras.metrics.BinaryIoU(target_class_ids=[1], threshold=0.5, name="iou")
+        names = output_names(model)
+        multi = len(names) > 1  # deep supervision: the same loss on every side output, summed
         model.compile(
             optimizer=make_optimizer(learning_rate, training),
-            loss=build_loss(loss),
-            metrics=[keras.metrics.BinaryIoU(target_class_ids=[1], threshold=0.5, name="iou")],
+            loss={name: build_loss(loss) for name in names} if multi else build_loss(loss),
+            metrics={names[0]: [iou]} if multi else [iou],
             jit_compile=training.xla,
         )
 
@@ -230,9 +233,9 @@ def train_and_evaluate(
 ) -> SegmentationResult:
     pre = data.preprocess
     with distribution_scope(config.training):
-        model = build_segmentation_model(spec.model, (pre.image_size, pre.image_size, pre.channels))
+        training_model = build_segmenter(spec.model, (pre.image_size, pre.image_size, pre.channels))
     summary = train_phase(
-        model,
+        training_model,
         data.train,
         data.val,
         run_dir=run_dir,
@@ -242,9 +245,8 @@ def train_and_evaluate(
         config=config.training,
         compile_fn=compile_segmentation(config.loss),
     )
-    path = run_dir / MODELS_DIR / f"{spec.name}.keras"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(path)
+    path = save_run_model(run_dir, spec.name, training_model)
+    model = inference_model(training_model)  # probabilities only: side outputs are for the loss
     val = predict_split(model, data.val)
     val_dice = mean_dice(val.masks, val.probs, config.postprocess.threshold)
     tuning = None
@@ -393,11 +395,6 @@ def definitions(config: SegmentationExperimentConfig) -> dict[str, str]:
     }
 
 
-def load_preprocess(run_dir: Path) -> PreprocessConfig:
-    """The resolved preprocessing of a segmentation run (dataset z-score statistics included)."""
-    return PreprocessConfig(**json.loads((run_dir / "metrics.json").read_text())["preprocess"])
-
-
 def evaluate_segmentation_run(
     run_dir, source_spec: str, out=None, model_name: str | None = None, progress: bool = True
 ) -> Path:
@@ -407,19 +404,16 @@ def evaluate_segmentation_run(
     from lungnet.evaluation.figures import save_figure
     from lungnet.evaluation.segmentation_figures import dice_distribution_figure
     from lungnet.reports.html import HtmlReport
-    from lungnet.runs import load_run_config
-    from lungnet.serving.export import load_run_model
-    from lungnet.studies.external import evaluation_dir
 
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     if config.postprocess.crf.enabled:
         require_crf()
     model, name = load_run_model(run_dir, model_name)
-    preprocess = load_preprocess(run_dir)
-    run_metrics = json.loads((run_dir / "metrics.json").read_text())
-    trained_on = run_metrics.get("intensity")
-    tuned = (run_metrics.get("models", {}).get(name, {}).get("crf_tuning") or {}).get("selected")
+    preprocess = run_preprocess(run_dir, config)
+    recorded = run_metrics(run_dir)
+    trained_on = recorded.get("intensity")
+    tuned = (recorded.get("models", {}).get(name, {}).get("crf_tuning") or {}).get("selected")
     if tuned:  # the CRF setting chosen on the run's validation split for this model
         config = with_crf(config, dataclasses.replace(config.postprocess.crf, **tuned))
     source = load_source(source_spec, config.data.phantom, progress=progress)
@@ -468,3 +462,19 @@ def evaluate_segmentation_run(
     )
     report.save(out / "report.html")
     return out
+
+
+def segmentation_summary_line(summary: dict) -> str:
+    crf = summary.get("crf") or {}
+    with_crf = f", with CRF {crf['dice']:.3f}" if crf.get("dice") is not None else ""
+    return f"selected model {summary['selected_model']}: test Dice {summary['dice']:.3f}{with_crf} ({summary['data']})"
+
+
+register_study(
+    Study(
+        task="segmentation",
+        run=run_segmentation_study,
+        evaluate=evaluate_segmentation_run,
+        summary_line=segmentation_summary_line,
+    )
+)

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from lungnet.errors import ConfigError, LungnetError
 from lungnet.fileio import write_json
+from lungnet.models.contract import output_names
 
 
 @dataclass(frozen=True)
@@ -101,9 +102,16 @@ def compile_model(model: keras.Model, learning_rate: float, config: TrainingConf
 
 
 def targets_for(model: keras.Model, dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """One-hot pipeline targets -> what the model's output expects (a single sigmoid column for binary)."""
+    """Pipeline targets -> what the model's outputs expect.
+
+    One-hot classes become a single sigmoid column for a binary classifier; a model with side outputs
+    (deep supervision) gets the same target for each of its named outputs.
+    """
     if binary_output(model):
         return dataset.map(lambda x, y: (x, y[:, 1:]), num_parallel_calls=tf.data.AUTOTUNE)
+    names = output_names(model)
+    if len(names) > 1:
+        return dataset.map(lambda x, y: (x, {n: y for n in names}), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset
 
 

@@ -7,11 +7,21 @@ from pathlib import Path
 
 import yaml
 
-from lungnet.config import to_dict
+from lungnet.config import from_dict, to_dict
 from lungnet.errors import LungnetError
+from lungnet.experiment import config_class
 from lungnet.fileio import write_text
+from lungnet.models import CLASSIFIERS, SEGMENTERS
 
 CONFIG_FILE = "config.yaml"
+
+# The keys of the one flat model config of run folders made before the model registry: each model's
+# config.yaml entry held all of them, including those of other families (the custom CNN's `filters` beside
+# EfficientNet's `fine_tune_layers`). A family's own config knows its keys; the rest are dropped on load.
+LEGACY_MODEL_KEYS = {
+    "classification": {"weights", "dropout", "filters", "dense_units", "fine_tune_layers"},
+    "segmentation": {"depth", "filters", "batch_norm", "dropout"},
+}
 
 
 def new_run_dir(experiment: str, out: str | Path | None = None) -> Path:
@@ -31,18 +41,30 @@ def save_config(run_dir: Path, config) -> Path:
     return write_text(run_dir / CONFIG_FILE, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
+def upgrade_legacy_config(raw: dict) -> dict:
+    """A run's saved config with the flat-model-config keys that its families do not have dropped."""
+    task = raw.get("task", "classification")
+    registry = {"classification": CLASSIFIERS, "segmentation": SEGMENTERS}.get(task)
+    legacy = LEGACY_MODEL_KEYS.get(task, set())
+    for spec in raw.get("models") or []:
+        model = spec.get("model") if isinstance(spec, dict) else None
+        if registry is None or not isinstance(model, dict) or model.get("name") not in registry:
+            continue
+        fields = set(registry.get(model["name"]).config_class.__dataclass_fields__)
+        for key in (set(model) & legacy) - fields:
+            del model[key]
+    return raw
+
+
 def load_run_config(run_dir: str | Path):
     """The experiment config a run was made with (for resume, evaluate and export)."""
-    from lungnet.config import from_dict
-    from lungnet.experiment import config_class
-
     run_dir = Path(run_dir)
     path = run_dir / CONFIG_FILE
     if not run_dir.is_dir():
         raise LungnetError(f"{run_dir}: run folder not found")
     if not path.is_file():
         raise LungnetError(f"{run_dir}: not a lungnet run folder (no {CONFIG_FILE})")
-    raw = yaml.safe_load(path.read_text())
+    raw = upgrade_legacy_config(yaml.safe_load(path.read_text()))
     return from_dict(config_class(raw), raw, str(path))
 
 

@@ -1,0 +1,201 @@
+"""One harness per registry, over every registered name: a new architecture is tested by adding its tiny
+config and pinned parameter count here (a name without them fails `test_every_name_is_covered`).
+
+Each classifier and segmenter: output names and shapes, the naming contract (``image``, ``probabilities``,
+``embedding``, the declared explanation layer and side outputs), float32 outputs under mixed precision, one
+training step, a ``.keras`` round trip and a SavedModel export round trip. Each encoder: the declared
+pyramid keys, strides and channels. Tiny configs at 32 px, random weights (no network).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lungnet.models import CLASSIFIERS, ENCODERS, SEGMENTERS, build_encoder, inference_model
+from lungnet.models.contract import EMBEDDING_NAME, INPUT_NAME, OUTPUT_NAME, level_stride, output_names
+
+SIZE = 32
+
+# name -> the smallest config that exercises it (weights off: nothing is downloaded)
+TINY = {
+    "classification": {
+        "custom_cnn": {"filters": [4, 4, 8, 8], "dense_units": 8},
+        "efficientnet_b2": {"weights": None},
+        "efficientnet_b3": {"weights": None},
+        "resnet34_d": {"weights": None},
+    },
+    "segmentation": {
+        "unet": {"depth": 2, "filters": 4, "batch_norm": True},
+        "attention_res_unet": {"depth": 2, "filters": 4},
+        "unet_plus_plus": {"depth": 2, "filters": 4, "deep_supervision": True},
+    },
+    "encoder": {
+        "conv": {"depth": 2, "filters": 4},
+        "efficientnet_b2": {"weights": None},
+        "efficientnet_b3": {"weights": None},
+        "resnet34_d": {"weights": None},
+    },
+}
+# Parameter counts of the TINY configs (binary classifiers; 3 channels, segmenters 1): a changed
+# architecture shows here. EfficientNetB2 = its keras.applications base (7,768,569) + the 1,409-weight head.
+PINNED = {
+    "classification": {
+        "custom_cnn": 1_485,  # by hand: convs 1,116 + BN 96 + dense 264 + output 9
+        "efficientnet_b2": 7_769_978,
+        "efficientnet_b3": 10_785_072,
+        "resnet34_d": 21_325_921,
+    },
+    "segmentation": {"unet": 7_637, "attention_res_unet": 8_375, "unet_plus_plus": 8_382},
+    "encoder": {
+        "conv": 4_628,
+        "efficientnet_b2": 7_768_569,
+        "efficientnet_b3": 10_783_535,
+        "resnet34_d": 21_325_408,
+    },
+}
+REGISTRY = {"classification": CLASSIFIERS, "segmentation": SEGMENTERS, "encoder": ENCODERS}
+CHANNELS = {"classification": 3, "segmentation": 1, "encoder": 3}
+
+
+def _names(task: str) -> list[str]:
+    return REGISTRY[task].names()
+
+
+def _config(task: str, name: str):
+    return REGISTRY[task].parse({"name": name, **TINY[task].get(name, {})}, "model")
+
+
+def _build(task: str, name: str) -> keras.Model:
+    shape = (SIZE, SIZE, CHANNELS[task])
+    config = _config(task, name)
+    if task == "encoder":
+        return build_encoder(config, shape)
+    return REGISTRY[task].build(config, shape, *((2,) if task == "classification" else ()))
+
+
+def _images(task: str, n: int = 2) -> np.ndarray:
+    return np.random.default_rng(0).random((n, SIZE, SIZE, CHANNELS[task]), dtype=np.float32)
+
+
+def _targets(task: str, model: keras.Model, n: int = 2):
+    if task == "classification":
+        y = (np.arange(n) % 2).astype("float32")[:, None]
+    else:
+        y = np.zeros((n, SIZE, SIZE, 1), "float32")
+        y[:, 8:20, 10:22] = 1
+    names = output_names(model)
+    return {k: y for k in names} if len(names) > 1 else y
+
+
+@pytest.mark.parametrize("task", list(REGISTRY))
+def test_every_name_is_covered(task):
+    assert set(TINY[task]) == set(_names(task)), "give each registered name a tiny config here"
+    assert set(PINNED[task]) == set(_names(task)), "pin each registered name's parameter count here"
+
+
+MODELS = [(task, name) for task in ("classification", "segmentation") for name in _names(task)]
+
+
+@pytest.mark.parametrize(("task", "name"), MODELS)
+def test_contract_shapes_and_declarations(task, name):
+    entry = REGISTRY[task].get(name)
+    config = _config(task, name)
+    model = _build(task, name)
+    assert model.count_params() == PINNED[task][name]
+    inputs = [layer.name for layer in model.layers if isinstance(layer, keras.layers.InputLayer)]
+    assert inputs == [INPUT_NAME, *entry.extra_inputs]
+    assert model.get_layer(OUTPUT_NAME) is not None
+    side = entry.side_outputs(config)
+    assert output_names(model) == ([OUTPUT_NAME, *side] if side else [OUTPUT_NAME])
+    assert all(s.startswith("aux_") for s in side)
+    outputs = model(_images(task))
+    outputs = outputs if isinstance(outputs, dict) else {OUTPUT_NAME: outputs}
+    expected = (2, 1) if task == "classification" else (2, SIZE, SIZE, 1)
+    for value in outputs.values():
+        value = keras.ops.convert_to_numpy(value)
+        assert value.shape == expected and np.all((value >= 0) & (value <= 1))
+    if task == "classification":
+        assert len(model.get_layer(EMBEDDING_NAME).output.shape) == 2
+    layer = entry.explanation_layer(config)
+    if layer is not None:  # a 4-D map Grad-CAM (or the attention figure) can read
+        assert len(model.get_layer(layer).output.shape) == 4
+    elif task == "classification":
+        pytest.fail(f"classifier {name} declares no explanation layer")
+
+
+@pytest.mark.parametrize(("task", "name"), MODELS)
+def test_float32_outputs_under_mixed_precision(task, name):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = _build(task, name)
+        outputs = model.output if isinstance(model.output, dict) else {OUTPUT_NAME: model.output}
+        assert {k: v.dtype for k, v in outputs.items()} == {k: "float32" for k in outputs}
+        assert any(layer.compute_dtype == "float16" for layer in model.layers if layer.weights)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize(("task", "name"), MODELS)
+def test_one_training_step_moves_the_weights(task, name):
+    model = _build(task, name)
+    names = output_names(model)
+    loss = "binary_crossentropy"
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss={k: loss for k in names} if len(names) > 1 else loss,
+        run_eagerly=True,  # eager: tracing a train step of the larger bases takes far longer than running it
+    )
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    history = model.fit(_images(task), _targets(task, model), batch_size=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    moved = sum(
+        not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights, strict=True)
+    )
+    assert moved > 0.9 * len(before)
+
+
+@pytest.mark.parametrize(("task", "name"), MODELS)
+def test_keras_and_saved_model_round_trips(task, name, tmp_path):
+    model = inference_model(_build(task, name))
+    x = _images(task)
+    expected = keras.ops.convert_to_numpy(model(x, training=False))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", compile=False)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x, training=False)), expected, atol=1e-5)
+
+    archive = keras.export.ExportArchive()  # as lungnet.serving does: an endpoint with training=False
+    archive.track(model)
+    archive.add_endpoint(
+        "serve",
+        lambda images: model(images, training=False),
+        [tf.TensorSpec([None, SIZE, SIZE, CHANNELS[task]], tf.float32)],
+    )
+    archive.write_out(str(tmp_path / "saved_model"), verbose=False)
+    served = tf.saved_model.load(str(tmp_path / "saved_model")).serve(tf.constant(x))
+    np.testing.assert_allclose(served.numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", _names("encoder"))
+def test_encoder_pyramids(name):
+    entry = ENCODERS.get(name)
+    config = _config("encoder", name)
+    encoder = _build("encoder", name)
+    assert encoder.count_params() == PINNED["encoder"][name]
+    pyramid = encoder(_images("encoder"))
+    keys = list(entry.pyramid_keys(config))
+    assert list(pyramid) == keys
+    for key in keys:  # P{k} is at stride 2**k
+        assert tuple(pyramid[key].shape[1:3]) == (SIZE // level_stride(key),) * 2
+    assert entry.explanation_layer(config) is not None
+
+
+def test_variants_are_a_field_of_one_family():
+    families = {name: CLASSIFIERS.get(name).family for name in CLASSIFIERS.names()}
+    assert families["efficientnet_b2"] == families["efficientnet_b3"] == families["resnet34_d"]
+    b3 = dataclasses.replace(_config("classification", "efficientnet_b2"), name="efficientnet_b3")
+    assert CLASSIFIERS.parse(b3).name == "efficientnet_b3"
