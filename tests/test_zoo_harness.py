@@ -176,8 +176,8 @@ def test_keras_and_saved_model_round_trips(task, name, tmp_path):
         [tf.TensorSpec([None, SIZE, SIZE, CHANNELS[task]], tf.float32)],
     )
     archive.write_out(str(tmp_path / "saved_model"), verbose=False)
-    served = tf.saved_model.load(str(tmp_path / "saved_model")).serve(tf.constant(x))
-    np.testing.assert_allclose(served.numpy(), expected, atol=1e-5)
+    reloaded = tf.saved_model.load(str(tmp_path / "saved_model"))  # keep it alive: it owns the variables
+    np.testing.assert_allclose(reloaded.serve(tf.constant(x)).numpy(), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", _names("encoder"))
