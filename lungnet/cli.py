@@ -141,8 +141,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", metavar="SOURCE", help="data source instead of the experiment's own")
     parser.add_argument(
         "--profile",
-        default="default",
-        help="experiment profile: default (quick, CPU), full (the study's), ...",
+        default=None,
+        help="experiment profile: default (quick, CPU; the default), full (the study's), ...",
     )
     parser.add_argument("--out", help="run folder (default: runs/<experiment>/<UTC time>)")
     parser.add_argument(
@@ -185,7 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train the models of an experiment into a new run folder")
     train.add_argument("config", metavar="CONFIG", help="experiment YAML (or a name under experiments/)")
     _add_run_options(train)
-    train.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder")
+    train.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue an interrupted run folder with its own saved config (no --set/--data/--out/--profile)",
+    )
     train.set_defaults(func=_cmd_train)
 
     evaluate = commands.add_parser(

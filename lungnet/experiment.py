@@ -49,6 +49,13 @@ class EvaluationConfig:
     outliers: bool = True  # autoencoder latent space + PCA + IsolationForest
     autoencoder_epochs: int = 5
 
+    def __post_init__(self):
+        # checked when the config loads, not after training (LIME needs enough perturbed samples to fit)
+        minimum = {"explain_samples": 1, "lime_samples": 10, "retrieval_k": 1, "autoencoder_epochs": 1}
+        for name, low in minimum.items():
+            if getattr(self, name) < low:
+                raise ConfigError(f"evaluation.{name}: {getattr(self, name)} must be >= {low}")
+
 
 @dataclass(frozen=True)
 class ExperimentConfig:
@@ -97,6 +104,8 @@ class SegmentationEvaluationConfig:
     figure_samples: int = 6
 
     def __post_init__(self):
+        if self.figure_samples < 1:
+            raise ConfigError(f"evaluation.figure_samples: {self.figure_samples} must be >= 1")
         if not self.small_diameter_mm > 0:
             raise ConfigError(f"evaluation.small_diameter_mm: {self.small_diameter_mm} must be > 0")
         if not 0 < self.detection_iou <= 1:
@@ -159,9 +168,17 @@ def load_experiment(
         if profile not in profiles:
             raise ConfigError(f"{path}: no profile {profile!r}; profiles: {sorted(profiles) or 'none'}")
         raw = deep_merge(raw, profiles[profile])
-    raw = deep_merge(raw, overrides or {})
     raw["profile"] = profile or "base"
-    return from_dict(config_class(raw), raw, str(path))
+    if not overrides:
+        return from_dict(config_class(raw), raw, str(path))
+    from_dict(config_class(raw), copy.deepcopy(raw), str(path))  # the file's own errors name the file
+    merged = deep_merge(raw, overrides)
+    try:
+        return from_dict(config_class(merged), merged, str(path))
+    except ConfigError as exc:  # the file was valid, so the value came from the command line
+        message = str(exc)
+        prefix = f"{path}: "
+        raise ConfigError(f"--set {message[len(prefix):] if message.startswith(prefix) else message}") from None
 
 
 def _load_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict:

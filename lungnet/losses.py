@@ -7,7 +7,7 @@ a ``.keras`` model compiled with one of them loads without ``custom_objects``.
 
 ``y_true`` is a mask in {0, 1} (soft labels in [0, 1] are accepted: the focal terms are then interpolated
 between the two classes); ``y_pred`` a probability, e.g. the ``probabilities`` output of
-`lungnet.models.unet.build_segmentation_model`.
+`lungnet.models.build_segmenter`.
 """
 
 from __future__ import annotations

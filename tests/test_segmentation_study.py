@@ -195,7 +195,9 @@ def test_export_returns_the_probability_map_at_input_size(smoke_run):
     out = saved.signatures["serving_default"](images=tf.constant(images))["probabilities"].numpy()
     assert out.shape == (2, 40, 40) and np.all((out >= 0) & (out <= 1))
     model, _ = load_run_model(smoke_run)
-    x = preprocess_image(tf.constant(images)[..., None], run_preprocess(smoke_run, load_run_config(smoke_run)))
+    x = preprocess_image(
+        tf.constant(images)[..., None], run_preprocess(smoke_run, load_run_config(smoke_run))
+    )
     expected = tf.image.resize(model(x), (40, 40))[..., 0].numpy()
     np.testing.assert_allclose(out, expected, atol=1e-5)
 

@@ -11,6 +11,7 @@ from lungnet.models.contract import layer_name_of, pyramid_channels
 from lungnet.models.registry import REGISTRIES, Registry
 
 DEFAULT_CHANNELS = {"classification": 3, "segmentation": 1, "encoder": 3}
+BUILD_ARGS = {"classification": (2,)}  # after the input shape: a binary classifier
 
 
 def list_models(task: str | None = None) -> list[dict]:
@@ -65,8 +66,7 @@ def describe(name: str, input_size: int = 128, task: str | None = None, channels
             "pyramid_layers": {k: layer_name_of(t) for k, t in pyramid.items()},
         }
     else:
-        args = (shape, 2) if registry.task == "classification" else (shape,)
-        model = registry.build(config, *args)
+        model = registry.build(config, shape, *BUILD_ARGS.get(registry.task, ()))
         output = model.output if isinstance(model.output, dict) else {"probabilities": model.output}
         outputs = {k: [int(d) for d in t.shape[1:]] for k, t in output.items()}
         extra = {}

@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import keras
 
-from lungnet.errors import LungnetError
+from lungnet.errors import ConfigError, LungnetError
 
 WEIGHTS_SUFFIXES = (".weights.h5", ".h5", ".hdf5")
 
@@ -62,8 +62,6 @@ def provenance(weights: str | None) -> str:
 
 def validate_weights_option(weights, field: str = "model.weights") -> None:
     """``"imagenet"``, ``None`` or a path ending in a weights suffix; else a `ConfigError` naming it."""
-    from lungnet.errors import ConfigError
-
     if weights is None:
         return
     if not isinstance(weights, str) or (

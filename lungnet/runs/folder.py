@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import shutil
 from pathlib import Path
 
 import yaml
@@ -10,10 +13,11 @@ import yaml
 from lungnet.config import from_dict, to_dict
 from lungnet.errors import LungnetError
 from lungnet.experiment import config_class
-from lungnet.fileio import write_text
+from lungnet.fileio import write_json, write_text
 from lungnet.models import CLASSIFIERS, SEGMENTERS
 
 CONFIG_FILE = "config.yaml"
+STATUS_FILE = "run.json"  # {"status": "running" | "finished" | "failed", ...}; "finished" is written last
 
 # The keys of the one flat model config of run folders made before the model registry: each model's
 # config.yaml entry held all of them, including those of other families (the custom CNN's `filters` beside
@@ -24,17 +28,77 @@ LEGACY_MODEL_KEYS = {
 }
 
 
+def _make_dir(path: Path, exist_ok: bool) -> bool:
+    """mkdir with errors that name the folder; False if it exists (and `exist_ok` is False)."""
+    try:
+        path.mkdir(parents=True, exist_ok=exist_ok)
+    except FileExistsError:
+        if path.is_dir():
+            return False
+        raise LungnetError(f"{path}: is a file, not a folder; choose another --out") from None
+    except NotADirectoryError:
+        raise LungnetError(f"{path}: a parent of this folder is a file; choose another --out") from None
+    except OSError as exc:
+        raise LungnetError(f"{path}: cannot create the folder ({exc.strerror})") from exc
+    if not os.access(path, os.W_OK):
+        raise LungnetError(f"{path}: the folder is not writable; choose another --out")
+    return True
+
+
 def new_run_dir(experiment: str, out: str | Path | None = None) -> Path:
-    """A fresh folder `out` (if given) or ``runs/<experiment>/<UTC timestamp>``."""
+    """A fresh folder `out` (if given) or ``runs/<experiment>/<UTC timestamp>`` (``-2``, ``-3``... when two runs
+    start in the same second: the folder is created exclusively, so no two runs ever share one)."""
     if out is not None:
         path = Path(out)
-        if path.exists() and any(path.iterdir()):
+        if path.is_dir() and any(path.iterdir()):
             raise LungnetError(f"{path}: output folder exists and is not empty; choose another --out")
-    else:
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-        path = Path("runs") / experiment / stamp
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+        _make_dir(path, exist_ok=True)
+        return path
+    return unique_dir(Path("runs") / experiment)
+
+
+def unique_dir(parent: Path, prefix: str = "") -> Path:
+    """A new folder ``parent/<prefix><UTC timestamp>[-n]``, created exclusively (never shared)."""
+    stamp = prefix + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    for n in range(1, 1000):
+        path = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        if _make_dir(path, exist_ok=False):
+            return path
+    raise LungnetError(f"{parent}: 999 folders made in the same second; choose --out")
+
+
+def mark_status(run_dir: Path, status: str, **details) -> None:
+    record = {**run_status(run_dir), "status": status, f"{status}_at": dt.datetime.now(dt.UTC).isoformat(), **details}
+    write_json(run_dir / STATUS_FILE, record)
+
+
+def run_status(run_dir: Path) -> dict:
+    """The run's status record; a folder from before status records counts as finished if it has a report."""
+    path = run_dir / STATUS_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    if (run_dir / "report.html").is_file() and (run_dir / "metrics.json").is_file():
+        return {"status": "finished", "note": "made before run status records; its report is its end marker"}
+    return {}
+
+
+def require_finished(run_dir: Path) -> None:
+    """A `LungnetError` naming the run when it did not finish (export and evaluate use only finished runs)."""
+    status = run_status(run_dir).get("status")
+    if status != "finished":
+        why = {"running": "is still running or was interrupted", "failed": "failed"}.get(status, "did not finish")
+        raise LungnetError(
+            f"{run_dir}: the run {why} ({STATUS_FILE}: {status or 'none'}); finish it with "
+            f"`lungnet train CONFIG --resume {run_dir}` first"
+        )
+
+
+def discard_if_empty(run_dir: Path) -> bool:
+    """Remove a run folder that holds nothing but its config and status (a run stopped before it began)."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {CONFIG_FILE, STATUS_FILE}:
+        shutil.rmtree(run_dir)
+        return True
+    return False
 
 
 def save_config(run_dir: Path, config) -> Path:

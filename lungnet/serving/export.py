@@ -7,6 +7,9 @@ Signatures (``saved_model_cli show --dir DIR --all`` lists them):
   resizes). Returns ``probabilities`` float32 ``[batch, K]`` in the order of the run's class names.
 - ``serving_uint8``: the same for ``uint8`` images.
 
+Bad input is refused with a message (``InvalidArgumentError``): a rank other than 3, and (float32) NaN or
+infinite pixels. An empty batch ``[0, H, W]`` returns an empty result.
+
 For a segmentation run, ``probabilities`` is the nodule probability map float32 ``[batch, height, width]``
 at the input's own size (the model's output resized back bilinearly); threshold it (the run's
 ``postprocess.threshold``, 0.5 by default) for a mask. The dense CRF is not part of the signature.
@@ -24,14 +27,17 @@ from lungnet.data.preprocessing import preprocess_image
 from lungnet.fileio import atomic_directory, write_json
 from lungnet.runs import load_run_config
 from lungnet.runs.artifacts import load_run_model, run_class_names, run_preprocess
+from lungnet.runs.folder import require_finished
 
 SAVED_MODEL_DIR = "saved_model"
+INPUT_TAKES = "[batch, height, width] raw grey images (HU or 0-255), float32 or uint8 (serving_uint8)"
 
 
 def export_run(run_dir: str | Path, model_name: str | None = None, out: str | Path | None = None) -> Path:
     """Write the SavedModel (atomically) to `out` or ``<run>/saved_model`` and return its path."""
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
+    require_finished(run_dir)
     model, name = load_run_model(run_dir, model_name)
     preprocess = run_preprocess(run_dir, config)
     # the output's own shape says what to serve: a map [B, H, W, 1] or class probabilities [B, K]
@@ -39,21 +45,29 @@ def export_run(run_dir: str | Path, model_name: str | None = None, out: str | Pa
     class_names = None if segmentation else run_class_names(run_dir)
     binary = int(model.outputs[0].shape[-1]) == 1
 
-    def serve(images):
+    k = len(class_names) if class_names else int(model.outputs[0].shape[-1])
+
+    def predict(images):
         x = preprocess_image(tf.cast(images, tf.float32)[..., None], preprocess)
         out = tf.cast(model(x, training=False), tf.float32)
         if segmentation:  # back to the input's size: a map a viewer can lay over the image it sent
-            out = tf.image.resize(out, tf.shape(images)[1:3], method="bilinear")
-            return {"probabilities": out[..., 0]}
-        probs = tf.concat([1.0 - out, out], axis=-1) if binary else out
-        return {"probabilities": probs}
+            return tf.image.resize(out, tf.shape(images)[1:3], method="bilinear")[..., 0]
+        return tf.concat([1.0 - out, out], axis=-1) if binary else out
+
+    def serve(images):
+        tf.debugging.assert_rank(images, 3, message=f"images: expected {INPUT_TAKES}")
+        images = tf.ensure_shape(images, [None, None, None])  # static rank for the preprocessing
+        if images.dtype != tf.uint8:  # a NaN image would come back as ordinary-looking probabilities
+            tf.debugging.assert_all_finite(images, "images: NaN or infinite pixels; send finite raw values")
+        shape = tf.shape(images)
+        empty = tf.zeros(tf.concat([[0], shape[1:3]], 0) if segmentation else [0, k], tf.float32)
+        return {"probabilities": tf.cond(shape[0] > 0, lambda: predict(images), lambda: empty)}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(
-        "serving_default", serve, [tf.TensorSpec([None, None, None], tf.float32, name="images")]
-    )
-    archive.add_endpoint("serving_uint8", serve, [tf.TensorSpec([None, None, None], tf.uint8, name="images")])
+    # Any rank in the signature, so that a wrong one gets the message above rather than a graph error.
+    archive.add_endpoint("serving_default", serve, [tf.TensorSpec(None, tf.float32, name="images")])
+    archive.add_endpoint("serving_uint8", serve, [tf.TensorSpec(None, tf.uint8, name="images")])
     target = Path(out) if out else run_dir / SAVED_MODEL_DIR
     with atomic_directory(target) as tmp:
         shutil.rmtree(tmp)

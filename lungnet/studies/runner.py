@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import yaml
 
-from lungnet.errors import ConfigError
+from lungnet.errors import ConfigError, LungnetError
 from lungnet.experiment import deep_merge, load_experiment, resolve_experiment_path
 from lungnet.runs import load_run_config, new_run_dir
+from lungnet.runs.folder import discard_if_empty, mark_status, require_finished, run_status
 from lungnet.studies.registry import get_study
 
 
@@ -30,33 +32,75 @@ def parse_overrides(assignments: list[str] | None) -> dict:
 def prepare_run(
     config: str | None,
     *,
-    profile: str = "default",
+    profile: str | None = None,
     data: str | None = None,
     out=None,
     resume=None,
     assignments: list[str] | None = None,
 ):
-    """(ExperimentConfig, run folder). With `resume`, the run's own saved config is used unchanged."""
+    """(ExperimentConfig, run folder). With `resume`, the run's own saved config is used unchanged.
+
+    `--resume` continues a run exactly as it was configured: other options are refused, never ignored
+    (start a new run to change them). The experiment named beside it must be the run's own.
+    """
     if resume:
         run_dir = Path(resume)
-        return load_run_config(run_dir), run_dir
+        saved = load_run_config(run_dir)
+        _check_resume(run_dir, saved, config, profile, data, out, assignments)
+        return saved, run_dir
     overrides = parse_overrides(assignments)
     if data:
         overrides = deep_merge(overrides, {"data": {"source": data}})
-    experiment = load_experiment(resolve_experiment_path(config), profile=profile, overrides=overrides)
+    experiment = load_experiment(
+        resolve_experiment_path(config), profile=profile or "default", overrides=overrides
+    )
     return experiment, new_run_dir(experiment.name, out)
 
 
+def _check_resume(run_dir: Path, saved, config, profile, data, out, assignments) -> None:
+    refused = [flag for flag, given in (("--set", assignments), ("--data", data), ("--out", out)) if given]
+    if profile is not None and profile != saved.profile:
+        refused.append(f"--profile {profile} (the run's is {saved.profile!r})")
+    if refused:
+        raise ConfigError(
+            f"--resume {run_dir}: continues the run with its own saved config, so {', '.join(refused)} cannot "
+            "apply; start a new run to change them"
+        )
+    if config is not None:
+        named = load_experiment(resolve_experiment_path(config)).name
+        if named != saved.name:
+            raise ConfigError(
+                f"--resume {run_dir}: that run is experiment {saved.name!r} ({saved.task}), not {named!r}"
+            )
+    if run_status(run_dir).get("status") == "finished":
+        raise ConfigError(f"--resume {run_dir}: that run already finished; nothing to resume")
+
+
 def run_study(config, run_dir: Path, progress: bool = True) -> dict:
-    """Run the study an experiment describes (by its ``task``); returns its metrics summary."""
-    return get_study(config.task).run(config, run_dir, progress=progress)
+    """Run the study an experiment describes (by its ``task``); returns its metrics summary.
+
+    ``run.json`` says ``running`` from the start and ``finished`` only after the last artefact (the report);
+    a run stopped by an error before it wrote anything but its config is removed, any other is ``failed``.
+    """
+    mark_status(run_dir, "running")
+    try:
+        summary = get_study(config.task).run(config, run_dir, progress=progress)
+    except LungnetError as exc:
+        if discard_if_empty(run_dir):
+            print(f"note: {run_dir} removed: the run stopped before it began", file=sys.stderr)
+        else:
+            mark_status(run_dir, "failed", error=str(exc).splitlines()[0])
+        raise
+    mark_status(run_dir, "finished")
+    return summary
 
 
 def evaluate_run(run_dir, source_spec: str, out=None, model_name: str | None = None) -> Path:
-    """A trained run judged on every sample of another source, by the study that made it."""
-    return get_study(load_run_config(run_dir).task).evaluate(
-        run_dir, source_spec, out=out, model_name=model_name
-    )
+    """A finished run judged on every sample of another source, by the study that made it."""
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    require_finished(run_dir)
+    return get_study(config.task).evaluate(run_dir, source_spec, out=out, model_name=model_name)
 
 
 def summary_line(summary: dict, task: str) -> str:

@@ -2,9 +2,11 @@
 
 A run folder holds, per phase: ``checkpoints/<phase>-last.weights.h5`` (every epoch),
 ``checkpoints/<phase>-best.weights.h5`` (lowest validation loss), ``logs/<phase>.csv``, TensorBoard logs in
-``logs/tensorboard/<phase>``, and ``backup/<phase>/`` (Keras BackupAndRestore) while the phase runs. A phase
-that finished writes ``checkpoints/<phase>-final.weights.h5`` and is recorded in ``phases.json``; running the
-same schedule again on the folder skips finished phases and resumes an interrupted one from its last epoch.
+``logs/tensorboard/<phase>``, and ``backup/<phase>/`` (the resume state, `lungnet.training.checkpoints`)
+while the phase runs; every file is written atomically, so a kill at any moment leaves each complete or
+absent. A phase that finished writes ``checkpoints/<phase>-final.weights.h5`` and is recorded in
+``phases.json``; running the same schedule again on the folder skips finished phases and resumes an
+interrupted one after its last complete epoch, with the CSV log cut to the same epochs (true counts).
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import pandas as pd
 import tensorflow as tf
 
 from lungnet.errors import ConfigError, LungnetError
-from lungnet.fileio import write_json
+from lungnet.fileio import write_json, write_text
 from lungnet.models.contract import output_names
+from lungnet.training.checkpoints import PhaseCheckpoint, save_weights_atomically
 
 
 @dataclass(frozen=True)
@@ -50,9 +53,16 @@ class TrainingConfig:
     verbose: int = 1  # Keras progress bars: 1 bar, 2 one line per epoch, 0 silent
 
     def __post_init__(self):
-        for name in ("epochs", "fine_tune_epochs"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"training.{name}: {getattr(self, name)} must be >= 0")
+        # every phase trains at least one epoch (skip fine-tuning with `fine_tune: false` on the model)
+        for name in ("epochs", "fine_tune_epochs", "early_stopping_patience"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"training.{name}: {getattr(self, name)} must be >= 1")
+        if self.seed < 0:
+            raise ConfigError(f"training.seed: {self.seed} must be >= 0")
+        if self.verbose not in (0, 1, 2):
+            raise ConfigError(f"training.verbose: {self.verbose} must be 0, 1 or 2")
+        if self.weight_decay < 0:
+            raise ConfigError(f"training.weight_decay: {self.weight_decay} must be >= 0")
         for name in ("learning_rate", "fine_tune_learning_rate"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"training.{name}: {getattr(self, name)} must be > 0")
@@ -125,6 +135,17 @@ def load_checkpoint(model: keras.Model, path: Path) -> None:
         ) from exc
 
 
+def _truncate_log(log: Path, epochs: int) -> None:
+    """Keep the CSV log's first `epochs` rows: a killed epoch may have left a row (or half of one) after them."""
+    if not log.is_file():
+        return
+    lines = log.read_text().splitlines(keepends=True)
+    if epochs == 0:
+        log.unlink()
+    elif len(lines) != epochs + 1:
+        write_text(log, "".join(lines[: epochs + 1]))
+
+
 class _Phases:
     """phases.json: which phases of a run have finished."""
 
@@ -169,43 +190,48 @@ def train_phase(
         return {**done, "resumed": "skipped (already finished)"}
 
     (compile_fn or compile_model)(model, learning_rate, config)
+    backup = run_dir / "backup" / phase
+    backup.mkdir(parents=True, exist_ok=True)
+    checkpoint = PhaseCheckpoint(
+        backup,
+        last=checkpoints / f"{phase}-last.weights.h5",
+        best=checkpoints / f"{phase}-best.weights.h5",
+        patience=config.early_stopping_patience,
+    )
+    log = logs / f"{phase}.csv"
+    _truncate_log(log, checkpoint.epochs_done)  # the log and the checkpoint agree on the epochs done
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup" / phase)),
-        keras.callbacks.ModelCheckpoint(
-            str(checkpoints / f"{phase}-last.weights.h5"), save_weights_only=True
-        ),
-        keras.callbacks.ModelCheckpoint(
-            str(checkpoints / f"{phase}-best.weights.h5"), save_weights_only=True, save_best_only=True
-        ),
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
-        ),
-        keras.callbacks.CSVLogger(str(logs / f"{phase}.csv"), append=True),
+        checkpoint,
+        keras.callbacks.CSVLogger(str(log), append=True),
         keras.callbacks.TensorBoard(str(logs / "tensorboard" / phase), write_graph=False, profile_batch=0),
     ]
     train = targets_for(model, train)
     if config.steps_per_epoch:
         train = train.repeat()
-    history = model.fit(
-        train,
-        validation_data=targets_for(model, val),
-        validation_steps=config.validation_steps,
-        epochs=epochs,
-        steps_per_epoch=config.steps_per_epoch,
-        class_weight=class_weight,
-        callbacks=callbacks,
-        verbose=config.verbose,
-    )
-    model.save_weights(final)
-    shutil.rmtree(run_dir / "backup" / phase, ignore_errors=True)
-    log = logs / f"{phase}.csv"
-    # The CSV log spans every attempt of an interrupted phase; the history only the last one.
-    losses = list(pd.read_csv(log)["val_loss"]) if log.is_file() else history.history.get("val_loss", [])
+    if checkpoint.state["stopped"] or checkpoint.epochs_done >= epochs:  # killed after its last epoch
+        model.load_weights(backup / checkpoint.state["weights"])
+        checkpoint.restore_best()
+    else:
+        model.fit(
+            train,
+            validation_data=targets_for(model, val),
+            validation_steps=config.validation_steps,
+            epochs=epochs,
+            initial_epoch=checkpoint.epochs_done,
+            steps_per_epoch=config.steps_per_epoch,
+            class_weight=class_weight,
+            callbacks=callbacks,
+            verbose=config.verbose,
+        )
+    save_weights_atomically(model, final)
+    losses = list(pd.read_csv(log)["val_loss"]) if log.is_file() else []
     summary = {
         "epochs_run": len(losses),
         "best_epoch": int(np.argmin(losses)) + 1 if losses else None,
         "best_val_loss": float(np.min(losses)) if losses else None,
         "learning_rate": learning_rate,
+        "early_stopped": bool(checkpoint.state["stopped"]),
     }
     phases.mark(phase, summary)
+    shutil.rmtree(backup, ignore_errors=True)  # after the mark: a kill in between resumes from `final`
     return summary

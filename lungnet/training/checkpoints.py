@@ -1,0 +1,143 @@
+"""Checkpoints that survive SIGKILL at any moment, early stopping that resumes, and a guard for full disks.
+
+Per phase, in ``backup/<phase>/``:
+
+- ``epoch-NNNN.weights.h5``: the weights (and optimizer state) after epoch N, written under a temporary name
+  and renamed, so a file with that name is always complete;
+- ``state.json``: written (atomically) only after the epoch's file is complete; it names that file and holds
+  the epochs done, the best validation loss so far, its epoch and the early-stopping counter. The previous
+  epoch's file is deleted only after the new state is on disk.
+
+So after a kill the state names a complete file of the last finished epoch, or there is no state and the
+phase starts again at epoch 0. `PhaseCheckpoint` also writes ``checkpoints/<phase>-last.weights.h5`` and
+``-best.weights.h5`` (atomically) and does what Keras' EarlyStopping(restore_best_weights=True) does, with
+its state carried across a resume (Keras' own BackupAndRestore and ModelCheckpoint write in place).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import keras
+
+from lungnet.errors import LungnetError
+from lungnet.fileio import atomic_path, write_json
+
+STATE_FILE = "state.json"
+# Stop with a clear error, before writing, when less than this many checkpoint sizes are free: libhdf5
+# can crash the process when a write runs out of space.
+FREE_SPACE_FACTOR = 3
+
+
+class DiskFullError(LungnetError):
+    """Not enough free space to write the next checkpoint."""
+
+
+def read_state(folder: Path) -> dict | None:
+    """The phase's resume state, or None when no epoch finished (or the state cannot be read)."""
+    path = folder / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # written atomically, so only a foreign edit gets here
+        raise LungnetError(
+            f"{path}: cannot read the resume state ({exc}); delete {folder} to restart the phase"
+        ) from exc
+    if not (folder / state["weights"]).is_file():
+        raise LungnetError(
+            f"{path}: names {state['weights']}, which is missing; delete {folder} to restart the phase"
+        )
+    return state
+
+
+def save_weights_atomically(model: keras.Model, path: Path) -> Path:
+    with atomic_path(path, suffix=".weights.h5") as tmp:
+        model.save_weights(tmp)
+    return path
+
+
+def _copy_atomically(source: Path, target: Path) -> None:
+    with atomic_path(target, suffix=".weights.h5") as tmp:
+        shutil.copyfile(source, tmp)
+
+
+class PhaseCheckpoint(keras.callbacks.Callback):
+    """Checkpoint, resume state and early stopping (on ``monitor``, lower is better) for one phase."""
+
+    def __init__(self, folder: Path, last: Path, best: Path, patience: int, monitor: str = "val_loss"):
+        super().__init__()
+        self.folder, self.last, self.best_path = Path(folder), Path(last), Path(best)
+        self.patience, self.monitor = patience, monitor
+        self.state = read_state(self.folder) or {
+            "epochs_done": 0,
+            "weights": None,
+            "best": None,
+            "best_epoch": None,
+            "wait": 0,
+            "stopped": False,
+        }
+        self._best_weights = None  # in memory, as Keras' EarlyStopping keeps them
+        self._checkpoint_bytes = 0
+
+    @property
+    def epochs_done(self) -> int:
+        return self.state["epochs_done"]
+
+    def on_train_begin(self, logs=None):
+        if self.state["weights"]:  # the optimizer is built by now, so its state is restored too
+            self.model.load_weights(self.folder / self.state["weights"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        state = self.state
+        if current is not None:  # Keras' EarlyStopping(restore_best_weights=True), step by step
+            if self._best_weights is None and state["best"] is None:
+                self._best_weights = self.model.get_weights()
+            state["wait"] += 1
+            if math.isfinite(current) and (state["best"] is None or current < state["best"]):
+                state.update(best=float(current), best_epoch=epoch + 1, wait=0)
+                self._best_weights = self.model.get_weights()
+                self._check_free_space()
+                save_weights_atomically(self.model, self.best_path)
+            elif state["wait"] >= self.patience and epoch > 0:
+                state["stopped"] = True
+                self.model.stop_training = True
+        self._check_free_space()
+        name = f"epoch-{epoch + 1:04d}.weights.h5"
+        save_weights_atomically(self.model, self.folder / name)
+        self._checkpoint_bytes = (self.folder / name).stat().st_size
+        _copy_atomically(self.folder / name, self.last)
+        previous = state["weights"]
+        state.update(epochs_done=epoch + 1, weights=name)
+        write_json(self.folder / STATE_FILE, state)
+        if previous and previous != name:
+            (self.folder / previous).unlink(missing_ok=True)
+
+    def on_train_end(self, logs=None):
+        self.restore_best()
+
+    def restore_best(self) -> None:
+        """The best epoch's weights, as EarlyStopping(restore_best_weights=True) leaves the model."""
+        if self._best_weights is not None:
+            self.model.set_weights(self._best_weights)
+        elif self.state["best"] is not None and self.best_path.is_file():  # best epoch before a resume
+            self.model.load_weights(self.best_path)
+
+    def _check_free_space(self) -> None:
+        needed = FREE_SPACE_FACTOR * (self._checkpoint_bytes or _estimate_bytes(self.model))
+        free = shutil.disk_usage(self.folder).free
+        if free < needed:
+            raise DiskFullError(
+                f"{self.folder}: only {free / 2**20:.0f} MB free, a checkpoint needs about "
+                f"{needed / FREE_SPACE_FACTOR / 2**20:.0f} MB; stopped after {self.state['epochs_done']} complete "
+                "epoch(s), which are kept: free some space and continue with --resume"
+            )
+
+
+def _estimate_bytes(model: keras.Model) -> int:
+    """Weights plus Adam's two moments, in float32."""
+    return 3 * 4 * int(model.count_params())
