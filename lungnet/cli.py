@@ -246,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # output piped into `head` and the like
         return 0
+    except OSError as exc:  # a full, read-only or missing disk: one line naming the file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"lungnet: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("lungnet: interrupted", file=sys.stderr)
         return 130

@@ -176,9 +176,15 @@ def load_experiment(
     try:
         return from_dict(config_class(merged), merged, str(path))
     except ConfigError as exc:  # the file was valid, so the value came from the command line
-        message = str(exc)
-        prefix = f"{path}: "
-        raise ConfigError(f"--set {message[len(prefix):] if message.startswith(prefix) else message}") from None
+        raise ConfigError(f"--set {_without_file(str(exc), str(path))}") from None
+
+
+def _without_file(message: str, path: str) -> str:
+    """``x.yaml.training: training.epochs: 0 ...`` -> ``training.epochs: 0 ...`` (the key, not the file)."""
+    if not message.startswith(path):
+        return message
+    head, _, tail = message[len(path) :].lstrip(".:").lstrip().partition(": ")
+    return tail if tail.startswith(head) else f"{head}: {tail}"
 
 
 def _load_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict:

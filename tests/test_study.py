@@ -74,6 +74,21 @@ def test_export_round_trip_matches_keras(smoke_run, tmp_path):
     )
     assert uint8["probabilities"].shape == (2, 2)
     assert json.loads((path / "lungnet.json").read_text())["class_names"] == ["benign", "malignant"]
+    # bad input: refused with a message saying what the signature takes; an empty batch is an empty answer
+    serve = served.signatures["serving_default"]
+    assert serve(images=tf.zeros([0, 90, 90]))["probabilities"].shape == (0, 2)
+    assert served.signatures["serving_uint8"](images=tf.zeros([0, 9, 9], tf.uint8))[
+        "probabilities"
+    ].shape == (0, 2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"expected \[batch, height, width\]"):
+        serve(images=tf.zeros([2, 90, 90, 1]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"expected \[batch, height, width\]"):
+        serve(images=tf.zeros([90]))
+    for bad in (np.nan, np.inf):
+        image = raw_hu[:1].copy()
+        image[0, 5, 5] = bad
+        with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or infinite pixels"):
+            serve(images=tf.constant(image))
 
 
 def test_evaluate_on_another_dataset(smoke_run, tmp_path, capsys):

@@ -54,18 +54,26 @@ def export_run(run_dir: str | Path, model_name: str | None = None, out: str | Pa
             return tf.image.resize(out, tf.shape(images)[1:3], method="bilinear")[..., 0]
         return tf.concat([1.0 - out, out], axis=-1) if binary else out
 
-    def serve(images):
-        tf.debugging.assert_rank(images, 3, message=f"images: expected {INPUT_TAKES}")
-        images = tf.ensure_shape(images, [None, None, None])  # static rank for the preprocessing
+    def checked(images):
+        # static rank 3 for the preprocessing (tf.ensure_shape would run, and fail, before the rank branch)
+        dims = tf.shape(images)
+        images = tf.reshape(images, tf.stack([dims[0], dims[1], dims[2]]))
         if images.dtype != tf.uint8:  # a NaN image would come back as ordinary-looking probabilities
             tf.debugging.assert_all_finite(images, "images: NaN or infinite pixels; send finite raw values")
         shape = tf.shape(images)
         empty = tf.zeros(tf.concat([[0], shape[1:3]], 0) if segmentation else [0, k], tf.float32)
-        return {"probabilities": tf.cond(shape[0] > 0, lambda: predict(images), lambda: empty)}
+        return tf.cond(shape[0] > 0, lambda: predict(images), lambda: empty)
+
+    def refused():
+        with tf.control_dependencies([tf.debugging.Assert(False, [f"images: expected {INPUT_TAKES}"])]):
+            return tf.zeros([0, 0, 0] if segmentation else [0, k], tf.float32)
+
+    def serve(images):
+        # Any rank in the signature, and a branch on it: a wrong rank gets this message, not a graph error.
+        return {"probabilities": tf.cond(tf.rank(images) == 3, lambda: checked(images), refused)}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    # Any rank in the signature, so that a wrong one gets the message above rather than a graph error.
     archive.add_endpoint("serving_default", serve, [tf.TensorSpec(None, tf.float32, name="images")])
     archive.add_endpoint("serving_uint8", serve, [tf.TensorSpec(None, tf.uint8, name="images")])
     target = Path(out) if out else run_dir / SAVED_MODEL_DIR

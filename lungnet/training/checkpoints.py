@@ -88,7 +88,10 @@ class PhaseCheckpoint(keras.callbacks.Callback):
         return self.state["epochs_done"]
 
     def on_train_begin(self, logs=None):
-        if self.state["weights"]:  # the optimizer is built by now, so its state is restored too
+        if self.state["weights"]:
+            optimizer = self.model.optimizer
+            if optimizer is not None and not optimizer.built:  # so that its moments are restored too
+                optimizer.build(self.model.trainable_variables)
             self.model.load_weights(self.folder / self.state["weights"])
 
     def on_epoch_end(self, epoch, logs=None):

@@ -8,15 +8,27 @@ it performs on real CT.
 Layout of a cache entry (``<cache>/lidc-phantom/<key>/``), written atomically:
 ``slices.npy`` (M, S, S) int16 HU, one per distinct (scan, z); ``full_masks.bits.npy`` (N, S, S/8) bit-packed
 masks; ``crops.npy`` (N, C, C) int16 HU and ``crop_masks.npy`` (N, C, C) uint8, a fixed field of view in mm
-around each mask's centroid; ``manifest.csv`` (references relative to the entry) and ``params.json``.
+around each mask's centroid; ``manifest.csv`` (references relative to the entry), ``params.json`` and
+``files.json`` (every file's size and every array's shape and dtype, checked on each load).
+
+Robustness (details in :mod:`.cache` and :mod:`.workers`):
+
+- a cache folder that is a file, or not writable, is a ConfigError naming it; a full disk is a DataError
+  naming the cache folder and saying so (ENOSPC), raised as soon as it happens, in the parent or in a worker;
+  a worker that dies is a DataError too, never a hang;
+- an interrupted build (an exception, Ctrl-C, SIGTERM) deletes its partial folder on the way out; what a
+  SIGKILL or a power cut leaves behind is deleted by the next build or load, once no live process holds it;
+- a damaged entry (a truncated or missing file) is rebuilt by :func:`load_phantom`, with a warning.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
+import math
 import os
+import signal
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +36,11 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lungnet.data.sources.phantom import render
+from lungnet.data.sources.phantom import cache, render
 from lungnet.data.sources.phantom.annotations import RATINGS, Scan, load_scans
-from lungnet.errors import ConfigError, DataError
-from lungnet.fileio import atomic_directory, write_json
+from lungnet.data.sources.phantom.workers import WorkerDied, run_pool, sigterm_exits
+from lungnet.errors import ConfigError, DataError, LungnetError
+from lungnet.fileio import write_json
 
 RENDER_VERSION = 2  # bump when the rendering changes, so old caches are not reused
 SOURCE_NAME = "lidc-phantom"
@@ -93,12 +106,43 @@ def excluded_patients(config: PhantomConfig) -> set[str]:
 
 
 def load_phantom(config: PhantomConfig | None = None, progress: bool = True) -> pd.DataFrame:
-    """The phantom's manifest (absolute references), building the cache entry first if it is missing."""
+    """The phantom's manifest (absolute references), building the cache entry first if it is missing.
+
+    Before reading, stale partial builds of the cache (left by a killed build) are deleted and the entry is
+    checked against its integrity record (``files.json``; for entries built before it existed, against each
+    array's header). A damaged entry (a truncated, missing or unreadable file) is rebuilt, with a warning
+    naming the file; the rebuild is atomic, so the damaged entry is replaced only by a complete one. When
+    the rebuild cannot be done (a read-only cache, a full disk) the DataError names the damaged file and
+    says how to rebuild by hand.
+    """
     config = config or PhantomConfig()
     entry = config.entry_dir()
-    if not (entry / "manifest.csv").is_file():
+    cache.remove_stale_partials(entry.parent)
+    if not entry.is_dir():
         build_phantom(config, progress=progress)
-    manifest = pd.read_csv(entry / "manifest.csv", dtype={"patient_id": str, "nodule_id": str})
+        problem = None
+    else:
+        problem = cache.entry_problem(entry)
+    manifest = None
+    if problem is None:
+        manifest, problem = _read_manifest(entry)
+    if problem is not None:
+        warnings.warn(
+            f"{problem}; rebuilding the damaged lidc-phantom cache entry {entry} "
+            "(atomically: it is replaced only once the new one is complete)",
+            stacklevel=2,
+        )
+        try:
+            build_phantom(config, progress=progress)
+        except LungnetError as exc:
+            raise DataError(
+                f"{problem}. The lidc-phantom cache entry {entry} is damaged and rebuilding it failed: "
+                f"{exc}. "
+                f"Delete the folder {entry} and run `lungnet data build lidc-phantom` with the same options"
+            ) from exc
+        manifest, problem = _read_manifest(entry)
+        if problem is not None:
+            raise DataError(f"{problem} (after rebuilding {entry}); delete the folder {entry} and try again")
     for col in ("image", "mask", "crop_image", "crop_mask"):
         manifest[col] = str(entry) + os.sep + manifest[col]
     excluded = excluded_patients(config)
@@ -107,6 +151,32 @@ def load_phantom(config: PhantomConfig | None = None, progress: bool = True) -> 
         if manifest.empty:
             raise DataError("lidc-phantom: every patient was excluded by exclude_patients")
     return manifest
+
+
+def _read_manifest(entry: Path) -> tuple[pd.DataFrame | None, str | None]:
+    """(manifest, None), or (None, 'PATH: what is wrong') when it is unreadable or does not fit the arrays."""
+    path = entry / "manifest.csv"
+    try:
+        manifest = pd.read_csv(path, dtype={"patient_id": str, "nodule_id": str})
+        n_samples = cache.array_length(entry / "crops.npy")
+        whole = _ends_with_newline(path)
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        return None, f"{path}: unreadable ({exc})"
+    required = ["image", "mask", "crop_image", "crop_mask", "patient_id"]
+    missing = [c for c in required if c not in manifest]
+    if missing:
+        return None, f"{path}: columns {missing} missing"
+    if manifest[required].isna().any(axis=None) or not whole:
+        return None, f"{path}: cut short (empty fields or no final newline)"
+    if len(manifest) != n_samples:
+        return None, f"{path}: {len(manifest)} rows for the {n_samples} samples of {entry / 'crops.npy'}"
+    return manifest, None
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 # --- planning: which slices to render and which samples to cut from them -------------------------------
@@ -266,9 +336,20 @@ def _render_scan(task) -> int:
 def build_phantom(
     config: PhantomConfig | None = None, progress: bool = True, workers: int | None = None
 ) -> Path:
-    """Render the phantom into its cache entry (atomically) and return the entry's path."""
+    """Render the phantom into its cache entry (atomically) and return the entry's path.
+
+    The rendering runs in `workers` forked processes (default: the CPU count, at most 8). Any failure stops
+    the build at once and deletes its partial folder: an exception in a worker is raised here, a worker
+    that dies is a DataError, and an OSError becomes a LungnetError naming the path (a full disk: the cache
+    folder, ENOSPC, and the space needed; a cache folder that is a file or read-only: ConfigError). The
+    arrays' disk space is allocated before rendering, so a full disk is found before any work is done.
+    SIGTERM deletes the partial folder too, then exits with status 143 (where SIGTERM had its default
+    action). Stale partial folders of killed builds are deleted first.
+    """
     config = config or PhantomConfig()
-    entry = config.entry_dir()
+    root, entry = config.cache_root(), config.entry_dir()
+    cache.check_cache_folder(root, entry.parent)
+    cache.remove_stale_partials(entry.parent)
     scans = _selected_scans(config)
     # Plan once in the parent to size the arrays; workers re-plan their own scan (cheap) instead of
     # receiving masks through pipes.
@@ -276,59 +357,75 @@ def build_phantom(
     n_slices = sum(len(zs) for zs, _ in plans)
     n_samples = sum(len(samples) for _, samples in plans)
     size, crop = config.image_size, config.crop_size
-    rows = []
-    with atomic_directory(entry) as tmp:
-        shapes = {
-            "slices": ((n_slices, size, size), np.int16),
-            "full_masks.bits": ((n_samples, size, size // 8), np.uint8),
-            "crops": ((n_samples, crop, crop), np.int16),
-            "crop_masks": ((n_samples, crop, crop), np.uint8),
-        }
-        for name, (shape, dtype) in shapes.items():
-            np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape).flush()
-        tasks, slice_offset, sample_offset = [], 0, 0
-        for index, (zs, samples) in enumerate(plans):
-            tasks.append((index, slice_offset, sample_offset, str(tmp), config))
-            for i, sample in enumerate(samples):
-                k = slice_offset + zs.index(sample["z_mm"])
-                n = sample_offset + i
-                record = {key: value for key, value in sample.items() if key != "mask"}
-                rows.append(
-                    {
-                        "image": f"slices.npy#{k}",
-                        "mask": f"full_masks.bits.npy#{n}",
-                        "crop_image": f"crops.npy#{n}",
-                        "crop_mask": f"crop_masks.npy#{n}",
-                        "source": SOURCE_NAME,
-                        "crop_pixel_spacing_mm": config.crop_fov_mm / crop,
-                        **record,
-                    }
-                )
-            slice_offset += len(zs)
-            sample_offset += len(samples)
-        del plans
-        workers = workers or min(os.cpu_count() or 1, 8)
-        bar = tqdm(total=n_slices, unit="slice", desc="rendering lidc-phantom", disable=not progress)
-        if workers > 1 and len(tasks) > 1:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                for done in pool.imap_unordered(_render_scan, tasks, chunksize=4):
-                    bar.update(done)
-        else:
-            for task in tasks:
-                bar.update(_render_scan(task))
-        bar.close()
-        _WORKER.clear()
-        manifest = pd.DataFrame(rows)
-        manifest["malignancy"] = manifest["malignancy"].astype(float)
-        manifest.to_csv(tmp / "manifest.csv", index=False)
-        write_json(
-            tmp / "params.json",
-            {
-                **dataclasses.asdict(config),
-                "render_version": RENDER_VERSION,
-                "n_slices": n_slices,
-                "n_samples": n_samples,
-                "description": DESCRIPTION,
-            },
-        )
+    shapes = {
+        "slices": ((n_slices, size, size), np.int16),
+        "full_masks.bits": ((n_samples, size, size // 8), np.uint8),
+        "crops": ((n_samples, crop, crop), np.int16),
+        "crop_masks": ((n_samples, crop, crop), np.uint8),
+    }
+    need = sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in shapes.values())
+    rows, tasks = [], []
+    try:
+        with sigterm_exits(), cache.building(entry) as (tmp, lock_fd):
+            for name, (shape, dtype) in shapes.items():
+                path = tmp / f"{name}.npy"
+                array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+                array.flush()
+                del array
+                cache.reserve(path, path.stat().st_size)
+            slice_offset, sample_offset = 0, 0
+            for index, (zs, samples) in enumerate(plans):
+                tasks.append((index, slice_offset, sample_offset, str(tmp), config))
+                for i, sample in enumerate(samples):
+                    k = slice_offset + zs.index(sample["z_mm"])
+                    n = sample_offset + i
+                    record = {key: value for key, value in sample.items() if key != "mask"}
+                    rows.append(
+                        {
+                            "image": f"slices.npy#{k}",
+                            "mask": f"full_masks.bits.npy#{n}",
+                            "crop_image": f"crops.npy#{n}",
+                            "crop_mask": f"crop_masks.npy#{n}",
+                            "source": SOURCE_NAME,
+                            "crop_pixel_spacing_mm": config.crop_fov_mm / crop,
+                            **record,
+                        }
+                    )
+                slice_offset += len(zs)
+                sample_offset += len(samples)
+            del plans
+            workers = workers or min(os.cpu_count() or 1, 8)
+            bar = tqdm(total=n_slices, unit="slice", desc="rendering lidc-phantom", disable=not progress)
+            try:
+                if workers > 1 and len(tasks) > 1:
+                    run_pool(_render_scan, tasks, workers, bar.update, building=entry, close_fds=(lock_fd,))
+                else:
+                    for task in tasks:
+                        bar.update(_render_scan(task))
+            finally:
+                bar.close()
+                _WORKER.clear()  # drop the memory maps of the partial folder
+            manifest = pd.DataFrame(rows)
+            manifest["malignancy"] = manifest["malignancy"].astype(float)
+            manifest.to_csv(tmp / "manifest.csv", index=False)
+            write_json(
+                tmp / "params.json",
+                {
+                    **dataclasses.asdict(config),
+                    "render_version": RENDER_VERSION,
+                    "n_slices": n_slices,
+                    "n_samples": n_samples,
+                    "description": DESCRIPTION,
+                },
+            )
+            cache.write_record(tmp)
+    except OSError as exc:
+        raise cache.os_error(exc, root, need) from exc
+    except WorkerDied as exc:
+        if exc.exitcode == -signal.SIGBUS:  # how ENOSPC shows in a memory-mapped write (no preallocation)
+            how = (
+                f"ENOSPC: a rendering worker was killed by SIGBUS writing its memory-mapped arrays in {entry}"
+            )
+            raise cache.disk_full(root, how, need, probably=True) from exc
+        raise
     return entry

@@ -1,0 +1,306 @@
+"""Runs lose nothing and refuse what they cannot do: SIGKILL at any moment, true resume, run status, unique
+folders, evaluate/export guards, resume options, config values checked on load, a full disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from lungnet.cli import main
+from lungnet.errors import ConfigError, LungnetError
+from lungnet.experiment import load_experiment, resolve_experiment_path
+from lungnet.runs.folder import mark_status, new_run_dir, require_finished, run_status
+from lungnet.training import checkpoints
+from lungnet.training.fit import TrainingConfig, train_phase
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCHS = 30
+
+# A tiny phase in a child process: 30 epochs of 8 batches, each batch slowed a little, so that kills land
+# anywhere (inside a batch, a checkpoint write, the state write, the log write).
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    import keras, numpy as np, tensorflow as tf
+    from lungnet.training.fit import TrainingConfig, train_phase
+
+    class Slow(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            time.sleep(0.01)
+
+    original = keras.Model.fit
+    def slow_fit(self, *a, **k):
+        k["callbacks"] = [*k["callbacks"], Slow()]
+        return original(self, *a, **k)
+    keras.Model.fit = slow_fit
+
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).uniform(size=(64, 16, 16, 1)).astype("float32")
+    y = np.eye(2, dtype="float32")[np.arange(64) % 2]
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    inputs = keras.Input((16, 16, 1))
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(h))
+    config = TrainingConfig(verbose=0, early_stopping_patience=1000)
+    summary = train_phase(model, ds, ds, run_dir=sys.argv[1], phase="p", epochs=N_EPOCHS, learning_rate=1e-3,
+                          config=config)
+    print("EPOCHS_RUN", summary["epochs_run"])
+    """
+).replace("N_EPOCHS", str(EPOCHS))
+
+
+def _epochs_done(run_dir: Path) -> int:
+    try:
+        return json.loads((run_dir / "backup" / "p" / "state.json").read_text())["epochs_done"]
+    except (OSError, ValueError):
+        return 0
+
+
+def _assert_every_h5_complete(run_dir: Path) -> None:
+    for path in run_dir.rglob("*.h5"):
+        with h5py.File(path, "r") as f:  # a truncated file fails to open
+            assert len(f.keys()) > 0, path
+
+
+def test_sigkill_at_any_moment_then_resume_with_true_epoch_counts(tmp_path):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
+    rng = np.random.default_rng(1)
+    for target in (2, 7, 13):  # kill three times, each after a few more epochs and at a random moment
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(run_dir)], env=env, stdout=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while _epochs_done(run_dir) < target and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(float(rng.uniform(0, 0.15)))
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        _assert_every_h5_complete(run_dir)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(run_dir)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert f"EPOCHS_RUN {EPOCHS}" in done.stdout, done.stderr[-2000:]
+    log = pd.read_csv(run_dir / "logs" / "p.csv")
+    assert list(log["epoch"]) == list(range(EPOCHS))  # no epoch lost, none counted twice
+    assert json.loads((run_dir / "phases.json").read_text())["p"]["epochs_run"] == EPOCHS
+    assert not (run_dir / "backup" / "p").exists()
+    _assert_every_h5_complete(run_dir)
+
+
+def _tiny(seed: int = 0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(3, 3)(inputs))
+    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(h))
+
+
+def _data():
+    x = np.random.default_rng(0).uniform(size=(16, 8, 8, 1)).astype("float32")
+    y = np.eye(2, dtype="float32")[np.arange(16) % 2]
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(4)  # no shuffle: every epoch the same order
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path):
+    """Weights, optimizer moments and early-stopping state are restored: the resumed run ends where an
+    uninterrupted one does."""
+    config = TrainingConfig(verbose=0, early_stopping_patience=2)
+    straight = _tiny()
+    train_phase(
+        straight,
+        _data(),
+        _data(),
+        run_dir=tmp_path / "a",
+        phase="p",
+        epochs=6,
+        learning_rate=0.05,
+        config=config,
+    )
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    original = keras.Model.fit
+
+    def interrupted(self, *args, **kwargs):
+        kwargs["callbacks"] = [*kwargs["callbacks"], Stop()]
+        return original(self, *args, **kwargs)
+
+    keras.Model.fit = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_phase(
+                _tiny(),
+                _data(),
+                _data(),
+                run_dir=tmp_path / "b",
+                phase="p",
+                epochs=6,
+                learning_rate=0.05,
+                config=config,
+            )
+    finally:
+        keras.Model.fit = original
+    resumed = _tiny(seed=5)  # other initial weights: only the checkpoint can make them equal
+    summary = train_phase(
+        resumed,
+        _data(),
+        _data(),
+        run_dir=tmp_path / "b",
+        phase="p",
+        epochs=6,
+        learning_rate=0.05,
+        config=config,
+    )
+    for a, b in zip(straight.get_weights(), resumed.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    first = pd.read_csv(tmp_path / "a" / "logs" / "p.csv")
+    assert summary["epochs_run"] == len(first) and summary["early_stopped"] == (len(first) < 6)
+
+
+def test_a_full_disk_stops_before_writing_and_keeps_the_last_epoch(tmp_path, monkeypatch):
+    config = TrainingConfig(verbose=0)
+    real = checkpoints.shutil.disk_usage
+    calls = {"n": 0}
+
+    def filling_disk(path):
+        calls["n"] += 1
+        usage = real(path)
+        return usage._replace(free=10 if calls["n"] > 4 else usage.free)  # full after two epochs
+
+    monkeypatch.setattr(checkpoints.shutil, "disk_usage", filling_disk)
+    with pytest.raises(
+        checkpoints.DiskFullError, match=r"MB free.*stopped after 2 complete epoch\(s\).*--resume"
+    ):
+        train_phase(
+            _tiny(),
+            _data(),
+            _data(),
+            run_dir=tmp_path,
+            phase="p",
+            epochs=5,
+            learning_rate=0.01,
+            config=config,
+        )
+    monkeypatch.setattr(checkpoints.shutil, "disk_usage", real)
+    summary = train_phase(
+        _tiny(), _data(), _data(), run_dir=tmp_path, phase="p", epochs=5, learning_rate=0.01, config=config
+    )
+    assert list(pd.read_csv(tmp_path / "logs" / "p.csv")["epoch"]) == [0, 1, 2, 3, 4]
+    assert summary["epochs_run"] == 5
+
+
+def test_run_folders_are_unique_even_in_the_same_second(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folders = {new_run_dir("x") for _ in range(3)}
+    assert len(folders) == 3 and all(p.is_dir() for p in folders)
+
+
+def test_out_that_is_a_file_is_one_clear_line(tmp_path, capsys):
+    target = tmp_path / "file"
+    target.write_text("x")
+    assert main(["train", "binary_nodule", "--profile", "smoke", "--out", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file, not a folder" in err and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_phantom_config):
+    run = tmp_path_factory.mktemp("safety") / "run"
+    cache = f"data.phantom.cache_dir={tiny_phantom_config.cache_dir}"
+    assert main(["train", "binary_nodule", "--profile", "smoke", "--out", str(run), "--set", cache]) == 0
+    return run
+
+
+def test_a_finished_run_says_so_and_an_unfinished_one_is_refused(finished_run, tmp_path, capsys):
+    assert run_status(finished_run)["status"] == "finished"
+    unfinished = tmp_path / "copy"
+    unfinished.mkdir()
+    for name in ("config.yaml", "metrics.json"):
+        (unfinished / name).write_bytes((finished_run / name).read_bytes())
+    mark_status(unfinished, "running")
+    with pytest.raises(LungnetError, match="still running or was interrupted"):
+        require_finished(unfinished)
+    assert main(["export", str(unfinished)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["evaluate", str(unfinished), "--data", "lidc-phantom"]) == 2
+    assert "still running or was interrupted" in capsys.readouterr().err
+
+
+def test_evaluate_never_writes_into_the_run(finished_run, capsys):
+    before = (finished_run / "metrics.json").read_bytes()
+    for out in (finished_run, finished_run / "models"):
+        assert main(["evaluate", str(finished_run), "--data", "lidc-phantom", "--out", str(out)]) == 2
+        assert "whose own results it would overwrite" in capsys.readouterr().err
+    assert (finished_run / "metrics.json").read_bytes() == before
+
+
+def test_resume_refuses_options_it_cannot_apply(finished_run, tmp_path, capsys):
+    interrupted = tmp_path / "interrupted"
+    interrupted.mkdir()
+    (interrupted / "config.yaml").write_bytes((finished_run / "config.yaml").read_bytes())
+    mark_status(interrupted, "running")
+    for extra in (["--set", "training.epochs=3"], ["--data", "x.csv"], ["--out", "o"], ["--profile", "full"]):
+        assert main(["train", "binary_nodule", "--resume", str(interrupted), *extra]) == 2
+        assert "cannot apply" in capsys.readouterr().err
+    assert main(["train", "attention_unet", "--resume", str(interrupted)]) == 2
+    assert "that run is experiment 'binary_nodule'" in capsys.readouterr().err
+    assert main(["train", "binary_nodule", "--resume", str(finished_run)]) == 2
+    assert "already finished" in capsys.readouterr().err
+
+
+def test_a_run_stopped_before_it_began_leaves_no_folder(tmp_path, tiny_phantom_config, capsys):
+    out = tmp_path / "run"
+    cache = f"data.phantom.cache_dir={tiny_phantom_config.cache_dir}"
+    bad_split = "data.split=[0.96, 0.02, 0.02]"  # leaves a class out of validation
+    assert (
+        main(
+            [
+                "train",
+                "binary_nodule",
+                "--profile",
+                "smoke",
+                "--out",
+                str(out),
+                "--set",
+                cache,
+                "--set",
+                bad_split,
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "removed" in err and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("training.epochs=0", r"--set training\.epochs: 0 must be >= 1"),
+        ("training.seed=-1", r"--set training\.seed: -1 must be >= 0"),
+        ("evaluation.explain_samples=0", r"evaluation\.explain_samples: 0 must be >= 1"),
+        ("evaluation.lime_samples=0", r"evaluation\.lime_samples"),
+        ("evaluation.retrieval_k=-1", r"evaluation\.retrieval_k"),
+        ("training.epochs=abc", r"--set training\.epochs: expected an integer"),
+    ],
+)
+def test_option_values_are_checked_when_the_config_loads(assignment, message):
+    from lungnet.studies.runner import parse_overrides
+
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_experiment(resolve_experiment_path("binary_nodule"), "smoke", parse_overrides([assignment]))
+    assert "binary_nodule.yaml" not in str(caught.value)  # the file did not hold the value
