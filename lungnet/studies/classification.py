@@ -30,7 +30,7 @@ from lungnet.evaluation import (
     size_only_baseline,
 )
 from lungnet.experiment import ExperimentConfig, ModelSpec
-from lungnet.fileio import write_json
+from lungnet.fileio import write_csv, write_json
 from lungnet.inference import predict_proba, predict_tta
 from lungnet.models import CLASSIFIERS, WeightsUnavailableError, build_classifier
 from lungnet.models.weights import encoder_record, provenance
@@ -232,7 +232,7 @@ def run_classification_study(config: ExperimentConfig, run_dir: Path, progress: 
     if not results:
         raise LungnetError(f"no model was trained: {skipped}")
     selected = max(results.values(), key=lambda r: r.val_metrics["f1"])
-    predictions_table(data, selected).to_csv(run_dir / "predictions.csv", index=False)
+    write_csv(run_dir / "predictions.csv", predictions_table(data, selected))
     summary = {
         **{k: selected.test_metrics[k] for k in ("f1", "f1_macro", "precision", "recall", "accuracy", "auc")},
         "selected_model": selected.name,

@@ -27,6 +27,7 @@ from lungnet.explain import (
     plot_retrieval,
     similar_cases,
 )
+from lungnet.fileio import write_csv
 
 
 def split_images(data, split: str) -> tuple[np.ndarray, pd.DataFrame]:
@@ -102,7 +103,7 @@ def explain_selected(config, data, selected, run_dir: Path) -> dict[str, tuple[P
         gallery_ids=train_frame[image_column(train_frame, data.config.view)].tolist(),
         query_labels=[names[i] for i in y_test[cases]],
     )
-    table.to_csv(figures_dir / "retrieval.csv", index=False)
+    write_csv(figures_dir / "retrieval.csv", table)
     fig = plot_retrieval(images, train_images, table, class_names=names)
     out["retrieval"] = (
         save_figure(fig, figures_dir / "retrieval.png"),
@@ -116,7 +117,7 @@ def explain_selected(config, data, selected, run_dir: Path) -> dict[str, tuple[P
         flagged = latent_outliers(encoder, test_images, seed=config.training.seed)
         flagged.insert(0, "image", test_frame[image_column(test_frame, data.config.view)].to_numpy())
         flagged.insert(1, "patient_id", test_frame["patient_id"].to_numpy())
-        flagged.to_csv(figures_dir / "outliers.csv", index=False)
+        write_csv(figures_dir / "outliers.csv", flagged)
         fig = plot_outliers(flagged, test_images, labels=test_frame["class_name"].tolist())
         out["outliers"] = (
             save_figure(fig, figures_dir / "outliers.png"),

@@ -18,7 +18,7 @@ from lungnet.errors import DataError
 from lungnet.evaluation import classification_metrics
 from lungnet.evaluation import figures as evaluation_figures
 from lungnet.evaluation.figures import save_figure
-from lungnet.fileio import write_json
+from lungnet.fileio import write_csv, write_json
 from lungnet.inference import predict_proba
 from lungnet.reports.html import HtmlReport
 from lungnet.runs import load_run_config
@@ -59,7 +59,7 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
     )
     for i, class_name in enumerate(names):
         table[f"prob_{class_name}"] = probs[:, i]
-    table.to_csv(out / "predictions.csv", index=False)
+    write_csv(out / "predictions.csv", table)
     write_json(
         out / "metrics.json",
         {

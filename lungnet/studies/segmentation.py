@@ -39,7 +39,7 @@ from lungnet.evaluation.segmentation import (
     small_tumour_recall,
 )
 from lungnet.experiment import SegmentationExperimentConfig
-from lungnet.fileio import write_json
+from lungnet.fileio import write_csv, write_json
 from lungnet.losses import LossConfig, build_loss
 from lungnet.models import build_segmenter, inference_model
 from lungnet.models.contract import output_names
@@ -305,7 +305,7 @@ def write_predictions(
             table.insert(2, "nodule_id", frame["nodule_id"].to_numpy())
         rows.append(table)
     predictions = pd.concat(rows, ignore_index=True)
-    predictions.to_csv(out_dir / "predictions.csv", index=False)
+    write_csv(out_dir / "predictions.csv", predictions)
     return predictions
 
 
@@ -354,7 +354,7 @@ def run_segmentation_study(
     write_predictions(run_dir, test_frame, results, config.postprocess.threshold)
     readers, reader_table = readers_on_test(data, config, progress)
     if reader_table is not None:
-        reader_table.to_csv(run_dir / "reader_agreement.csv", index=False)
+        write_csv(run_dir / "reader_agreement.csv", reader_table)
     summary = {
         **headline(selected.metrics["raw"]),
         "crf": headline(selected.metrics["crf"]) if "crf" in selected.metrics else None,
