@@ -57,6 +57,29 @@ def comparison_table(summary: dict, config, data_label: str) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("model")
 
 
+def levels_table(summary: dict) -> pd.DataFrame:
+    """The selected model and the size-only baseline at slice, nodule and patient level (test split)."""
+    rows = []
+    selected = summary["models"][summary["selected_model"]]["test"]
+    sources = {summary["selected_model"]: {"slice": selected, **summary.get("levels", {})}}
+    size = summary["baselines"].get("size_only")
+    if size:
+        sources["baseline: size_only"] = {"slice": size, **size.get("levels", {})}
+    for model, levels in sources.items():
+        for level, metrics in levels.items():
+            rows.append(
+                {
+                    "model": model,
+                    "level": level,
+                    "n": metrics.get("n"),
+                    "f1_macro": metrics.get("f1_macro"),
+                    "auc": metrics.get("auc"),
+                    "accuracy": metrics.get("accuracy"),
+                }
+            )
+    return pd.DataFrame(rows).set_index(["model", "level"])
+
+
 def write_report(
     run_dir: Path, config, data, results: dict, selected, summary: dict, explanations: dict
 ) -> Path:
@@ -82,6 +105,11 @@ def write_report(
         f"{selected.name} ({summary['selection']})."
     )
     report.table(comparison_table(summary, config, data_label))
+    report.table(levels_table(summary))
+    report.paragraph(
+        "Slice level is every test image; nodule level averages a nodule's slice probabilities; patient level "
+        "takes the highest nodule probability of malignancy (binary) or the mean over nodules."
+    )
     thresholds = {
         name: {
             "threshold (chosen on validation)": r["threshold_from_val"]["threshold"],

@@ -29,6 +29,7 @@ from lungnet.evaluation import (
     predictions_at_threshold,
     size_only_baseline,
 )
+from lungnet.evaluation.aggregation import level_metrics
 from lungnet.experiment import ExperimentConfig, ModelSpec
 from lungnet.fileio import write_csv, write_json
 from lungnet.inference import predict_proba, predict_tta
@@ -177,7 +178,8 @@ def evaluate_model(name, model, data: PreparedData, config: ExperimentConfig, ru
 
 
 def baselines(data: PreparedData) -> dict[str, dict]:
-    """Size-only (diameter) and majority-class baselines on the test split, fitted on training only."""
+    """Size-only (diameter) and majority-class baselines on the test split, fitted on training only; the
+    size-only one also at nodule and patient level (``levels``)."""
     names = data.class_names
     train, test = data.split("train"), data.split("test")
     y_test = test["target"].to_numpy()
@@ -188,7 +190,10 @@ def baselines(data: PreparedData) -> dict[str, dict]:
     }
     if "diameter_mm" in train.columns:
         probs = size_only_baseline(train["diameter_mm"], train["target"], test["diameter_mm"], names)
-        out["size_only"] = classification_metrics(y_test, probs, names)
+        out["size_only"] = {
+            **classification_metrics(y_test, probs, names),
+            "levels": level_metrics(y_test, probs, test, names),
+        }
     return out
 
 
@@ -242,6 +247,10 @@ def run_classification_study(config: ExperimentConfig, run_dir: Path, progress: 
         "split": "test",
         "data": data.source.description,
         "n_test": int(len(data.split("test"))),
+        # the selected model's test split at nodule level (mean over slices) and patient level
+        "levels": level_metrics(
+            data.split("test")["target"].to_numpy(), selected.test_probs, data.split("test"), data.class_names
+        ),
         "models": {
             r.name: {
                 "threshold_from_val": r.threshold,

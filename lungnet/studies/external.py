@@ -17,6 +17,7 @@ from lungnet.data.registry import load_source
 from lungnet.errors import DataError
 from lungnet.evaluation import classification_metrics
 from lungnet.evaluation import figures as evaluation_figures
+from lungnet.evaluation.aggregation import level_metrics
 from lungnet.evaluation.figures import save_figure
 from lungnet.fileio import write_csv, write_json
 from lungnet.inference import predict_proba
@@ -48,6 +49,7 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
         probs = predict_proba(model, ds)
     y = labelled["target"].to_numpy()
     metrics = classification_metrics(y, probs, names)
+    levels = level_metrics(y, probs, labelled, names)
     out = evaluation_dir(run_dir, source.spec, out)
     table = pd.DataFrame(
         {
@@ -69,12 +71,23 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
             "data": source.description,
             "grouping": config.data.grouping,
             "split": "all samples",
+            "levels": levels,  # nodule level (mean over slices) and patient level
         },
     )
     report = HtmlReport(f"External evaluation of {name} ({run_dir.name}) on {source.spec}")
     report.paragraph(f"Data: {source.description}; every sample, grouping '{config.data.grouping}'.")
     keys = ("f1", "f1_macro", "auc", "accuracy", "precision", "recall")
-    report.table(pd.DataFrame({k: [metrics.get(k)] for k in keys}, index=pd.Index([name], name="model")))
+    rows = {"slice": metrics, **levels}
+    report.table(
+        pd.DataFrame(
+            {k: [m.get(k) for m in rows.values()] for k in (*keys, "n")},
+            index=pd.Index(list(rows), name=name),
+        )
+    )
+    report.paragraph(
+        "Nodule level: probabilities averaged over a nodule's slices. Patient level: the highest nodule "
+        "probability of malignancy (binary), or the mean over the patient's nodules."
+    )
     report.image(
         save_figure(
             evaluation_figures.confusion_matrix_figure(metrics["confusion_matrix"], names),

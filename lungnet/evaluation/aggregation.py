@@ -1,0 +1,49 @@
+"""Nodule- and patient-level classification: slice probabilities aggregated before the metrics.
+
+- nodule level: the mean of the class probabilities over a nodule's slices (``nodule_id``);
+- patient level: for two classes, the highest nodule probability of malignancy (a patient with one
+  malignant nodule is a malignant patient); for more, the mean over the patient's nodules.
+
+The true class of a group is the highest class index among its samples: in LIDC a nodule's slices share
+one label, and a patient is malignant if any nodule is. ``n_mixed`` counts the groups whose samples
+disagree. Sources without ``nodule_id`` are grouped by patient only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from lungnet.evaluation.metrics import classification_metrics
+
+
+def _group(
+    y: np.ndarray, probs: np.ndarray, keys: np.ndarray, reduce: str
+) -> tuple[np.ndarray, np.ndarray, int]:
+    frame = pd.DataFrame(probs, columns=[f"p{k}" for k in range(probs.shape[1])])
+    frame["y"], frame["key"] = y, keys
+    grouped = frame.groupby("key", sort=True)
+    p = getattr(grouped[[c for c in frame.columns if c.startswith("p")]], reduce)().to_numpy()
+    if reduce == "max":  # binary: p(malignant) is the max; benign is its complement
+        p = np.stack([1.0 - p[:, 1], p[:, 1]], axis=1)
+    labels = grouped["y"]
+    mixed = int((labels.nunique() > 1).sum())
+    return labels.max().to_numpy(), p, mixed
+
+
+def level_metrics(y_true, probs, frame: pd.DataFrame, class_names) -> dict:
+    """``{"nodule": metrics, "patient": metrics}`` (each with ``n`` groups and ``n_mixed``), as available."""
+    y, p = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
+    out = {}
+    patient_keys = frame["patient_id"].astype(str).to_numpy()
+    if "nodule_id" in frame.columns:
+        nodules = frame["nodule_id"].astype(str).to_numpy()
+        yn, pn, mixed = _group(y, p, nodules, "mean")
+        out["nodule"] = {**classification_metrics(yn, pn, class_names), "n_mixed": mixed}
+        # a nodule's patient: nodule ids are unique, so take each nodule's first row
+        first = pd.Series(patient_keys).groupby(nodules, sort=True).first().to_numpy()
+        y, p, patient_keys = yn, pn, first
+    reduce = "max" if p.shape[1] == 2 else "mean"
+    yp, pp, mixed = _group(y, p, patient_keys, reduce)
+    out["patient"] = {**classification_metrics(yp, pp, class_names), "n_mixed": mixed}
+    return out
