@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
-from lungnet.errors import LungnetError
+from lungnet.errors import ConfigError, LungnetError
 
 
 def _add_source_options(parser: argparse.ArgumentParser) -> None:
@@ -56,10 +57,13 @@ def _cmd_data_build(args) -> int:
 def _cmd_data_info(args) -> int:
     from lungnet.data.info import format_info, summarize
     from lungnet.data.registry import load_source
+    from lungnet.data.splits import check_fractions
 
+    fractions = check_fractions(args.split.split(","), "--split")  # before the data is read
+    if args.split_seed < 0:
+        raise ConfigError(f"--split-seed: {args.split_seed} must be >= 0")
     source = load_source(args.source, _phantom_config(args), progress=not args.json)
-    fractions = tuple(float(f) for f in args.split.split(","))
-    info = summarize(source, args.grouping, fractions=fractions, seed=args.split_seed)
+    info = summarize(source, args.grouping, fractions=fractions, seed=args.split_seed, progress=not args.json)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 
@@ -237,7 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one ``warning:`` line, without the source location (for users, not developers)."""
+    print(f"warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _warning_line
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

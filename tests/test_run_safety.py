@@ -304,3 +304,47 @@ def test_option_values_are_checked_when_the_config_loads(assignment, message):
     with pytest.raises(ConfigError, match=message) as caught:
         load_experiment(resolve_experiment_path("binary_nodule"), "smoke", parse_overrides([assignment]))
     assert "binary_nodule.yaml" not in str(caught.value)  # the file did not hold the value
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--split", "abc"], r"--split \['abc'\] must be three numbers"),
+        (
+            ["--split", "0.7,0.2,0.2"],
+            r"--split \(0\.7, 0\.2, 0\.2\) must be three non-negative numbers summing to 1",
+        ),
+        (["--split-seed", "-1"], r"--split-seed: -1 must be >= 0"),
+    ],
+)
+def test_data_info_checks_its_options_before_reading_data(args, message, capsys):
+    assert main(["data", "info", "lidc-phantom", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert __import__("re").search(message, err), err
+
+
+def test_data_seeds_and_split_are_checked_on_load():
+    from lungnet.studies.runner import parse_overrides
+
+    for assignment, message in (
+        ("data.seed=-3", r"--set data\.seed: -3 must be >= 0"),
+        ("data.split=[0.5, 0.5, 0.5]", r"data\.split: .* summing to 1"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_experiment(resolve_experiment_path("binary_nodule"), "smoke", parse_overrides([assignment]))
+
+
+def test_warnings_reach_the_user_as_one_line(capsys):
+    import warnings
+
+    from lungnet import cli
+
+    original = warnings.showwarning
+    try:
+        assert main(["models", "list", "--task", "encoder"]) == 0
+        warnings.warn("row 7 repeats row 2", UserWarning, stacklevel=1)
+    finally:
+        warnings.showwarning = original
+    assert "warning: row 7 repeats row 2\n" in capsys.readouterr().err
+    assert cli._warning_line  # the hook main() installs

@@ -22,12 +22,13 @@ from lungnet.config import from_dict, load_yaml
 from lungnet.data.augmentation import AugmentConfig
 from lungnet.data.balancing import class_weights, oversample
 from lungnet.data.labels import assign_labels, class_names
+from lungnet.data.manifest import check_images
 from lungnet.data.pipelines import classification_dataset
 from lungnet.data.preprocessing import PreprocessConfig
 from lungnet.data.registry import Source, load_source
 from lungnet.data.sources.phantom import PhantomConfig
-from lungnet.data.splits import split_manifest
-from lungnet.errors import ConfigError
+from lungnet.data.splits import check_fractions, split_manifest
+from lungnet.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,13 @@ class DataConfig:
             raise ConfigError(f"data.batch_size: {self.batch_size} must be >= 1")
         if self.oversample_extra < 0:
             raise ConfigError(f"data.oversample_extra: {self.oversample_extra} must be >= 0")
+        for name in ("seed", "split_seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"data.{name}: {getattr(self, name)} must be >= 0")
+        try:
+            check_fractions(self.split, "data.split:")
+        except DataError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def load_data_config(data: dict[str, Any] | str | Path, where: str | None = None) -> DataConfig:
@@ -93,10 +101,24 @@ def image_column(manifest: pd.DataFrame, view: str) -> str:
     return "crop_image" if view == "crop" and "crop_image" in manifest.columns else "image"
 
 
+def check_source_images(source: Source, frame: pd.DataFrame, column: str, progress: bool = True) -> None:
+    """Read every image of `column` once, before any training or evaluation (`check_images`), so a bad file
+    is one `DataError` naming its row and file instead of a TensorFlow error mid-run.
+
+    Skipped for the embedded phantom: lungnet renders its arrays itself, and re-reading thousands of 512 px
+    slices would cost time for nothing. `lungnet evaluate` calls this on its labelled manifest too.
+    """
+    if source.is_phantom:
+        return
+    check_images(frame, column, origin=source.spec, progress=progress)
+
+
 def prepare_data(config: DataConfig, progress: bool = True) -> PreparedData:
+    """Load, label, check every image (`check_source_images`), split, shuffle, balance, and build pipelines."""
     source = load_source(config.source, config.phantom, progress=progress)
     labelled = assign_labels(source.manifest, config.grouping, origin=source.spec)
     names = class_names(config.grouping, source.manifest)
+    check_source_images(source, labelled, image_column(labelled, config.view), progress=progress)
     manifest = split_manifest(
         labelled, config.split, seed=config.split_seed, level=config.split_level, class_names=names
     )

@@ -1,4 +1,10 @@
-"""`lungnet data info`: what is in a data source, as tables for people or one JSON object for programs."""
+"""`lungnet data info`: what is in a data source, as tables for people or one JSON object for programs.
+
+Masks, when the manifest has them, are all checked as the segmentation study checks them
+(`lungnet.data.manifest.check_mask_pairs`: values 0/1 or 0/255, the image's shape), so a bad mask is an
+error here, naming its row and file, rather than later in a study. The embedded phantom's masks, which
+lungnet renders itself, are not re-read.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,13 @@ import pandas as pd
 
 from lungnet.data.io import read_image
 from lungnet.data.labels import assign_labels, class_names, label_counts
+from lungnet.data.manifest import check_mask_pairs, row_labels
 from lungnet.data.registry import Source
 from lungnet.data.splits import SPLIT_NAMES, split_manifest
 from lungnet.errors import DataError
 
 IMAGE_COLUMNS = ("image", "crop_image")
+MASK_COLUMNS = {"mask": "image", "crop_mask": "crop_image"}  # mask column -> the column of its image
 
 
 def summarize(
@@ -20,9 +28,15 @@ def summarize(
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     seed: int = 0,
     max_images: int = 200,
+    progress: bool = True,
 ) -> dict:
-    """Counts per class and split, patients, and image sizes/intensities from up to `max_images` images."""
+    """Counts per class and split, patients, and image sizes/intensities from up to `max_images` images.
+
+    Every mask is checked against its image (see the module docstring); a bad one is a `DataError` naming
+    its row and file. ``info["masks"]`` counts the masks checked and the empty ones per mask column.
+    """
     manifest = source.manifest
+    masks = {} if source.is_phantom else _check_masks(manifest, source.spec, progress)
     labelled = assign_labels(manifest, grouping, origin=source.spec)
     names = class_names(grouping, manifest)
     info = {
@@ -52,26 +66,49 @@ def summarize(
     except DataError as exc:  # too little data to split is worth reporting, not fatal for `info`
         info["splits"] = {"error": str(exc)}
     info["images"] = {
-        col: _image_stats(labelled[col], max_images, seed) for col in IMAGE_COLUMNS if col in labelled
+        col: _image_stats(labelled, col, max_images, seed, source.spec)
+        for col in IMAGE_COLUMNS
+        if col in labelled
     }
+    if masks:
+        info["masks"] = masks
     return info
 
 
-def _image_stats(refs: pd.Series, max_images: int, seed: int) -> dict:
-    refs = refs[refs != ""]
+def _check_masks(manifest: pd.DataFrame, origin: str, progress: bool) -> dict:
+    """{mask column: {"n_checked", "n_empty"}} after reading every listed mask with its image."""
+    out = {}
+    for mask_col, image_col in MASK_COLUMNS.items():
+        if mask_col not in manifest.columns or image_col not in manifest.columns:
+            continue
+        listed = manifest[manifest[mask_col].fillna("").astype(str).str.strip() != ""]
+        if listed.empty:
+            continue
+        areas = check_mask_pairs(listed, image_col, mask_col, origin=origin, progress=progress)
+        out[mask_col] = {"n_checked": len(listed), "n_empty": int((areas == 0).sum())}
+    return out
+
+
+def _image_stats(frame: pd.DataFrame, column: str, max_images: int, seed: int, origin: str) -> dict:
+    labels = np.asarray(row_labels(frame, origin), dtype=object)
+    listed = (frame[column] != "").to_numpy()
+    refs, labels = frame[column][listed], labels[listed]
     rng = np.random.default_rng(seed)
-    chosen = refs.iloc[np.sort(rng.choice(len(refs), size=min(max_images, len(refs)), replace=False))]
+    picked = np.sort(rng.choice(len(refs), size=min(max_images, len(refs)), replace=False))
     shapes: dict[str, int] = {}
     lows, highs, means = [], [], []
-    for ref in chosen:
-        image = read_image(ref)
+    for i in picked:
+        try:
+            image = read_image(refs.iloc[i])
+        except DataError as exc:
+            raise DataError(f"{labels[i]} ({column}): {exc}") from exc
         key = "x".join(map(str, image.shape))
         shapes[key] = shapes.get(key, 0) + 1
         lows.append(float(image.min()))
         highs.append(float(image.max()))
         means.append(float(image.mean()))
     return {
-        "n_read": len(chosen),
+        "n_read": len(picked),
         "sizes": shapes,
         "intensity_min": min(lows),
         "intensity_max": max(highs),
@@ -109,5 +146,10 @@ def format_info(info: dict) -> str:
             "",
             f"{col}: sizes {sizes} from {stats['n_read']} images read; intensity "
             f"min {stats['intensity_min']:.0f}, max {stats['intensity_max']:.0f}, mean {stats['intensity_mean']:.1f}",
+        ]
+    for col, stats in info.get("masks", {}).items():
+        lines += [
+            "",
+            f"{col}: all {stats['n_checked']} checked against their images, {stats['n_empty']} empty",
         ]
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from lungnet.data.manifest import row_labels
 from lungnet.errors import DataError
 
 GROUPINGS = ("paper", "exclude-indeterminate", "5class", "labels")
@@ -73,9 +74,10 @@ def _ratings(manifest: pd.DataFrame, origin: str) -> pd.Series:
         names = manifest["label"].astype("string").str.strip().str.lower()
         unknown = names.notna() & ~names.isin(list(_NAME_TO_RATING) + list(FIVE_CLASSES))
         if unknown.any():
-            row = int(unknown.idxmax())
+            row = int(unknown.to_numpy().nonzero()[0][0])
+            where = row_labels(manifest, origin)[row]
             raise DataError(
-                f"{origin}: row {row} has label {manifest['label'].iloc[row]!r}; without a malignancy column "
+                f"{where} has label {manifest['label'].iloc[row]!r}; without a malignancy column "
                 f"labels must be one of {sorted(_NAME_TO_RATING)} or 1-5 (or use grouping 'labels')"
             )
         ratings = {**_NAME_TO_RATING, **{name: float(name) for name in FIVE_CLASSES}}

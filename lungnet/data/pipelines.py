@@ -20,11 +20,14 @@ Images are cached as one grey channel; `PreprocessConfig.channels` is applied af
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
+import gc
 import os
 import random
 import re
+import sys
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -40,6 +43,7 @@ from lungnet.data.augmentation import (
     build_photometric_augmenters,
 )
 from lungnet.data.io import read_image, read_mask, split_reference
+from lungnet.data.manifest import row_labels
 from lungnet.data.preprocessing import PreprocessConfig, preprocess_image, preprocess_mask, to_channels
 from lungnet.errors import ConfigError, DataError
 
@@ -54,6 +58,13 @@ def data_errors() -> Iterator[None]:
     TensorFlow reports an exception raised in a loader as an ``InvalidArgumentError`` with the original
     message buried in a traceback; wrap iteration (or ``model.fit``) in ``with data_errors():`` to get the
     file and row named plainly.
+
+    It also shuts the failed pipeline down before the error leaves: the iterator that failed lives on in the
+    error's traceback (Keras' fit/predict frames) and in reference cycles, and if it is only collected while
+    Python shuts down, its worker threads, still calling the loader, can no longer take the interpreter lock:
+    the process then hangs or aborts ("terminate called without an active exception") after the error was
+    printed. The finished frames of the traceback are cleared and a garbage collection run, so the iterator
+    is destroyed now, while its threads can still finish.
     """
     try:
         yield
@@ -61,7 +72,47 @@ def data_errors() -> Iterator[None]:
         found = re.search(r"DataError: (.*)", exc.message or "")
         if found is None:
             raise
-        raise DataError(found.group(1).strip()) from exc
+        message = found.group(1).strip()
+        release_pipelines(exc)
+        raise DataError(message) from None
+
+
+def release_pipelines(exc: BaseException | None = None) -> None:
+    """Destroy tf.data iterators that only `exc`'s frames, or reference cycles, keep alive (see `data_errors`).
+
+    Clears the local variables of every finished frame the error passed through, then collects garbage.
+    Walking ``f_back`` from the innermost frame matters: Keras and TensorFlow re-raise errors with their own
+    frames filtered out of the traceback, and those hidden frames (``fit``, ``predict``) hold the iterator.
+    Frames still running (the caller's) are left alone.
+    """
+    seen: set[int] = set()
+    pending = [exc] if exc is not None else []
+    while pending:
+        error = pending.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        frames, tb = [], error.__traceback__
+        while tb is not None:
+            frames.append(tb.tb_frame)
+            tb = tb.tb_next
+        frame = frames[-1].f_back if frames else None
+        while frame is not None:
+            frames.append(frame)
+            frame = frame.f_back
+        for frame in frames:
+            with contextlib.suppress(RuntimeError):  # a frame still executing cannot be cleared
+                frame.clear()
+        pending += [e for e in (error.__cause__, error.__context__) if e is not None]
+    gc.collect()
+
+
+@atexit.register
+def _release_pipelines_at_exit() -> None:
+    # The same for an error nobody caught (the interpreter keeps it in sys.last_value) and for iterators left
+    # in reference cycles: atexit functions run before Python starts shutting down, while tf.data's threads
+    # can still take the interpreter lock and stop; after that point they hang or abort the process.
+    release_pipelines(getattr(sys, "last_value", None))
 
 
 def classification_dataset(
@@ -92,13 +143,17 @@ def classification_dataset(
         raise ConfigError(f"num_classes: {num_classes!r} must be >= 1")
     _check_batch_size(batch_size)
     _check_resampler(resampler)
-    refs = _references(manifest, image_column)
-    targets = _targets(manifest, num_classes)
-    copies = _augment_copies(manifest)
+    labels = row_labels(manifest)
+    refs = _references(manifest, image_column, labels=labels)
+    targets = _targets(manifest, num_classes, labels)
+    copies = _augment_copies(manifest, labels)
     grey = dataclasses.replace(preprocess, channels=1)
 
+    def load_image(ref, row, column):
+        return _load_image(ref, labels[int(row)], column)
+
     def load(ref, row, target, copy):
-        image = tf.numpy_function(_load_image, [ref, row, image_column], tf.float32, stateful=False)
+        image = tf.numpy_function(load_image, [ref, row, image_column], tf.float32, stateful=False)
         image.set_shape([None, None])
         image = tf.ensure_shape(preprocess_image(image, grey), [grey.image_size, grey.image_size, 1])
         label = tf.one_hot(target, num_classes, dtype=tf.float32) if one_hot else target
@@ -186,14 +241,18 @@ def segmentation_dataset(
     """
     _check_batch_size(batch_size)
     _check_resampler(resampler)
-    refs = _references(manifest, image_column)
-    masks = _references(manifest, mask_column, what="mask")
+    labels = row_labels(manifest)
+    refs = _references(manifest, image_column, labels=labels)
+    masks = _references(manifest, mask_column, what="mask", labels=labels)
     grey = dataclasses.replace(preprocess, channels=1)
     size = grey.image_size
 
+    def load_pair(ref, mask_ref, row, column):
+        return _load_pair(ref, mask_ref, labels[int(row)], column)
+
     def load(ref, mask_ref, row):
         image, mask = tf.numpy_function(
-            _load_pair, [ref, mask_ref, row, image_column], [tf.float32, tf.float32], stateful=False
+            load_pair, [ref, mask_ref, row, image_column], [tf.float32, tf.float32], stateful=False
         )
         image.set_shape([None, None])
         mask.set_shape([None, None])
@@ -300,21 +359,25 @@ def _check_resampler(resampler: str) -> None:
         raise ConfigError(f"resampler: {resampler!r} is not one of {list(RESAMPLERS)}")
 
 
-def _references(manifest: pd.DataFrame, column: str, what: str = "image") -> np.ndarray:
+def _references(
+    manifest: pd.DataFrame, column: str, what: str = "image", labels: list[str] | None = None
+) -> np.ndarray:
     """The column as strings, after checking that every row has one and every referenced file exists.
 
     Checking here costs one stat per file and names the manifest row; a missing file found inside
-    tf.data would surface as a TensorFlow error, possibly many batches in.
+    tf.data would surface as a TensorFlow error, possibly many batches in. (It does not decode them:
+    `lungnet.data.manifest.check_images` does, before training.)
     """
     if column not in manifest.columns:
         raise DataError(f"manifest: no {what} column {column!r}; columns present: {list(manifest.columns)}")
     if len(manifest) == 0:
         raise DataError("manifest: has no rows")
+    labels = labels or row_labels(manifest)
     values = manifest[column]
     blank = values.isna() | (values.astype(str).str.strip() == "")
     if blank.any():
         row = int(np.argmax(blank.to_numpy()))
-        raise DataError(f"manifest row {row}: no {what} in column {column!r}")
+        raise DataError(f"{labels[row]}: no {what} in column {column!r}")
     refs = values.astype(str).to_numpy()
     seen: set[str] = set()
     for row, ref in enumerate(refs):
@@ -322,12 +385,12 @@ def _references(manifest: pd.DataFrame, column: str, what: str = "image") -> np.
         if path in seen:
             continue
         if not os.path.isfile(path):
-            raise DataError(f"manifest row {row}: {what} file not found: {path}")
+            raise DataError(f"{labels[row]}: {what} file not found: {path}")
         seen.add(path)
     return refs
 
 
-def _targets(manifest: pd.DataFrame, num_classes: int) -> np.ndarray:
+def _targets(manifest: pd.DataFrame, num_classes: int, labels: list[str]) -> np.ndarray:
     if TARGET_COLUMN not in manifest.columns:
         raise DataError(
             f"manifest: no {TARGET_COLUMN!r} column (integer class 0..{num_classes - 1}); "
@@ -338,22 +401,20 @@ def _targets(manifest: pd.DataFrame, num_classes: int) -> np.ndarray:
     if bad.any():
         row = int(np.argmax(bad))
         raise DataError(
-            f"manifest row {row}: {TARGET_COLUMN} {manifest[TARGET_COLUMN].tolist()[row]!r} is not an integer "
+            f"{labels[row]}: {TARGET_COLUMN} {manifest[TARGET_COLUMN].tolist()[row]!r} is not an integer "
             f"class in 0..{num_classes - 1}"
         )
     return values.astype(np.int32)
 
 
-def _augment_copies(manifest: pd.DataFrame) -> np.ndarray:
+def _augment_copies(manifest: pd.DataFrame, labels: list[str]) -> np.ndarray:
     if AUGMENT_COPY_COLUMN not in manifest.columns:
         return np.zeros(len(manifest), dtype=bool)
     values = manifest[AUGMENT_COPY_COLUMN].fillna(False)
     allowed = values.map(lambda v: isinstance(v, bool | np.bool_) or v in (0, 1))
     if not allowed.all():
         row = int(np.argmax(~allowed.to_numpy()))
-        raise DataError(
-            f"manifest row {row}: {AUGMENT_COPY_COLUMN} {values.tolist()[row]!r} is not true/false"
-        )
+        raise DataError(f"{labels[row]}: {AUGMENT_COPY_COLUMN} {values.tolist()[row]!r} is not true/false")
     return values.astype(bool).to_numpy()
 
 
@@ -361,17 +422,22 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _load_image(ref, row, column) -> np.ndarray:
+def _load_image(ref, label: str, column) -> np.ndarray:
+    # Runs inside tf.data: the message must say all (`data_errors` recovers it from TensorFlow's error).
     try:
         return read_image(_text(ref))
     except DataError as exc:
-        raise DataError(f"manifest row {int(row)} ({_text(column)}): {exc}") from exc
+        raise DataError(f"{label} ({_text(column)}): {exc}") from None
+    except Exception as exc:  # anything else would reach the user as a bare TensorFlow error
+        raise DataError(f"{label} ({_text(column)}): {_text(ref)}: {type(exc).__name__}: {exc}") from None
 
 
-def _load_pair(ref, mask_ref, row, column) -> tuple[np.ndarray, np.ndarray]:
-    image = _load_image(ref, row, column)
+def _load_pair(ref, mask_ref, label: str, column) -> tuple[np.ndarray, np.ndarray]:
+    image = _load_image(ref, label, column)
     try:
         mask = read_mask(_text(mask_ref), expected_shape=image.shape)
     except DataError as exc:
-        raise DataError(f"manifest row {int(row)} (mask): {exc}") from exc
+        raise DataError(f"{label} (mask): {exc}") from None
+    except Exception as exc:
+        raise DataError(f"{label} (mask): {_text(mask_ref)}: {type(exc).__name__}: {exc}") from None
     return image, mask.astype(np.float32)

@@ -25,10 +25,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from tqdm.auto import tqdm
 
 from lungnet.data.augmentation import AugmentConfig
-from lungnet.data.io import IMAGE_SUFFIXES, file_suffix, read_image, read_mask, split_reference
+from lungnet.data.io import IMAGE_SUFFIXES, file_suffix, read_image, split_reference
+from lungnet.data.manifest import check_mask_pairs, row_labels
 from lungnet.data.pipelines import segmentation_dataset
 from lungnet.data.preprocessing import PreprocessConfig
 from lungnet.data.registry import Source, load_source
@@ -148,31 +148,17 @@ def fit_zscore(refs: pd.Series, hu_clip: tuple[float, float], seed: int = 0) -> 
 
 
 def check_masks(frame: pd.DataFrame, policy: str, progress: bool) -> tuple[pd.DataFrame, int]:
-    """Read every mask and image once (mask values, and the mask's shape against its image's, are checked by
-    `read_mask`) and apply the empty-mask policy."""
-    blank = frame["mask_ref"].isna() | (frame["mask_ref"].astype(str).str.strip() == "")
-    if blank.any():
-        row = int(np.argmax(blank.to_numpy()))
-        raise DataError(
-            f"manifest row {row} ({frame['image_ref'].iloc[row]}): no mask; a segmentation study needs one "
-            "for every image"
-        )
-    empty = np.zeros(len(frame), dtype=bool)
-    areas = np.zeros(len(frame), dtype=np.int64)
-    refs = frame["mask_ref"].astype(str).tolist()
-    images = frame["image_ref"].astype(str).tolist()
-    for i, ref in enumerate(tqdm(refs, desc="checking masks", disable=not progress, leave=False)):
-        try:  # up front, so a bad pair is named here rather than from inside a tf.data pipeline
-            areas[i] = int(read_mask(ref, expected_shape=read_image(images[i]).shape).sum())
-        except DataError as exc:
-            raise DataError(f"manifest row {i}: {exc}") from exc
-        empty[i] = areas[i] == 0
+    """Read every mask and image once (`lungnet.data.manifest.check_mask_pairs`: mask values, and the mask's
+    shape against its image's, naming the row and file of every bad pair) and apply the empty-mask policy."""
+    # Up front, so a bad pair is named here rather than from inside a tf.data pipeline.
+    areas = check_mask_pairs(frame, "image_ref", "mask_ref", progress=progress)
+    empty = areas == 0
     frame = frame.assign(mask_area_px=areas)
     if empty.any() and policy == "error":
         row = int(np.argmax(empty))
         raise DataError(
-            f"manifest row {row}: mask {refs[row]} is empty (data.empty_masks is 'error'; "
-            "'keep' evaluates it as a negative, 'drop' leaves it out)"
+            f"{row_labels(frame)[row]}: mask {frame['mask_ref'].iloc[row]} is empty (data.empty_masks is "
+            "'error'; 'keep' evaluates it as a negative, 'drop' leaves it out)"
         )
     if policy == "drop":
         frame = frame[~empty].reset_index(drop=True)

@@ -32,7 +32,7 @@ def split_manifest(
     its fraction of every class. With `require_every_class` (classification) a split missing a class is an
     error; without it (strata that are only a balancing aid, such as nodule size) it is allowed.
     """
-    fractions = _check_fractions(fractions)
+    fractions = check_fractions(fractions)
     if "target" not in df.columns:
         raise DataError("split_manifest needs a 'target' column: assign labels first")
     if level not in ("patient", "row"):
@@ -44,7 +44,7 @@ def split_manifest(
         )
         groups = pd.Series(np.arange(len(df)), index=df.index).astype(str)
     else:
-        groups = df["patient_id"].astype(str)
+        groups = df["patient_id"].astype(str).str.strip()  # as validate_manifest normalises them
     rng = np.random.default_rng(seed)
     sizes = groups.value_counts()
     stratum = df.groupby(groups)["target"].max()
@@ -66,10 +66,14 @@ def split_manifest(
     return out
 
 
-def _check_fractions(fractions) -> tuple[float, float, float]:
-    fractions = tuple(float(f) for f in fractions)
+def check_fractions(fractions, what: str = "split fractions") -> tuple[float, float, float]:
+    """(train, val, test) fractions: three non-negative numbers summing to 1, else an error naming them."""
+    try:
+        fractions = tuple(float(f) for f in fractions)
+    except (TypeError, ValueError):
+        raise DataError(f"{what} {fractions!r} must be three numbers, e.g. 0.7,0.15,0.15") from None
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise DataError(f"split fractions {fractions} must be three non-negative numbers summing to 1")
+        raise DataError(f"{what} {fractions} must be three non-negative numbers summing to 1")
     return fractions
 
 

@@ -68,7 +68,12 @@ def unique_dir(parent: Path, prefix: str = "") -> Path:
 
 
 def mark_status(run_dir: Path, status: str, **details) -> None:
-    record = {**run_status(run_dir), "status": status, f"{status}_at": dt.datetime.now(dt.UTC).isoformat(), **details}
+    record = {
+        **run_status(run_dir),
+        "status": status,
+        f"{status}_at": dt.datetime.now(dt.UTC).isoformat(),
+        **details,
+    }
     write_json(run_dir / STATUS_FILE, record)
 
 
@@ -86,7 +91,9 @@ def require_finished(run_dir: Path) -> None:
     """A `LungnetError` naming the run when it did not finish (export and evaluate use only finished runs)."""
     status = run_status(run_dir).get("status")
     if status != "finished":
-        why = {"running": "is still running or was interrupted", "failed": "failed"}.get(status, "did not finish")
+        why = {"running": "is still running or was interrupted", "failed": "failed"}.get(
+            status, "did not finish"
+        )
         raise LungnetError(
             f"{run_dir}: the run {why} ({STATUS_FILE}: {status or 'none'}); finish it with "
             f"`lungnet train CONFIG --resume {run_dir}` first"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lungnet.data.dataset import image_column
+from lungnet.data.dataset import check_source_images, image_column
 from lungnet.data.labels import assign_labels, class_names
 from lungnet.data.pipelines import classification_dataset, data_errors
 from lungnet.data.registry import load_source
@@ -37,6 +37,7 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
     if names != run_names:
         raise DataError(f"{source.spec}: classes {list(names)} differ from the run's {list(run_names)}")
     column = image_column(labelled, config.data.view)
+    check_source_images(source, labelled, column)  # every image read once, before any prediction
     ds = classification_dataset(
         labelled,
         config.data.preprocess,
