@@ -41,3 +41,24 @@ def test_without_nodule_ids_patients_only_and_multiclass_mean():
     levels = level_metrics(y, probs, frame, ["1", "2", "3"])
     assert list(levels) == ["patient"] and levels["patient"]["n"] == 3
     assert levels["patient"]["accuracy"] == pytest.approx(1.0)
+
+
+def test_learning_curve_figure_marks_the_kept_epoch():
+    from lungnet.evaluation.figures import learning_curve_figure
+
+    logs = {
+        "a": pd.DataFrame(
+            {
+                "loss": [1.0, 0.8, 0.7],
+                "val_loss": [0.9, 0.6, 0.65],
+                "val_auc": [0.6, 0.7, 0.72],
+                "auc": [0.55, 0.7, 0.8],
+            }
+        ),
+        "a_finetuned": pd.DataFrame({"loss": [0.6, 0.5], "val_loss": [0.62, 0.58]}),
+    }
+    fig = learning_curve_figure(logs, {"a": 10, "a_finetuned": 10})
+    loss_ax, metric_ax = fig.axes
+    circles = [line for line in loss_ax.lines if line.get_marker() == "o"]
+    assert [tuple(c.get_xdata()) for c in circles] == [(20,), (50,)]  # steps: best epoch 2, then 30 + 20
+    assert loss_ax.get_xlabel() == "training steps" and len(metric_ax.lines) == 2

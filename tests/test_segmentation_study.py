@@ -181,6 +181,7 @@ def test_smoke_run_writes_every_artefact(smoke_run):
     assert mask.shape == (32, 32) and set(np.unique(mask)) <= {0, 255}
     assert (smoke_run / "report.html").stat().st_size > 10_000
     assert (smoke_run / "figures" / "overlays.png").is_file()
+    assert (smoke_run / "figures" / "learning_curves.png").is_file()
     assert list((smoke_run / "figures").glob("attention_attention_res_unet_*.png"))
     assert load_run_config(smoke_run).task == "segmentation"
 

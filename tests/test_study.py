@@ -34,6 +34,8 @@ def test_run_folder_holds_every_artefact(smoke_run):
     for key in ("f1", "f1_macro", "precision", "recall", "accuracy", "auc"):
         assert key in metrics and metrics[key] == summary[key]
     assert metrics["selected_model"] == "custom_cnn" and "size_only" in metrics["baselines"]
+    assert {"nodule", "patient"} <= set(metrics["levels"]) and "levels" in metrics["baselines"]["size_only"]
+    assert (run_dir / "figures" / "learning_curves.png").is_file()
     predictions = pd.read_csv(run_dir / "predictions.csv")
     assert list(predictions.columns) == [
         "image",

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -343,4 +344,47 @@ def metric_comparison_figure(
     ax.set_title(title or "Models and baselines")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+# ------------------------------------------------------------------------------------------- learning curves
+def learning_curve_figure(
+    logs: Mapping[str, pd.DataFrame], steps_per_epoch: Mapping[str, int | None] | None = None
+) -> Figure:
+    """Training and validation curves per phase, from the phases' CSV logs (``logs/<phase>.csv``).
+
+    Left: loss and validation loss; right: the validation metric the log has (``val_auc``, ``val_iou`` or
+    ``val_accuracy``). The x axis is training steps when a phase's steps per epoch are known, else epochs. The
+    best validation loss of each phase (the weights kept) is marked, so whether training had converged, or
+    stopped while still improving, can be seen at a glance.
+    """
+    if not logs:
+        raise DataError("no training logs to plot")
+    steps_per_epoch = steps_per_epoch or {}
+    fig = _figure(11, 4)
+    loss_ax, metric_ax = fig.subplots(1, 2)
+    in_steps = all(steps_per_epoch.get(name) for name in logs)
+    offset = 0
+    for i, (name, log) in enumerate(logs.items()):
+        color = _COLORS[i % len(_COLORS)]
+        per = steps_per_epoch.get(name) or 1
+        x = offset + (np.arange(len(log)) + 1) * (per if in_steps else 1)
+        loss_ax.plot(x, log["loss"], color=color, alpha=0.5, label=f"{name}: training")
+        if "val_loss" in log:
+            loss_ax.plot(x, log["val_loss"], color=color, label=f"{name}: validation")
+            best = int(np.nanargmin(log["val_loss"].to_numpy()))
+            loss_ax.plot(x[best], log["val_loss"].iloc[best], "o", color=color, mfc="none", ms=9)
+        metric = next((m for m in ("val_auc", "val_iou", "val_accuracy") if m in log), None)
+        if metric is not None:
+            metric_ax.plot(x, log[metric], color=color, label=f"{name}: {metric[4:]}")
+            train = metric[4:]
+            if train in log:
+                metric_ax.plot(x, log[train], color=color, alpha=0.5, ls="--")
+        offset = x[-1] if len(x) else offset  # phases run one after the other (transfer, then fine-tune)
+    unit = "training steps" if in_steps else "epochs"
+    loss_ax.set(xlabel=unit, ylabel="loss", title="loss (circle: best validation loss, the weights kept)")
+    metric_ax.set(xlabel=unit, ylabel="metric", title="validation metric (dashed: training)")
+    for ax in (loss_ax, metric_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     return fig

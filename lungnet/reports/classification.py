@@ -10,6 +10,7 @@ from lungnet.evaluation import apply_temperature, fit_temperature, metric_defini
 from lungnet.evaluation import figures as evaluation_figures
 from lungnet.evaluation.figures import save_figure
 from lungnet.reports.html import HtmlReport
+from lungnet.reports.training import CAPTION, learning_curves
 
 PHANTOM_CAVEAT = (
     "These results come from lidc-phantom, a phantom rendered from real LIDC-IDRI annotations: the contours, "
@@ -189,6 +190,9 @@ def write_report(
             report.image(path, caption)
 
     report.heading("Training")
+    curves = learning_curves(run_dir, config.training.steps_per_epoch)
+    if curves is not None:
+        report.image(curves, CAPTION)
     report.table(
         pd.DataFrame({n: r.training for n, r in results.items()}).T, "Per phase (logs/ holds the curves)"
     )

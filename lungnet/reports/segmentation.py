@@ -21,6 +21,7 @@ from lungnet.evaluation.segmentation_figures import (
 from lungnet.models.segmenters.unet import attention_layer_names
 from lungnet.reports.classification import PHANTOM_CAVEAT
 from lungnet.reports.html import HtmlReport
+from lungnet.reports.training import CAPTION, learning_curves
 
 TABLE_COLUMNS = (
     ("dice", "Dice"),
@@ -200,6 +201,9 @@ def write_segmentation_report(
     training = pd.DataFrame(
         {name: result["training"] for name, result in summary["models"].items()}
     ).T.rename_axis("model")
+    curves = learning_curves(run_dir, config.training.steps_per_epoch)
+    if curves is not None:
+        report.image(curves, CAPTION)
     report.table(training, "Training (phases: epochs run, best epoch, best validation loss)")
     return report.save(run_dir / "report.html")
 
