@@ -30,7 +30,6 @@ from lungnet.fileio import write_json, write_text
 from lungnet.models.contract import output_names
 from lungnet.training.checkpoints import PhaseCheckpoint, save_weights_atomically
 
-
 # Keras warns on every fit of a tf.data pipeline that its default shuffle=True is ignored: our pipelines
 # shuffle themselves (seeded), so the warning says nothing to a user.
 warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed, but will be ignored")
