@@ -62,3 +62,23 @@ def test_learning_curve_figure_marks_the_kept_epoch():
     circles = [line for line in loss_ax.lines if line.get_marker() == "o"]
     assert [tuple(c.get_xdata()) for c in circles] == [(20,), (50,)]  # steps: best epoch 2, then 30 + 20
     assert loss_ax.get_xlabel() == "training steps" and len(metric_ax.lines) == 2
+
+
+def test_segmentation_levels_readers_slices_nodules_patients():
+    from lungnet.evaluation.segmentation import level_summaries
+
+    per_image = pd.DataFrame({"dice": [0.9, 0.5, 0.7, 0.1, np.nan], "iou": [0.8, 0.4, 0.6, 0.05, np.nan]})
+    frame = pd.DataFrame(
+        {
+            "patient_id": ["A", "A", "A", "B", "B"],
+            "nodule_id": ["A/0", "A/0", "A/1", "B/0", "B/0"],
+            "is_central": [1, 0, 1, 1, 0],
+            "n_readers": [4, 4, 2, 3, 3],
+        }
+    )
+    levels = level_summaries(per_image, frame)
+    # readers' slices: central slices of nodules with 3-4 readers: rows 0 and 3 (A/1 has 2 readers)
+    assert levels["readers_slices"]["n"] == 2 and levels["readers_slices"]["dice"] == pytest.approx(0.5)
+    # nodules: A/0 0.7, A/1 0.7, B/0 0.1 (its NaN slice skipped)
+    assert levels["nodule"]["n"] == 3 and levels["nodule"]["dice"] == pytest.approx(1.5 / 3)
+    assert levels["patient"]["n"] == 2 and levels["patient"]["dice"] == pytest.approx((0.7 + 0.1) / 2)

@@ -282,3 +282,39 @@ def small_tumour_recall(lesions: pd.DataFrame) -> dict:
         "max_diameter_mm": lesions.attrs.get("max_diameter_mm"),
         "min_iou": lesions.attrs.get("min_iou"),
     }
+
+
+# ------------------------------------------------------------------------------------------------------ levels
+READERS_SLICES = (
+    "the central slice (lidc-crops' is_central) of each nodule with 3-4 readers: the slices the radiologists' "
+    "agreement is measured on"
+)
+
+
+def level_summaries(per_image: pd.DataFrame, frame: pd.DataFrame) -> dict:
+    """Mean Dice and IoU on the radiologists' slices, per nodule and per patient, beside all slices.
+
+    ``readers_slices``: `READERS_SLICES` (needs ``is_central`` and ``n_readers``); ``nodule``: the mean over
+    nodules of each nodule's mean over its slices; ``patient``: the same over patients. Each has ``n``.
+    """
+    table = per_image[["dice", "iou"]].reset_index(drop=True)
+    frame = frame.reset_index(drop=True)
+
+    def summary(rows: pd.DataFrame) -> dict:
+        return {
+            "dice": float(np.nanmean(rows["dice"])),
+            "iou": float(np.nanmean(rows["iou"])),
+            "n": len(rows),
+        }
+
+    out = {}
+    if {"is_central", "n_readers"} <= set(frame.columns):
+        readers = pd.to_numeric(frame["n_readers"], errors="coerce")
+        central = (pd.to_numeric(frame["is_central"], errors="coerce") == 1) & readers.between(3, 4)
+        if central.any():
+            out["readers_slices"] = {**summary(table[central.to_numpy()]), "definition": READERS_SLICES}
+    for level, column in (("nodule", "nodule_id"), ("patient", "patient_id")):
+        if column in frame.columns:
+            means = table.groupby(frame[column].astype(str).to_numpy()).mean()
+            out[level] = summary(means)
+    return out

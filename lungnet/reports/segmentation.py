@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from lungnet.evaluation.figures import save_figure
-from lungnet.evaluation.segmentation import binarize
+from lungnet.evaluation.segmentation import READERS_SLICES, binarize
 from lungnet.evaluation.segmentation_figures import (
     attention_maps_figure,
     dice_distribution_figure,
@@ -109,6 +109,9 @@ def write_segmentation_report(
         "(best validation Dice)."
     )
     report.table(comparison_table(config, summary, data_label))
+    report.table(
+        levels_table(summary), "Test Dice by level: " + READERS_SLICES + " ; per nodule; per patient"
+    )
     for result in results:
         tuning = result.metrics.get("crf_tuning")
         if tuning:
@@ -206,6 +209,30 @@ def write_segmentation_report(
         report.image(curves, CAPTION)
     report.table(training, "Training (phases: epochs run, best epoch, best validation loss)")
     return report.save(run_dir / "report.html")
+
+
+def levels_table(summary: dict) -> pd.DataFrame:
+    """Each model's test Dice (raw and with the CRF) on all slices, the readers' slices, per nodule, per patient."""
+    rows = []
+    for name, metrics in summary["models"].items():
+        for kind in ("raw", "crf"):
+            if kind not in metrics:
+                continue
+            block = metrics[kind]
+            levels = {
+                "all slices": {"dice": block["dice"], "n": block.get("n_images")},
+                **block.get("levels", {}),
+            }
+            for level, values in levels.items():
+                rows.append(
+                    {
+                        "model": name if kind == "raw" else f"{name} + CRF",
+                        "level": level,
+                        "dice": values.get("dice"),
+                        "n": values.get("n"),
+                    }
+                )
+    return pd.DataFrame(rows).set_index(["model", "level"])
 
 
 def _model_input(image: np.ndarray, channels: int) -> np.ndarray:

@@ -35,6 +35,7 @@ from lungnet.evaluation.segmentation import (
     aggregate_metrics,
     binarize,
     lesion_table,
+    level_summaries,
     per_image_metrics,
     small_tumour_recall,
 )
@@ -211,20 +212,24 @@ class SegmentationResult:
 
 
 def evaluate_predictions(
-    test: Predictions, spacing: np.ndarray, config: SegmentationExperimentConfig, progress: bool
+    test: Predictions, frame: pd.DataFrame, config: SegmentationExperimentConfig, progress: bool
 ) -> tuple[dict, dict, dict, np.ndarray | None]:
-    """Metrics of the raw masks and, when enabled, of the CRF-refined masks."""
+    """Metrics of the raw masks and, when enabled, of the CRF-refined masks (`frame`: the images' rows).
+
+    Each block has ``levels``: Dice on the radiologists' slices, per nodule and per patient (all slices are
+    the block itself)."""
     threshold = config.postprocess.threshold
-    metrics, per_image, lesions = {}, {}, {}
-    metrics["raw"], per_image["raw"], lesions["raw"] = mask_metrics(
-        binarize(test.probs, threshold), test.masks, spacing, config
-    )
+    spacing = frame["eval_spacing_mm"].to_numpy()
+    variants = {"raw": test.probs}
     refined = None
     if config.postprocess.crf.enabled:
-        refined = crf_probabilities(test, config, progress)
-        metrics["crf"], per_image["crf"], lesions["crf"] = mask_metrics(
-            binarize(refined, threshold), test.masks, spacing, config
+        refined = variants["crf"] = crf_probabilities(test, config, progress)
+    metrics, per_image, lesions = {}, {}, {}
+    for kind, probs in variants.items():
+        metrics[kind], per_image[kind], lesions[kind] = mask_metrics(
+            binarize(probs, threshold), test.masks, spacing, config
         )
+        metrics[kind]["levels"] = level_summaries(per_image[kind], frame)
     return metrics, per_image, lesions, refined
 
 
@@ -255,9 +260,7 @@ def train_and_evaluate(
         config = with_crf(config, crf)  # this model's CRF, for its test metrics and intensity test
     test_frame = data.split("test")
     test = predict_split(model, data.test, progress=progress)
-    metrics, per_image, lesions, refined = evaluate_predictions(
-        test, test_frame["eval_spacing_mm"].to_numpy(), config, progress
-    )
+    metrics, per_image, lesions, refined = evaluate_predictions(test, test_frame, config, progress)
     if config.evaluation.intensity_test:
         robustness = intensity_test(model, data, test_frame, config, (test, refined), progress)
         for kind, values in robustness.items():
@@ -358,6 +361,7 @@ def run_segmentation_study(
     summary = {
         **headline(selected.metrics["raw"]),
         "crf": headline(selected.metrics["crf"]) if "crf" in selected.metrics else None,
+        "levels": selected.metrics["raw"]["levels"],  # readers' slices, per nodule, per patient
         "selected_model": selected.name,
         "selection": "best validation Dice (thresholded at postprocess.threshold, no CRF)",
         "task": "segmentation",
@@ -426,9 +430,7 @@ def evaluate_segmentation_run(
         )
     ds = segmentation_pipeline(frame, preprocess, config.data, training=False)
     pred = predict_split(model, ds, progress=progress)
-    metrics, per_image, lesions, refined = evaluate_predictions(
-        pred, frame["eval_spacing_mm"].to_numpy(), config, progress
-    )
+    metrics, per_image, lesions, refined = evaluate_predictions(pred, frame, config, progress)
     out = evaluation_dir(run_dir, source.spec, out)
     result = SegmentationResult(
         name, model, Path(), {}, float("nan"), pred, refined, metrics, per_image, lesions
@@ -439,6 +441,7 @@ def evaluate_segmentation_run(
         {
             **headline(metrics["raw"]),
             "crf": headline(metrics["crf"]) if "crf" in metrics else None,
+            "levels": metrics["raw"]["levels"],
             "details": metrics,
             "model": name,
             "run": str(run_dir),
