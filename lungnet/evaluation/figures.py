@@ -369,14 +369,14 @@ def learning_curve_figure(
         color = _COLORS[i % len(_COLORS)]
         per = steps_per_epoch.get(name) or 1
         x = offset + (np.arange(len(log)) + 1) * (per if in_steps else 1)
-        loss_ax.plot(x, log["loss"], color=color, alpha=0.5, label=f"{name}: training")
+        loss_ax.plot(x, log["loss"], ".-", color=color, alpha=0.5, label=f"{name}: training")
         if "val_loss" in log:
-            loss_ax.plot(x, log["val_loss"], color=color, label=f"{name}: validation")
+            loss_ax.plot(x, log["val_loss"], ".-", color=color, label=f"{name}: validation")
             best = int(np.nanargmin(log["val_loss"].to_numpy()))
             loss_ax.plot(x[best], log["val_loss"].iloc[best], "o", color=color, mfc="none", ms=9)
         metric = next((m for m in ("val_auc", "val_iou", "val_accuracy") if m in log), None)
         if metric is not None:
-            metric_ax.plot(x, log[metric], color=color, label=f"{name}: {metric[4:]}")
+            metric_ax.plot(x, log[metric], ".-", color=color, label=f"{name}: validation {metric[4:]}")
             train = metric[4:]
             if train in log:
                 metric_ax.plot(x, log[train], color=color, alpha=0.5, ls="--")
