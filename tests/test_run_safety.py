@@ -348,3 +348,53 @@ def test_warnings_reach_the_user_as_one_line(capsys):
         warnings.showwarning = original
     assert "warning: row 7 repeats row 2\n" in capsys.readouterr().err
     assert cli._warning_line  # the hook main() installs
+
+
+def test_early_stopping_follows_the_monitor_and_its_direction(tmp_path):
+    """val_auc: higher is better; the kept weights are those of the best AUC epoch, not the best loss."""
+    model = _tiny()
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    callback = checkpoints.PhaseCheckpoint(
+        tmp_path / "b",
+        last=tmp_path / "last.weights.h5",
+        best=tmp_path / "best.weights.h5",
+        patience=2,
+        monitor="val_auc",
+    )
+    (tmp_path / "b").mkdir()
+    callback.set_model(model)
+    kept = None
+    for epoch, (loss, auc) in enumerate([(0.7, 0.60), (0.5, 0.80), (0.4, 0.75), (0.3, 0.70)]):
+        for w in model.trainable_weights:
+            w.assign(w + 1.0)  # each epoch's weights differ
+        if epoch == 1:
+            kept = [w.numpy().copy() for w in model.weights]
+        callback.on_epoch_end(epoch, {"val_loss": loss, "val_auc": auc})
+        if model.stop_training:
+            break
+    assert callback.state["best_epoch"] == 2 and callback.state["best"] == pytest.approx(0.80)
+    assert callback.state["stopped"] and epoch == 3  # two epochs without a better AUC
+    callback.on_train_end()
+    for a, b in zip(kept, model.weights, strict=True):
+        np.testing.assert_array_equal(a, b.numpy())
+
+
+def test_cosine_schedule_with_warm_up():
+    from lungnet.training.fit import scheduled_learning_rate
+
+    config = TrainingConfig(lr_schedule="cosine", warmup_epochs=2, min_learning_rate_ratio=0.1)
+    rates = [scheduled_learning_rate(e, 1.0, 6, config) for e in range(6)]
+    assert rates[:3] == pytest.approx([0.5, 1.0, 1.0])  # warm-up, then the cosine starts at the base rate
+    assert rates[2] > rates[3] > rates[4] > rates[5] > 0.1
+    assert scheduled_learning_rate(5, 1.0, 6, TrainingConfig()) == 1.0  # constant by default
+    with pytest.raises(ConfigError, match="training.monitor"):
+        TrainingConfig(monitor="auc")
+
+
+def test_scheduled_phase_logs_its_learning_rates(tmp_path):
+    config = TrainingConfig(verbose=0, lr_schedule="cosine", warmup_epochs=1, monitor="val_loss")
+    train_phase(
+        _tiny(), _data(), _data(), run_dir=tmp_path, phase="p", epochs=3, learning_rate=0.1, config=config
+    )
+    log = pd.read_csv(tmp_path / "logs" / "p.csv")
+    assert log["learning_rate"].tolist() == pytest.approx([0.1, 0.1, 0.05], rel=1e-5)

@@ -66,12 +66,16 @@ def _copy_atomically(source: Path, target: Path) -> None:
 
 
 class PhaseCheckpoint(keras.callbacks.Callback):
-    """Checkpoint, resume state and early stopping (on ``monitor``, lower is better) for one phase."""
+    """Checkpoint, resume state and early stopping on ``monitor`` for one phase.
+
+    Lower is better for a loss (a name containing ``loss``), higher for any other metric (AUC, IoU, ...).
+    """
 
     def __init__(self, folder: Path, last: Path, best: Path, patience: int, monitor: str = "val_loss"):
         super().__init__()
         self.folder, self.last, self.best_path = Path(folder), Path(last), Path(best)
         self.patience, self.monitor = patience, monitor
+        self.sign = 1.0 if "loss" in monitor else -1.0  # compare sign * value: lower is better
         self.state = read_state(self.folder) or {
             "epochs_done": 0,
             "weights": None,
@@ -101,7 +105,9 @@ class PhaseCheckpoint(keras.callbacks.Callback):
             if self._best_weights is None and state["best"] is None:
                 self._best_weights = self.model.get_weights()
             state["wait"] += 1
-            if math.isfinite(current) and (state["best"] is None or current < state["best"]):
+            if math.isfinite(current) and (
+                state["best"] is None or self.sign * current < self.sign * state["best"]
+            ):
                 state.update(best=float(current), best_epoch=epoch + 1, wait=0)
                 self._best_weights = self.model.get_weights()
                 self._check_free_space()

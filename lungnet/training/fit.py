@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import warnings
 from collections.abc import Callable
@@ -43,7 +44,15 @@ class TrainingConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4  # AdamW's decoupled weight decay
     optimizer: Literal["adamw", "adam"] = "adamw"  # adam: the segmentation study's (no weight decay)
-    early_stopping_patience: int = 5  # on validation loss; the best weights are restored
+    early_stopping_patience: int = 5  # epochs without a better `monitor`; the best weights are restored
+    # What early stopping and the kept weights follow: a validation loss (lower is better) or metric
+    # (higher is better), e.g. val_auc for a binary classifier, val_iou for a segmenter.
+    monitor: str = "val_loss"
+    # Learning rate per epoch: constant, or cosine decay to `min_learning_rate_ratio` x the phase's rate after
+    # `warmup_epochs` of linear warm-up (both count the phase's own epochs, so a resume continues the curve).
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: int = 0
+    min_learning_rate_ratio: float = 0.0
     fine_tune_epochs: int = 20
     fine_tune_learning_rate: float = 1e-5
     steps_per_epoch: int | None = None  # cap per epoch (quick profiles); None = the whole training split
@@ -68,6 +77,16 @@ class TrainingConfig:
             raise ConfigError(f"training.verbose: {self.verbose} must be 0, 1 or 2")
         if self.weight_decay < 0:
             raise ConfigError(f"training.weight_decay: {self.weight_decay} must be >= 0")
+        if not self.monitor.startswith("val_"):
+            raise ConfigError(
+                f"training.monitor: {self.monitor!r} must be a validation value, e.g. val_loss, val_auc"
+            )
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"training.warmup_epochs: {self.warmup_epochs} must be >= 0")
+        if not 0 <= self.min_learning_rate_ratio <= 1:
+            raise ConfigError(
+                f"training.min_learning_rate_ratio: {self.min_learning_rate_ratio} must be in [0, 1]"
+            )
         for name in ("learning_rate", "fine_tune_learning_rate"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"training.{name}: {getattr(self, name)} must be > 0")
@@ -96,6 +115,18 @@ def binary_output(model: keras.Model) -> bool:
     """A classifier with one sigmoid unit ``[B, 1]`` (a segmentation map ``[B, H, W, 1]`` is not one)."""
     shape = model.outputs[0].shape
     return len(shape) == 2 and int(shape[-1]) == 1
+
+
+def scheduled_learning_rate(epoch: int, base: float, epochs: int, config: TrainingConfig) -> float:
+    """The learning rate of (0-based) `epoch` of a phase of `epochs` starting at `base`."""
+    if config.lr_schedule == "constant":
+        return base
+    warmup = min(config.warmup_epochs, epochs)
+    if epoch < warmup:
+        return base * (epoch + 1) / warmup
+    span = max(epochs - warmup, 1)
+    floor = base * config.min_learning_rate_ratio
+    return floor + (base - floor) * 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / span))
 
 
 def make_optimizer(learning_rate: float, config: TrainingConfig) -> keras.optimizers.Optimizer:
@@ -202,6 +233,7 @@ def train_phase(
         last=checkpoints / f"{phase}-last.weights.h5",
         best=checkpoints / f"{phase}-best.weights.h5",
         patience=config.early_stopping_patience,
+        monitor=config.monitor,
     )
     log = logs / f"{phase}.csv"
     _truncate_log(log, checkpoint.epochs_done)  # the log and the checkpoint agree on the epochs done
@@ -210,6 +242,13 @@ def train_phase(
         keras.callbacks.CSVLogger(str(log), append=True),
         keras.callbacks.TensorBoard(str(logs / "tensorboard" / phase), write_graph=False, profile_batch=0),
     ]
+    if config.lr_schedule != "constant":
+        callbacks.insert(
+            0,
+            keras.callbacks.LearningRateScheduler(
+                lambda epoch, lr: scheduled_learning_rate(epoch, learning_rate, epochs, config)
+            ),
+        )
     train = targets_for(model, train)
     if config.steps_per_epoch:
         train = train.repeat()
@@ -236,6 +275,9 @@ def train_phase(
         "best_val_loss": float(np.min(losses)) if losses else None,
         "learning_rate": learning_rate,
         "early_stopped": bool(checkpoint.state["stopped"]),
+        "monitor": config.monitor,
+        "best_monitor_epoch": checkpoint.state["best_epoch"],
+        "best_monitor": checkpoint.state["best"],
     }
     phases.mark(phase, summary)
     shutil.rmtree(backup, ignore_errors=True)  # after the mark: a kill in between resumes from `final`
