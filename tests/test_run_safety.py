@@ -112,21 +112,26 @@ def _data():
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(4)  # no shuffle: every epoch the same order
 
 
-def test_resume_continues_exactly_where_it_stopped(tmp_path):
+def _phase(model, run_dir, config, epochs=6, learning_rate=0.05) -> dict:
+    """A tiny phase ``p`` on the fixed, unshuffled data."""
+    return train_phase(
+        model,
+        _data(),
+        _data(),
+        run_dir=run_dir,
+        phase="p",
+        epochs=epochs,
+        learning_rate=learning_rate,
+        config=config,
+    )
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path, monkeypatch):
     """Weights, optimizer moments and early-stopping state are restored: the resumed run ends where an
     uninterrupted one does."""
     config = TrainingConfig(verbose=0, early_stopping_patience=2)
     straight = _tiny()
-    train_phase(
-        straight,
-        _data(),
-        _data(),
-        run_dir=tmp_path / "a",
-        phase="p",
-        epochs=6,
-        learning_rate=0.05,
-        config=config,
-    )
+    _phase(straight, tmp_path / "a", config)
 
     class Stop(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -139,32 +144,12 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
         kwargs["callbacks"] = [*kwargs["callbacks"], Stop()]
         return original(self, *args, **kwargs)
 
-    keras.Model.fit = interrupted
-    try:
+    with monkeypatch.context() as patch:
+        patch.setattr(keras.Model, "fit", interrupted)
         with pytest.raises(KeyboardInterrupt):
-            train_phase(
-                _tiny(),
-                _data(),
-                _data(),
-                run_dir=tmp_path / "b",
-                phase="p",
-                epochs=6,
-                learning_rate=0.05,
-                config=config,
-            )
-    finally:
-        keras.Model.fit = original
+            _phase(_tiny(), tmp_path / "b", config)
     resumed = _tiny(seed=5)  # other initial weights: only the checkpoint can make them equal
-    summary = train_phase(
-        resumed,
-        _data(),
-        _data(),
-        run_dir=tmp_path / "b",
-        phase="p",
-        epochs=6,
-        learning_rate=0.05,
-        config=config,
-    )
+    summary = _phase(resumed, tmp_path / "b", config)
     for a, b in zip(straight.get_weights(), resumed.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     first = pd.read_csv(tmp_path / "a" / "logs" / "p.csv")
@@ -179,26 +164,17 @@ def test_a_full_disk_stops_before_writing_and_keeps_the_last_epoch(tmp_path, mon
     def filling_disk(path):
         calls["n"] += 1
         usage = real(path)
-        return usage._replace(free=10 if calls["n"] > 4 else usage.free)  # full after two epochs
+        return usage._replace(
+            free=10 if calls["n"] > 2 else usage.free
+        )  # one check per epoch: full at the 3rd
 
     monkeypatch.setattr(checkpoints.shutil, "disk_usage", filling_disk)
     with pytest.raises(
         checkpoints.DiskFullError, match=r"MB free.*stopped after 2 complete epoch\(s\).*--resume"
     ):
-        train_phase(
-            _tiny(),
-            _data(),
-            _data(),
-            run_dir=tmp_path,
-            phase="p",
-            epochs=5,
-            learning_rate=0.01,
-            config=config,
-        )
+        _phase(_tiny(), tmp_path, config, epochs=5, learning_rate=0.01)
     monkeypatch.setattr(checkpoints.shutil, "disk_usage", real)
-    summary = train_phase(
-        _tiny(), _data(), _data(), run_dir=tmp_path, phase="p", epochs=5, learning_rate=0.01, config=config
-    )
+    summary = _phase(_tiny(), tmp_path, config, epochs=5, learning_rate=0.01)
     assert list(pd.read_csv(tmp_path / "logs" / "p.csv")["epoch"]) == [0, 1, 2, 3, 4]
     assert summary["epochs_run"] == 5
 
@@ -393,8 +369,6 @@ def test_cosine_schedule_with_warm_up():
 
 def test_scheduled_phase_logs_its_learning_rates(tmp_path):
     config = TrainingConfig(verbose=0, lr_schedule="cosine", warmup_epochs=1, monitor="val_loss")
-    train_phase(
-        _tiny(), _data(), _data(), run_dir=tmp_path, phase="p", epochs=3, learning_rate=0.1, config=config
-    )
+    _phase(_tiny(), tmp_path, config, epochs=3, learning_rate=0.1)
     log = pd.read_csv(tmp_path / "logs" / "p.csv")
     assert log["learning_rate"].tolist() == pytest.approx([0.1, 0.1, 0.05], rel=1e-5)

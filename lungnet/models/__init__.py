@@ -12,6 +12,8 @@ architecture is without reading code. The naming contract is in `lungnet.models.
 
 from __future__ import annotations
 
+from lungnet.config import is_int
+from lungnet.errors import ConfigError
 from lungnet.models import classifiers, encoders, segmenters  # noqa: F401  (registers the families)
 from lungnet.models.contract import (
     BACKBONE_INPUT_NAME,
@@ -36,9 +38,6 @@ from lungnet.models.weights import WeightsError, WeightsUnavailableError
 
 def build_classifier(config, input_shape: tuple[int, int, int] = (128, 128, 3), num_classes: int = 2):
     """A classifier: input ``image`` in [0, 1], output ``probabilities`` (see `lungnet.models.contract`)."""
-    from lungnet.config import is_int
-    from lungnet.errors import ConfigError
-
     if not is_int(num_classes) or num_classes < 2:
         raise ConfigError(f"num_classes: {num_classes!r} must be an integer >= 2")
     return CLASSIFIERS.build(config, input_shape, num_classes)

@@ -63,12 +63,6 @@ def check_input_shape(
     return shape
 
 
-def side_output_names(model: keras.Model) -> list[str]:
-    """The ``aux_*`` outputs of a model with deep supervision (empty for a single-output model)."""
-    output = model.output
-    return [name for name in output if name.startswith(AUX_PREFIX)] if isinstance(output, dict) else []
-
-
 def output_names(model: keras.Model) -> list[str]:
     output = model.output
     return list(output) if isinstance(output, dict) else [OUTPUT_NAME]
@@ -85,8 +79,3 @@ def inference_model(model: keras.Model) -> keras.Model:
     if not isinstance(model.output, dict):
         return model
     return keras.Model(model.inputs, model.output[OUTPUT_NAME], name=model.name)
-
-
-def primary_output(outputs):
-    """``probabilities`` of a model call's result, whether it is a tensor or a dict of outputs."""
-    return outputs[OUTPUT_NAME] if isinstance(outputs, dict) else outputs

@@ -45,7 +45,7 @@ def export_run(run_dir: str | Path, model_name: str | None = None, out: str | Pa
     class_names = None if segmentation else run_class_names(run_dir)
     binary = int(model.outputs[0].shape[-1]) == 1
 
-    k = len(class_names) if class_names else int(model.outputs[0].shape[-1])
+    k = 2 if binary else int(model.outputs[0].shape[-1])  # columns of `probabilities`
 
     def predict(images):
         x = preprocess_image(tf.cast(images, tf.float32)[..., None], preprocess)

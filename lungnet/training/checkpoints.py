@@ -29,7 +29,7 @@ from lungnet.fileio import atomic_path, write_json
 STATE_FILE = "state.json"
 # Stop with a clear error, before writing, when less than this many checkpoint sizes are free: libhdf5
 # can crash the process when a write runs out of space.
-FREE_SPACE_FACTOR = 3
+FREE_SPACE_FACTOR = 3  # an epoch writes up to three: its own, -last and -best
 
 
 class DiskFullError(LungnetError):
@@ -99,6 +99,7 @@ class PhaseCheckpoint(keras.callbacks.Callback):
             self.model.load_weights(self.folder / self.state["weights"])
 
     def on_epoch_end(self, epoch, logs=None):
+        self._check_free_space()  # once, before this epoch writes anything
         current = (logs or {}).get(self.monitor)
         state = self.state
         if current is not None:  # Keras' EarlyStopping(restore_best_weights=True), step by step
@@ -110,12 +111,10 @@ class PhaseCheckpoint(keras.callbacks.Callback):
             ):
                 state.update(best=float(current), best_epoch=epoch + 1, wait=0)
                 self._best_weights = self.model.get_weights()
-                self._check_free_space()
                 save_weights_atomically(self.model, self.best_path)
             elif state["wait"] >= self.patience and epoch > 0:
                 state["stopped"] = True
                 self.model.stop_training = True
-        self._check_free_space()
         name = f"epoch-{epoch + 1:04d}.weights.h5"
         save_weights_atomically(self.model, self.folder / name)
         self._checkpoint_bytes = (self.folder / name).stat().st_size
