@@ -34,6 +34,18 @@ class ModelSpec:
     # When ImageNet weights cannot be downloaded: stop with the error (default), train from random
     # initialisation instead ("random_init"), or leave this model out and say so in the report ("skip").
     if_weights_unavailable: Literal["error", "random_init", "skip"] = "error"
+    # Train this many copies from seeds training.seed, +1, ... and average their probabilities (one model,
+    # `lungnet.models.ensemble`). 1: a single model.
+    ensemble: int = 1
+
+    def __post_init__(self):
+        if isinstance(self.ensemble, bool) or not isinstance(self.ensemble, int) or self.ensemble < 1:
+            raise ConfigError(f"models[{self.name}].ensemble: {self.ensemble!r} must be an integer >= 1")
+        if self.ensemble > 1 and self.fine_tune:
+            raise ConfigError(
+                f"models[{self.name}]: ensemble ({self.ensemble}) with fine_tune is not supported; "
+                "ensemble a model without fine-tuning, or fine-tune a single model"
+            )
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,9 @@ class SegmentationEvaluationConfig:
     intensity_test: bool = True  # Dice under the fixed brightness / contrast / noise perturbations
     reader_agreement: bool = True  # reader-to-reader Dice on the test nodules (LIDC-derived sources)
     figure_samples: int = 6
+    # test-time augmentation: the mean probability map over the identity, two flips and two quarter turns
+    # (each mapped back), for validation, test, the intensity test and `lungnet evaluate`
+    tta: bool = False
 
     def __post_init__(self):
         if self.figure_samples < 1:

@@ -213,3 +213,19 @@ def test_evaluate_a_segmentation_run_on_another_source(smoke_run, tmp_path, tiny
     manifest = write_png_dataset(tmp_path / "png")
     code = main(["evaluate", str(smoke_run), "--data", str(manifest), "--out", str(tmp_path / "bad")])
     assert code == 2
+
+
+def test_segmentation_tta_maps_every_view_back():
+    import keras
+
+    from lungnet.studies.segmentation import segment
+
+    x = tf.constant(np.random.default_rng(0).uniform(0, 1, (2, 8, 8, 1)).astype(np.float32))
+    identity = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Identity()])
+    # an equivariant model: every transformed view maps back onto the same map
+    np.testing.assert_allclose(segment(identity, x, tta=True), x.numpy()[..., 0], atol=1e-6)
+    # a model that is not (it reads the image shifted by a row): TTA averages the five mapped-back views
+    shifted = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Lambda(lambda t: tf.roll(t, 1, axis=1))])
+    plain = segment(shifted, x)
+    np.testing.assert_allclose(plain, np.roll(x.numpy(), 1, axis=1)[..., 0], atol=1e-6)
+    assert not np.allclose(segment(shifted, x, tta=True), plain)

@@ -23,6 +23,7 @@ from lungnet.data.augmentation import AugmentConfig
 from lungnet.data.balancing import class_weights, oversample
 from lungnet.data.labels import assign_labels, class_names
 from lungnet.data.manifest import check_images
+from lungnet.data.neighbours import NEIGHBOUR_COLUMNS, add_neighbour_columns
 from lungnet.data.pipelines import classification_dataset
 from lungnet.data.preprocessing import PreprocessConfig
 from lungnet.data.registry import Source, load_source
@@ -48,6 +49,8 @@ class DataConfig:
     phantom: PhantomConfig = field(default_factory=PhantomConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # null: only oversampled copies
+    # 2.5-D: the slices one below and one above (same nodule_id, slice_index -+ 1) as channels 1 and 3
+    neighbour_slices: bool = False
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -61,6 +64,11 @@ class DataConfig:
             check_fractions(self.split, "data.split:")
         except DataError as exc:
             raise ConfigError(str(exc)) from None
+        if self.neighbour_slices and self.preprocess.channels != 3:
+            raise ConfigError(
+                f"data.preprocess.channels: {self.preprocess.channels}; data.neighbour_slices makes three "
+                "channels (below, slice, above), so channels must be 3"
+            )
 
 
 def load_data_config(data: dict[str, Any] | str | Path, where: str | None = None) -> DataConfig:
@@ -101,6 +109,36 @@ def image_column(manifest: pd.DataFrame, view: str) -> str:
     return "crop_image" if view == "crop" and "crop_image" in manifest.columns else "image"
 
 
+def with_neighbours(frame: pd.DataFrame, config: DataConfig, origin: str) -> pd.DataFrame:
+    """`frame` with the neighbouring slices' columns when the config asks for 2.5-D input (every slice of a
+    nodule must still be in `frame`)."""
+    if not config.neighbour_slices:
+        return frame
+    return add_neighbour_columns(frame, image_column(frame, config.view), origin)
+
+
+def classification_pipeline(
+    frame: pd.DataFrame,
+    config: DataConfig,
+    num_classes: int,
+    training: bool = False,
+    batch_size: int | None = None,
+) -> tf.data.Dataset:
+    """The config's pipeline over `frame` (rows with ``target``, and the neighbour columns for 2.5-D); every
+    caller (training, evaluation, explanations, external sets) reads images through this one function."""
+    return classification_dataset(
+        frame,
+        config.preprocess,
+        num_classes=num_classes,
+        training=training,
+        batch_size=batch_size or config.batch_size,
+        augment=config.augment if training else None,
+        image_column=image_column(frame, config.view),
+        seed=config.seed,
+        neighbour_columns=NEIGHBOUR_COLUMNS if config.neighbour_slices else None,
+    )
+
+
 def check_source_images(source: Source, frame: pd.DataFrame, column: str, progress: bool = True) -> None:
     """Read every image of `column` once, before any training or evaluation (`check_images`), so a bad file
     is one `DataError` naming its row and file instead of a TensorFlow error mid-run.
@@ -119,6 +157,7 @@ def prepare_data(config: DataConfig, progress: bool = True) -> PreparedData:
     labelled = assign_labels(source.manifest, config.grouping, origin=source.spec)
     names = class_names(config.grouping, source.manifest)
     check_source_images(source, labelled, image_column(labelled, config.view), progress=progress)
+    labelled = with_neighbours(labelled, config, source.spec)
     manifest = split_manifest(
         labelled, config.split, seed=config.split_seed, level=config.split_level, class_names=names
     )
@@ -131,19 +170,9 @@ def prepare_data(config: DataConfig, progress: bool = True) -> PreparedData:
         train = oversample(train, extra=config.oversample_extra, seed=config.seed)
     elif config.balance == "class_weight":
         weights = class_weights(train["target"], len(names))
-    column = image_column(manifest, config.view)
 
     def pipeline(frame: pd.DataFrame, training: bool) -> tf.data.Dataset:
-        return classification_dataset(
-            frame,
-            config.preprocess,
-            num_classes=len(names),
-            training=training,
-            batch_size=config.batch_size,
-            augment=config.augment if training else None,
-            image_column=column,
-            seed=config.seed,
-        )
+        return classification_pipeline(frame, config, len(names), training)
 
     val = manifest[manifest["split"] == "val"].reset_index(drop=True)
     test = manifest[manifest["split"] == "test"].reset_index(drop=True)

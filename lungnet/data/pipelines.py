@@ -49,6 +49,7 @@ from lungnet.errors import ConfigError, DataError
 
 AUGMENT_COPY_COLUMN = "augment_copy"
 TARGET_COLUMN = "target"
+SPACING_COLUMN = "pixel_spacing_mm"
 
 
 @contextlib.contextmanager
@@ -128,8 +129,13 @@ def classification_dataset(
     cache: bool = True,
     one_hot: bool = True,
     resampler: Resampler = "opencv",
+    neighbour_columns: tuple[str, str] | None = None,
 ) -> tf.data.Dataset:
     """Batches of ``(image [S, S, C] float32, target)`` from a manifest with an int ``target`` column.
+
+    With `neighbour_columns` (``lungnet.data.neighbours``: the images one slice below and above), the three
+    channels are (below, slice, above), each preprocessed as a grey image of its own (2.5-D input);
+    ``preprocess.channels`` must then be 3.
 
     `target` is one-hot float32 ``[num_classes]`` when `one_hot`, else int32. In training, rows whose
     boolean ``augment_copy`` column is true (oversampled copies) are always augmented, with `augment` or,
@@ -147,20 +153,34 @@ def classification_dataset(
     refs = _references(manifest, image_column, labels=labels)
     targets = _targets(manifest, num_classes, labels)
     copies = _augment_copies(manifest, labels)
+    spacings = sample_spacings(manifest, preprocess, labels)
     grey = dataclasses.replace(preprocess, channels=1)
+    if neighbour_columns is not None and preprocess.channels != 3:
+        raise ConfigError(
+            f"preprocess.channels: {preprocess.channels} with neighbouring slices as channels; they make 3 "
+            "(below, slice, above): set channels to 3"
+        )
+    columns = (image_column, *(neighbour_columns or ()))
+    refs = np.stack([refs] + [_references(manifest, c, labels=labels) for c in columns[1:]], axis=1)
 
     def load_image(ref, row, column):
         return _load_image(ref, labels[int(row)], column)
 
-    def load(ref, row, target, copy):
-        image = tf.numpy_function(load_image, [ref, row, image_column], tf.float32, stateful=False)
+    def load_one(ref, row, column, spacing):
+        image = tf.numpy_function(load_image, [ref, row, column], tf.float32, stateful=False)
         image.set_shape([None, None])
-        image = tf.ensure_shape(preprocess_image(image, grey), [grey.image_size, grey.image_size, 1])
+        image = preprocess_image(image, grey, spacing)
+        return tf.ensure_shape(image, [grey.image_size, grey.image_size, 1])
+
+    def load(ref, row, target, copy, spacing):
+        # (below, slice, above) for 2.5-D: the centre slice is the middle channel
+        stack = [load_one(ref[i], row, column, spacing) for i, column in enumerate(columns)]
+        image = stack[0] if len(stack) == 1 else tf.concat([stack[1], stack[0], stack[2]], axis=-1)
         label = tf.one_hot(target, num_classes, dtype=tf.float32) if one_hot else target
         return image, label, copy
 
     rows = np.arange(len(refs), dtype=np.int64)
-    ds = _loaded_batches((refs, rows, targets, copies), load, cache, training, seed, batch_size)
+    ds = _loaded_batches((refs, rows, targets, copies, spacings), load, cache, training, seed, batch_size)
 
     opencv = resampler == "opencv"
     augment_all = training and augment is not None
@@ -244,13 +264,14 @@ def segmentation_dataset(
     labels = row_labels(manifest)
     refs = _references(manifest, image_column, labels=labels)
     masks = _references(manifest, mask_column, what="mask", labels=labels)
+    spacings = sample_spacings(manifest, preprocess, labels)
     grey = dataclasses.replace(preprocess, channels=1)
     size = grey.image_size
 
     def load_pair(ref, mask_ref, row, column):
         return _load_pair(ref, mask_ref, labels[int(row)], column)
 
-    def load(ref, mask_ref, row):
+    def load(ref, mask_ref, row, spacing):
         image, mask = tf.numpy_function(
             load_pair, [ref, mask_ref, row, image_column], [tf.float32, tf.float32], stateful=False
         )
@@ -258,12 +279,12 @@ def segmentation_dataset(
         mask.set_shape([None, None])
         if perturb is not None:
             image = perturb(image, row)
-        image = tf.ensure_shape(preprocess_image(image, grey), [size, size, 1])
-        mask = tf.ensure_shape(preprocess_mask(mask, grey), [size, size, 1])
+        image = tf.ensure_shape(preprocess_image(image, grey, spacing), [size, size, 1])
+        mask = tf.ensure_shape(preprocess_mask(mask, grey, spacing), [size, size, 1])
         return image, mask
 
     rows = np.arange(len(refs), dtype=np.int64)
-    ds = _loaded_batches((refs, masks, rows), load, cache, training, seed, batch_size)
+    ds = _loaded_batches((refs, masks, rows, spacings), load, cache, training, seed, batch_size)
     opencv = resampler == "opencv"
     if training and augment is not None:
         joint = build_joint_augmenter(augment, _augment_seed(augment, seed), resampler=resampler)
@@ -388,6 +409,34 @@ def _references(
             raise DataError(f"{labels[row]}: {what} file not found: {path}")
         seen.add(path)
     return refs
+
+
+def sample_spacings(
+    manifest: pd.DataFrame, preprocess: PreprocessConfig, labels: list[str] | None = None
+) -> np.ndarray:
+    """Each row's pixel spacing (mm) as float32, for ``preprocess.pixel_spacing_mm``; zeros when unused.
+
+    A missing column, or a row without a positive spacing, is a `DataError` naming it: a silently wrong
+    scale would teach the model wrong sizes.
+    """
+    if preprocess.pixel_spacing_mm is None:
+        return np.zeros(len(manifest), dtype=np.float32)
+    if SPACING_COLUMN not in manifest.columns:
+        raise DataError(
+            f"manifest: preprocess.pixel_spacing_mm ({preprocess.pixel_spacing_mm} mm) resamples every image "
+            f"from its own spacing, but there is no {SPACING_COLUMN!r} column; columns present: "
+            f"{list(manifest.columns)}"
+        )
+    values = pd.to_numeric(manifest[SPACING_COLUMN], errors="coerce").to_numpy(dtype=float)
+    bad = ~(values > 0) | ~np.isfinite(values)
+    if bad.any():
+        row = int(np.argmax(bad))
+        labels = labels or row_labels(manifest)
+        raise DataError(
+            f"{labels[row]}: {SPACING_COLUMN} {manifest[SPACING_COLUMN].tolist()[row]!r} is not a positive "
+            "number of millimetres (needed by preprocess.pixel_spacing_mm)"
+        )
+    return values.astype(np.float32)
 
 
 def _targets(manifest: pd.DataFrame, num_classes: int, labels: list[str]) -> np.ndarray:

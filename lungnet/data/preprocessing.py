@@ -7,7 +7,12 @@ may be dynamic (``None``), which a serving signature that accepts any image size
 
 `preprocess_image` applies the chain in one fixed order:
 
-    HU window -> normalise -> CLAHE -> sigmoid contrast -> centre crop -> resize -> channels
+    HU window -> normalise -> CLAHE -> sigmoid contrast -> [physical scale] -> centre crop -> resize -> channels
+
+With ``pixel_spacing_mm`` set, each image is first resampled from its own pixel spacing (the manifest's
+``pixel_spacing_mm`` column) to that spacing, so a pixel means the same millimetres in every image: size is
+the strongest malignancy cue, and LIDC spacings vary from 0.5 to 1 mm. The centre crop is then a fixed field
+of view (``center_crop`` x ``pixel_spacing_mm`` mm), padded with zeros where the image is smaller.
 
 Intensity steps come first because their per-image statistics (min, max, mean) should see the whole image,
 as in the published studies, not the crop.
@@ -48,6 +53,9 @@ class PreprocessConfig:
     clahe_clip_limit: float = 2.0  # OpenCV's convention: multiple of the uniform bin count
     clahe_tiles: tuple[int, int] = (8, 8)  # (rows, columns) of the tile grid
     center_crop: int | None = None
+    # Resample every image to this spacing (mm per pixel) from its own, before the centre crop; needs each
+    # sample's spacing (manifest column ``pixel_spacing_mm``) and a ``center_crop`` (the field of view).
+    pixel_spacing_mm: float | None = None
     image_size: int = 128
     channels: Literal[1, 3] = 3  # 3 replicates grey for ImageNet backbones
 
@@ -83,6 +91,11 @@ class PreprocessConfig:
             )
         if self.center_crop is not None and not self.center_crop > 0:
             raise bad("center_crop", "must be > 0 (or null for no crop)")
+        if self.pixel_spacing_mm is not None:
+            if not self.pixel_spacing_mm > 0:
+                raise bad("pixel_spacing_mm", "must be > 0 (or null to keep each image's own spacing)")
+            if self.center_crop is None:
+                raise bad("pixel_spacing_mm", "needs a center_crop (the field of view, in resampled pixels)")
         if not self.image_size > 0:
             raise bad("image_size", "must be > 0")
         if self.channels not in (1, 3):
@@ -180,6 +193,21 @@ def center_crop(x, size: int | tuple[int, int]) -> tf.Tensor:
     ch, cw = tf.minimum(h, ch), tf.minimum(w, cw)
     top, left = (h - ch) // 2, (w - cw) // 2
     return x[..., top : top + ch, left : left + cw, :]
+
+
+def physical_scale(x, spacing_mm, target_mm: float, size: int) -> tf.Tensor:
+    """Resample [H, W, C] from `spacing_mm` to `target_mm` per pixel, then centre crop or zero-pad to `size`.
+
+    Downsampling is antialiased (an area-like filter), so fine texture is averaged rather than aliased.
+    """
+    x = tf.convert_to_tensor(x)
+    if x.shape.rank != 3:
+        raise ValueError(f"physical_scale: expected one image [H, W, C], got shape {x.shape}")
+    scale = tf.cast(spacing_mm, tf.float32) / target_mm
+    hw = tf.cast(tf.shape(x)[:2], tf.float32)
+    new_hw = tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), 1)
+    x = tf.image.resize(x, new_hw, method="bilinear", antialias=True)
+    return tf.image.resize_with_crop_or_pad(x, size, size)
 
 
 def resize(x, size: int | tuple[int, int], method: Literal["bilinear", "nearest"] = "bilinear") -> tf.Tensor:
@@ -290,10 +318,12 @@ def clahe(x, clip_limit: float = 2.0, tile_grid: tuple[int, int] = (8, 8)) -> tf
     return out if rank == 4 else out[0]
 
 
-def preprocess_image(x, cfg: PreprocessConfig) -> tf.Tensor:
+def preprocess_image(x, cfg: PreprocessConfig, spacing_mm=None) -> tf.Tensor:
     """The full deterministic chain (order in the module docstring) for [H, W], [H, W, C] or [B, H, W, C].
 
-    Returns float32 ``[..., image_size, image_size, cfg.channels]``.
+    Returns float32 ``[..., image_size, image_size, cfg.channels]``. `spacing_mm` is the image's pixel
+    spacing (a scalar), or a vector of one per image of a batch; it is needed when ``cfg.pixel_spacing_mm``
+    is set, and ignored otherwise.
     """
     x = _as_float(x)
     if x.shape.rank == 2:
@@ -310,17 +340,39 @@ def preprocess_image(x, cfg: PreprocessConfig) -> tf.Tensor:
         x = clahe(x, cfg.clahe_clip_limit, cfg.clahe_tiles)
     if cfg.sigmoid_gain is not None:
         x = sigmoid_contrast(x, cfg.sigmoid_gain, cfg.sigmoid_cutoff)
-    if cfg.center_crop is not None:
+    if cfg.pixel_spacing_mm is not None:
+        x = _physical_scale_any_rank(x, spacing_mm, cfg)
+    elif cfg.center_crop is not None:
         x = center_crop(x, cfg.center_crop)
     x = resize(x, cfg.image_size, "bilinear")
     return to_channels(x, cfg.channels)
 
 
-def preprocess_mask(m, cfg: PreprocessConfig) -> tf.Tensor:
-    """The geometry of `preprocess_image` (centre crop, nearest resize) for a 0/1 mask; one channel, float32."""
+def _physical_scale_any_rank(x: tf.Tensor, spacing_mm, cfg: PreprocessConfig) -> tf.Tensor:
+    if spacing_mm is None:
+        raise ValueError(
+            f"preprocess.pixel_spacing_mm is {cfg.pixel_spacing_mm}: every image needs its own pixel spacing"
+        )
+    spacing = tf.cast(spacing_mm, tf.float32)
+    if x.shape.rank == 3:
+        return physical_scale(x, tf.reshape(spacing, []), cfg.pixel_spacing_mm, cfg.center_crop)
+    size = cfg.center_crop
+    spacing = tf.broadcast_to(tf.reshape(spacing, [-1]), tf.shape(x)[:1])
+    return tf.map_fn(
+        lambda pair: physical_scale(pair[0], pair[1], cfg.pixel_spacing_mm, size),
+        (x, spacing),
+        fn_output_signature=tf.TensorSpec([size, size, x.shape[-1]], tf.float32),
+    )
+
+
+def preprocess_mask(m, cfg: PreprocessConfig, spacing_mm=None) -> tf.Tensor:
+    """The geometry of `preprocess_image` (physical scale, centre crop, nearest resize) for a 0/1 mask; one
+    channel, float32. A physically rescaled mask is resampled bilinearly and thresholded at one half."""
     m = _as_float(m)
     if m.shape.rank == 2:
         m = m[..., tf.newaxis]
-    if cfg.center_crop is not None:
+    if cfg.pixel_spacing_mm is not None:
+        m = tf.cast(_physical_scale_any_rank(m, spacing_mm, cfg) >= 0.5, tf.float32)
+    elif cfg.center_crop is not None:
         m = center_crop(m, cfg.center_crop)
     return resize(m, cfg.image_size, "nearest")

@@ -7,8 +7,15 @@ Signatures (``saved_model_cli show --dir DIR --all`` lists them):
   resizes). Returns ``probabilities`` float32 ``[batch, K]`` in the order of the run's class names.
 - ``serving_uint8``: the same for ``uint8`` images.
 
-Bad input is refused with a message (``InvalidArgumentError``): a rank other than 3, and (float32) NaN or
-infinite pixels. An empty batch ``[0, H, W]`` returns an empty result.
+Runs whose preprocessing needs more than the pixels take more:
+
+- ``preprocess.pixel_spacing_mm`` (a fixed physical scale): a second input ``pixel_spacing_mm`` float32
+  ``[batch]``, each image's own pixel spacing in mm;
+- ``data.neighbour_slices`` (2.5-D): ``images`` is ``[batch, height, width, 3]``, the slices below, at and
+  above the nodule's slice.
+
+Bad input is refused with a message (``InvalidArgumentError``): another rank, (float32) NaN or infinite
+pixels, a spacing that is not positive or not one per image. An empty batch returns an empty result.
 
 For a segmentation run, ``probabilities`` is the nodule probability map float32 ``[batch, height, width]``
 at the input's own size (the model's output resized back bilinearly); threshold it (the run's
@@ -17,6 +24,7 @@ at the input's own size (the model's output resized back bilinearly); threshold 
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -31,6 +39,9 @@ from lungnet.runs.folder import require_finished
 
 SAVED_MODEL_DIR = "saved_model"
 INPUT_TAKES = "[batch, height, width] raw grey images (HU or 0-255), float32 or uint8 (serving_uint8)"
+STACK_TAKES = (
+    "[batch, height, width, 3] raw grey slices (below, nodule slice, above; HU or 0-255), float32 or uint8"
+)
 
 
 def export_run(run_dir: str | Path, model_name: str | None = None, out: str | Path | None = None) -> Path:
@@ -47,35 +58,59 @@ def export_run(run_dir: str | Path, model_name: str | None = None, out: str | Pa
 
     k = 2 if binary else int(model.outputs[0].shape[-1])  # columns of `probabilities`
 
-    def predict(images):
-        x = preprocess_image(tf.cast(images, tf.float32)[..., None], preprocess)
-        out = tf.cast(model(x, training=False), tf.float32)
+    physical = preprocess.pixel_spacing_mm is not None
+    stacked = bool(getattr(config.data, "neighbour_slices", False))
+    rank = 4 if stacked else 3
+    takes = STACK_TAKES if stacked else INPUT_TAKES
+    grey = dataclasses.replace(preprocess, channels=1)
+
+    def model_input(images, spacing):
+        images = tf.cast(images, tf.float32)
+        if not stacked:
+            return preprocess_image(images[..., None], preprocess, spacing)
+        # each slice is preprocessed as an image of its own, as in training
+        return tf.concat([preprocess_image(images[..., c : c + 1], grey, spacing) for c in range(3)], -1)
+
+    def predict(images, spacing):
+        out = tf.cast(model(model_input(images, spacing), training=False), tf.float32)
         if segmentation:  # back to the input's size: a map a viewer can lay over the image it sent
             return tf.image.resize(out, tf.shape(images)[1:3], method="bilinear")[..., 0]
         return tf.concat([1.0 - out, out], axis=-1) if binary else out
 
-    def checked(images):
-        # static rank 3 for the preprocessing (tf.ensure_shape would run, and fail, before the rank branch)
+    def checked(images, spacing):
+        # static rank for the preprocessing (tf.ensure_shape would run, and fail, before the rank branch)
         dims = tf.shape(images)
-        images = tf.reshape(images, tf.stack([dims[0], dims[1], dims[2]]))
+        images = tf.reshape(images, tf.stack([dims[i] for i in range(rank)]))
+        if stacked:
+            images = tf.ensure_shape(images, [None, None, None, 3])
         if images.dtype != tf.uint8:  # a NaN image would come back as ordinary-looking probabilities
             tf.debugging.assert_all_finite(images, "images: NaN or infinite pixels; send finite raw values")
+        if physical:
+            spacing = tf.reshape(tf.cast(spacing, tf.float32), [-1])
+            tf.debugging.assert_equal(
+                tf.size(spacing), tf.shape(images)[0], "pixel_spacing_mm: one spacing (mm) per image"
+            )
+            tf.debugging.assert_positive(spacing, "pixel_spacing_mm: spacings must be > 0 mm")
         shape = tf.shape(images)
         empty = tf.zeros(tf.concat([[0], shape[1:3]], 0) if segmentation else [0, k], tf.float32)
-        return tf.cond(shape[0] > 0, lambda: predict(images), lambda: empty)
+        return tf.cond(shape[0] > 0, lambda: predict(images, spacing), lambda: empty)
 
     def refused():
-        with tf.control_dependencies([tf.debugging.Assert(False, [f"images: expected {INPUT_TAKES}"])]):
+        with tf.control_dependencies([tf.debugging.Assert(False, [f"images: expected {takes}"])]):
             return tf.zeros([0, 0, 0] if segmentation else [0, k], tf.float32)
 
-    def serve(images):
+    def serve(images, spacing=None):
         # Any rank in the signature, and a branch on it: a wrong rank gets this message, not a graph error.
-        return {"probabilities": tf.cond(tf.rank(images) == 3, lambda: checked(images), refused)}
+        return {"probabilities": tf.cond(tf.rank(images) == rank, lambda: checked(images, spacing), refused)}
+
+    def signature(dtype):
+        specs = [tf.TensorSpec(None, dtype, name="images")]
+        return specs + [tf.TensorSpec([None], tf.float32, name="pixel_spacing_mm")] if physical else specs
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", serve, [tf.TensorSpec(None, tf.float32, name="images")])
-    archive.add_endpoint("serving_uint8", serve, [tf.TensorSpec(None, tf.uint8, name="images")])
+    archive.add_endpoint("serving_default", serve, signature(tf.float32))
+    archive.add_endpoint("serving_uint8", serve, signature(tf.uint8))
     target = Path(out) if out else run_dir / SAVED_MODEL_DIR
     with atomic_directory(target) as tmp:
         shutil.rmtree(tmp)
@@ -89,8 +124,9 @@ def export_run(run_dir: str | Path, model_name: str | None = None, out: str | Pa
                 "output": "probability map float32 [batch, height, width] at the input size"
                 if segmentation
                 else "class probabilities float32 [batch, K]",
-                "input": "float32 or uint8 [batch, height, width], raw "
-                "grey images (HU or 0-255); preprocessing is inside the signature",
+                "input": f"images: {takes}"
+                + ("; pixel_spacing_mm: float32 [batch], each image's spacing" if physical else "")
+                + "; preprocessing is inside the signature",
                 "preprocess": str(preprocess),
             },
         )

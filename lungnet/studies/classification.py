@@ -34,6 +34,7 @@ from lungnet.experiment import ExperimentConfig, ModelSpec
 from lungnet.fileio import write_csv, write_json
 from lungnet.inference import predict_proba, predict_tta
 from lungnet.models import CLASSIFIERS, WeightsUnavailableError, build_classifier
+from lungnet.models.ensemble import average_ensemble
 from lungnet.models.weights import encoder_record, provenance
 from lungnet.runs import save_config
 from lungnet.runs.artifacts import save_run_model
@@ -90,7 +91,11 @@ def _build(spec: ModelSpec, config: ExperimentConfig, num_classes: int) -> tuple
 
 
 def _train_model(spec: ModelSpec, config: ExperimentConfig, data: PreparedData, run_dir: Path):
-    """Yield (name, model, phase summary) per phase of the transfer -> fine-tune schedule."""
+    """Yield (name, model, phase summary) per phase of the transfer -> fine-tune schedule (an ensemble: one
+    averaged model after all its members)."""
+    if spec.ensemble > 1:
+        yield _train_ensemble(spec, config, data, run_dir)
+        return
     training = config.training
     model, note = _build(spec, config, len(data.class_names))
 
@@ -122,6 +127,33 @@ def _train_model(spec: ModelSpec, config: ExperimentConfig, data: PreparedData, 
         if note and i == 0:
             summary["note"] = note
         yield name, model, {**summary, "weights": weights_provenance(spec.model, model)}
+
+
+def _train_ensemble(spec: ModelSpec, config: ExperimentConfig, data: PreparedData, run_dir: Path):
+    """(name, averaged model, summary): `spec.ensemble` members, each trained as its own phase
+    (``<name>_member<i>``, resumable) from seed ``training.seed + i - 1``."""
+    members, summaries = [], []
+    y_val = data.split("val")["target"].to_numpy()
+    for i in range(1, spec.ensemble + 1):
+        keras.utils.set_random_seed(config.training.seed + i - 1)
+        member = dataclasses.replace(spec, name=f"{spec.name}_member{i}", ensemble=1)
+        # a member without fine-tuning has one phase
+        [(_, model, summary)] = list(_train_model(member, config, data, run_dir))
+        val = classification_metrics(y_val, predict_proba(model, data.val), data.class_names)
+        summary = {**summary, "seed": config.training.seed + i - 1, "val_auc": val.get("auc")}
+        print(f"{member.name}: validation AUC {val.get('auc') or float('nan'):.3f}, F1 {val['f1']:.3f}")
+        members.append(model)
+        summaries.append(summary)
+    model = average_ensemble(members, spec.name)
+    summary = {
+        "ensemble": spec.ensemble,
+        "members": summaries,
+        "epochs_run": sum(s["epochs_run"] for s in summaries),
+        "wall_seconds": round(sum(s.get("wall_seconds") or 0.0 for s in summaries), 1),
+        "weights": summaries[0]["weights"],
+        "monitor": config.training.monitor,
+    }
+    return spec.name, model, summary
 
 
 def weights_provenance(model_config, model) -> str:

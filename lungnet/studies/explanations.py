@@ -11,8 +11,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from lungnet.data.dataset import image_column
-from lungnet.data.pipelines import classification_dataset
+from lungnet.data.dataset import classification_pipeline, image_column
 from lungnet.evaluation.figures import save_figure
 from lungnet.explain import (
     fit_autoencoder,
@@ -28,19 +27,13 @@ from lungnet.explain import (
     similar_cases,
 )
 from lungnet.fileio import write_csv
+from lungnet.models.ensemble import first_member
 
 
 def split_images(data, split: str) -> tuple[np.ndarray, pd.DataFrame]:
     """Preprocessed images of one split (no augmentation, manifest order) and its manifest rows."""
     frame = data.split(split)
-    ds = classification_dataset(
-        frame,
-        data.config.preprocess,
-        num_classes=len(data.class_names),
-        training=False,
-        batch_size=64,
-        image_column=image_column(frame, data.config.view),
-    )
+    ds = classification_pipeline(frame, data.config, len(data.class_names), batch_size=64)
     return np.concatenate([x.numpy() for x, _ in ds]), frame
 
 
@@ -64,6 +57,8 @@ def explain_selected(config, data, selected, run_dir: Path) -> dict[str, tuple[P
     cfg = config.evaluation
     figures_dir = run_dir / "figures"
     model = keras.models.load_model(selected.path)
+    explained = first_member(model)  # an ensemble is explained through its first member's layers
+    member_note = " (first member of the ensemble)" if explained is not model else ""
     names = data.class_names
     test_images, test_frame = split_images(data, "test")
     y_test = test_frame["target"].to_numpy()
@@ -73,15 +68,15 @@ def explain_selected(config, data, selected, run_dir: Path) -> dict[str, tuple[P
 
     layer = selected.explanation_layer  # declared by the model's registry entry
     cams = {
-        "Grad-CAM": grad_cam(model, images, layer_name=layer),
-        "Grad-CAM++": grad_cam_plus_plus(model, images, layer_name=layer),
+        "Grad-CAM": grad_cam(explained, images, layer_name=layer),
+        "Grad-CAM++": grad_cam_plus_plus(explained, images, layer_name=layer),
     }
     fig = plot_cam_overlays(
         images, cams, y_true=y_test[cases], probs=selected.test_probs[cases], class_names=names
     )
     out["gradcam"] = (
         save_figure(fig, figures_dir / "gradcam.png"),
-        f"Grad-CAM and Grad-CAM++ of {selected.name} (predicted class) on test cases",
+        f"Grad-CAM and Grad-CAM++ of {selected.name}{member_note} (predicted class) on test cases",
     )
 
     predict = make_predict_fn(model)
@@ -95,7 +90,7 @@ def explain_selected(config, data, selected, run_dir: Path) -> dict[str, tuple[P
 
     train_images, train_frame = split_images(data, "train")
     table = similar_cases(
-        model,
+        explained,
         images,
         train_images,
         train_frame["class_name"].tolist(),
@@ -107,7 +102,8 @@ def explain_selected(config, data, selected, run_dir: Path) -> dict[str, tuple[P
     fig = plot_retrieval(images, train_images, table, class_names=names)
     out["retrieval"] = (
         save_figure(fig, figures_dir / "retrieval.png"),
-        f"Top-{cfg.retrieval_k} training images nearest to each test case (cosine, 'embedding' layer)",
+        f"Top-{cfg.retrieval_k} training images nearest to each test case (cosine, 'embedding' layer"
+        f"{member_note})",
     )
 
     if cfg.outliers:  # the autoencoder learns the training images; test images far from them are flagged

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from lungnet.data.dataset import check_source_images, image_column
+from lungnet.data.dataset import check_source_images, classification_pipeline, image_column, with_neighbours
 from lungnet.data.labels import assign_labels, class_names
-from lungnet.data.pipelines import classification_dataset, data_errors
+from lungnet.data.pipelines import data_errors
 from lungnet.data.registry import load_source
 from lungnet.errors import DataError
 from lungnet.evaluation import classification_metrics
@@ -38,14 +38,8 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
         raise DataError(f"{source.spec}: classes {list(names)} differ from the run's {list(run_names)}")
     column = image_column(labelled, config.data.view)
     check_source_images(source, labelled, column)  # every image read once, before any prediction
-    ds = classification_dataset(
-        labelled,
-        config.data.preprocess,
-        num_classes=len(names),
-        training=False,
-        batch_size=64,
-        image_column=column,
-    )
+    labelled = with_neighbours(labelled, config.data, source.spec)
+    ds = classification_pipeline(labelled, config.data, len(names), batch_size=64)
     with data_errors():
         probs = predict_proba(model, ds)
     y = labelled["target"].to_numpy()

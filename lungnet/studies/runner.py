@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -83,6 +84,7 @@ def run_study(config, run_dir: Path, progress: bool = True) -> dict:
     a run stopped by an error before it wrote anything but its config is removed, any other is ``failed``.
     """
     mark_status(run_dir, "running")
+    started = time.monotonic()
     try:
         summary = get_study(config.task).run(config, run_dir, progress=progress)
     except LungnetError as exc:
@@ -91,8 +93,15 @@ def run_study(config, run_dir: Path, progress: bool = True) -> dict:
         else:
             mark_status(run_dir, "failed", error=str(exc).splitlines()[0])
         raise
-    mark_status(run_dir, "finished")
+    seconds = time.monotonic() - started
+    mark_status(run_dir, "finished", wall_seconds=round(seconds, 1))  # this process's share, if resumed
+    print(f"wall time: {format_duration(seconds)} (training, evaluation and report)")
     return summary
+
+
+def format_duration(seconds: float) -> str:
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
 
 
 def evaluate_run(run_dir, source_spec: str, out=None, model_name: str | None = None) -> Path:

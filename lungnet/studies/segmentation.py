@@ -73,13 +73,32 @@ class Predictions:
     probs: np.ndarray
 
 
-def predict_split(model: keras.Model, dataset: tf.data.Dataset, progress: bool = False) -> Predictions:
+# (transform, its inverse) on [B, H, W, C]: exact, no resampling, so the mapped-back maps align pixel for pixel
+TTA_PAIRS = (
+    (lambda x: x, lambda x: x),
+    (lambda x: tf.reverse(x, axis=[2]), lambda x: tf.reverse(x, axis=[2])),
+    (lambda x: tf.reverse(x, axis=[1]), lambda x: tf.reverse(x, axis=[1])),
+    (lambda x: tf.image.rot90(x, k=1), lambda x: tf.image.rot90(x, k=3)),
+    (lambda x: tf.image.rot90(x, k=3), lambda x: tf.image.rot90(x, k=1)),
+)
+
+
+def segment(model: keras.Model, x: tf.Tensor, tta: bool = False) -> np.ndarray:
+    """Probability maps ``[B, H, W]``; with `tta`, the mean over `TTA_PAIRS` mapped back to `x`'s frame."""
+    pairs = TTA_PAIRS if tta else TTA_PAIRS[:1]
+    maps = [inverse(tf.cast(model(forward(x), training=False), tf.float32)) for forward, inverse in pairs]
+    return np.asarray(tf.add_n(maps) / len(maps), dtype=np.float32)[..., 0]
+
+
+def predict_split(
+    model: keras.Model, dataset: tf.data.Dataset, progress: bool = False, tta: bool = False
+) -> Predictions:
     images, masks, probs = [], [], []
     with data_errors():
         for x, y in tqdm(dataset, desc="predicting", disable=not progress, leave=False):
             images.append(x.numpy()[..., 0])
             masks.append(y.numpy()[..., 0])
-            probs.append(np.asarray(model(x, training=False), dtype=np.float32)[..., 0])
+            probs.append(segment(model, x, tta))
     if not images:
         raise DataError("no images to predict")
     return Predictions(np.concatenate(images), np.concatenate(masks) > 0.5, np.concatenate(probs))
@@ -186,7 +205,11 @@ def intensity_test(
         if p.kind == "none":
             pred, refined = original
         else:
-            pred = predict_split(model, data.pipeline(frame, perturb=perturbation_fn(p, data.intensity)))
+            pred = predict_split(
+                model,
+                data.pipeline(frame, perturb=perturbation_fn(p, data.intensity)),
+                tta=config.evaluation.tta,
+            )
             refined = crf_probabilities(pred, config, progress=False) if use_crf else None
         dice_raw[p.name] = mean_dice(pred.masks, pred.probs, threshold)
         if use_crf:
@@ -252,14 +275,15 @@ def train_and_evaluate(
     )
     path = save_run_model(run_dir, spec.name, training_model)
     model = inference_model(training_model)  # probabilities only: side outputs are for the loss
-    val = predict_split(model, data.val)
+    tta = config.evaluation.tta
+    val = predict_split(model, data.val, tta=tta)
     val_dice = mean_dice(val.masks, val.probs, config.postprocess.threshold)
     tuning = None
     if config.postprocess.crf.enabled and config.postprocess.tune_crf:
         crf, tuning = tune_crf(val, config)
         config = with_crf(config, crf)  # this model's CRF, for its test metrics and intensity test
     test_frame = data.split("test")
-    test = predict_split(model, data.test, progress=progress)
+    test = predict_split(model, data.test, progress=progress, tta=tta)
     metrics, per_image, lesions, refined = evaluate_predictions(test, test_frame, config, progress)
     if config.evaluation.intensity_test:
         robustness = intensity_test(model, data, test_frame, config, (test, refined), progress)
@@ -429,7 +453,7 @@ def evaluate_segmentation_run(
             "its intensity preprocessing would not fit them"
         )
     ds = segmentation_pipeline(frame, preprocess, config.data, training=False)
-    pred = predict_split(model, ds, progress=progress)
+    pred = predict_split(model, ds, progress=progress, tta=config.evaluation.tta)
     metrics, per_image, lesions, refined = evaluate_predictions(pred, frame, config, progress)
     out = evaluation_dir(run_dir, source.spec, out)
     result = SegmentationResult(

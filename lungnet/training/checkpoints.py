@@ -23,7 +23,7 @@ from pathlib import Path
 
 import keras
 
-from lungnet.errors import LungnetError
+from lungnet.errors import ConfigError, LungnetError
 from lungnet.fileio import atomic_path, write_json
 
 STATE_FILE = "state.json"
@@ -101,6 +101,12 @@ class PhaseCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self._check_free_space()  # once, before this epoch writes anything
         current = (logs or {}).get(self.monitor)
+        if current is None and logs:  # a misspelt or absent metric would silently turn early stopping off
+            available = sorted(k for k in logs if k.startswith("val_"))
+            raise ConfigError(
+                f"training.monitor: {self.monitor!r} is not a validation value of this model; "
+                f"it reports {available}"
+            )
         state = self.state
         if current is not None:  # Keras' EarlyStopping(restore_best_weights=True), step by step
             if self._best_weights is None and state["best"] is None:

@@ -15,6 +15,7 @@ import contextlib
 import json
 import math
 import shutil
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +57,9 @@ class TrainingConfig:
     fine_tune_epochs: int = 20
     fine_tune_learning_rate: float = 1e-5
     steps_per_epoch: int | None = None  # cap per epoch (quick profiles); None = the whole training split
+    # Wall-clock budget of one phase (minutes): no epoch starts that would end past it (judged by the
+    # longest epoch so far); the best weights are kept as after early stopping. None: no budget.
+    max_minutes: float | None = None
     validation_steps: int | None = (
         None  # cap on validation batches per epoch (the same first batches each time)
     )
@@ -94,6 +98,8 @@ class TrainingConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"training.{name}: {value} must be >= 1")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ConfigError(f"training.max_minutes: {self.max_minutes} must be > 0 (or null for no budget)")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"training.label_smoothing: {self.label_smoothing} must be in [0, 1)")
 
@@ -141,7 +147,11 @@ def compile_model(model: keras.Model, learning_rate: float, config: TrainingConf
         metrics = [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
     else:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
-        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+        # macro F1 (of the arg-max class): what the 5-class study reports, so it can be the monitor
+        metrics = [
+            keras.metrics.CategoricalAccuracy(name="accuracy"),
+            keras.metrics.F1Score(average="macro", name="f1_macro"),
+        ]
     model.compile(
         optimizer=make_optimizer(learning_rate, config), loss=loss, metrics=metrics, jit_compile=config.xla
     )
@@ -180,6 +190,31 @@ def _truncate_log(log: Path, epochs: int) -> None:
         log.unlink()
     elif len(lines) != epochs + 1:
         write_text(log, "".join(lines[: epochs + 1]))
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops a fit before an epoch that would end past `minutes` of wall clock (this process's share)."""
+
+    def __init__(self, minutes: float | None):
+        super().__init__()
+        self.seconds = None if minutes is None else 60.0 * minutes
+        self.hit = False
+        self.elapsed = 0.0
+
+    def on_train_begin(self, logs=None):
+        self.start = self.epoch_start = time.monotonic()
+        self.longest = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.monotonic()
+        self.longest = max(self.longest, now - self.epoch_start)
+        self.elapsed = now - self.start
+        if self.seconds is not None and self.elapsed + self.longest > self.seconds:
+            self.hit = True
+            self.model.stop_training = True
 
 
 class _Phases:
@@ -237,7 +272,10 @@ def train_phase(
     )
     log = logs / f"{phase}.csv"
     _truncate_log(log, checkpoint.epochs_done)  # the log and the checkpoint agree on the epochs done
+    budget = TimeBudget(config.max_minutes)
+    started = time.monotonic()
     callbacks = [
+        budget,
         checkpoint,
         keras.callbacks.CSVLogger(str(log), append=True),
         keras.callbacks.TensorBoard(str(logs / "tensorboard" / phase), write_graph=False, profile_batch=0),
@@ -278,6 +316,8 @@ def train_phase(
         "monitor": config.monitor,
         "best_monitor_epoch": checkpoint.state["best_epoch"],
         "best_monitor": checkpoint.state["best"],
+        "wall_seconds": round(time.monotonic() - started, 1),  # this process's share (a resume restarts it)
+        "stopped_by_time_budget": budget.hit,
     }
     phases.mark(phase, summary)
     shutil.rmtree(backup, ignore_errors=True)  # after the mark: a kill in between resumes from `final`

@@ -1,0 +1,126 @@
+"""The real-CT recipes' training parts: seed ensembles, the wall-clock budget, the monitor check, the
+5-class macro-F1 metric, and the profiles that use them."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lungnet.errors import ConfigError
+from lungnet.experiment import ModelSpec, load_experiment, resolve_experiment_path
+from lungnet.models.ensemble import average_ensemble, ensemble_members, first_member
+from lungnet.training.fit import TrainingConfig, train_phase
+
+
+def tiny_data(n: int = 16, classes: int = 2):
+    x = np.random.default_rng(0).uniform(size=(n, 16, 16, 1)).astype("float32")
+    y = np.eye(classes, dtype="float32")[np.arange(n) % classes]
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+
+
+def tiny_model(units: int = 1):
+    inputs = keras.Input((16, 16, 1), name="image")
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(inputs))
+    activation = "sigmoid" if units == 1 else "softmax"
+    return keras.Model(inputs, keras.layers.Dense(units, activation=activation, name="probabilities")(h))
+
+
+def test_the_time_budget_stops_before_an_epoch_that_would_overrun(tmp_path):
+    ds = tiny_data()
+    config = TrainingConfig(verbose=0, max_minutes=1e-6, early_stopping_patience=10)
+    summary = train_phase(
+        tiny_model(), ds, ds, run_dir=tmp_path, phase="p", epochs=5, learning_rate=1e-3, config=config
+    )
+    assert summary["epochs_run"] == 1 and summary["stopped_by_time_budget"]
+    assert summary["wall_seconds"] >= 0
+    with pytest.raises(ConfigError, match="max_minutes: 0 must be > 0"):
+        TrainingConfig(max_minutes=0)
+
+
+def test_a_monitor_the_model_does_not_report_is_named(tmp_path):
+    ds = tiny_data()
+    config = TrainingConfig(verbose=0, monitor="val_acuracy")
+    with pytest.raises(ConfigError, match=r"'val_acuracy' is not a validation value.*'val_accuracy'"):
+        train_phase(
+            tiny_model(), ds, ds, run_dir=tmp_path, phase="p", epochs=2, learning_rate=1e-3, config=config
+        )
+
+
+def test_multi_class_models_report_macro_f1_for_early_stopping(tmp_path):
+    ds = tiny_data(classes=5, n=20)
+    config = TrainingConfig(verbose=0, monitor="val_f1_macro")
+    summary = train_phase(
+        tiny_model(5), ds, ds, run_dir=tmp_path, phase="p", epochs=2, learning_rate=1e-3, config=config
+    )
+    assert summary["monitor"] == "val_f1_macro" and 0 <= summary["best_monitor"] <= 1
+
+
+def test_an_ensemble_is_the_mean_of_its_members():
+    members = [tiny_model(), tiny_model()]
+    ensemble = average_ensemble(members, "cnn")
+    x = np.random.default_rng(1).uniform(size=(4, 16, 16, 1)).astype("float32")
+    expected = np.mean([m.predict(x, verbose=0) for m in members], axis=0)
+    np.testing.assert_allclose(ensemble.predict(x, verbose=0), expected, atol=1e-6)
+    assert [m.name for m in ensemble_members(ensemble)] == ["member_1", "member_2"]
+    assert first_member(ensemble).name == "member_1" and first_member(members[0]) is members[0]
+    assert ensemble.output.name.startswith("probabilities") or ensemble.layers[-1].name == "probabilities"
+
+
+def test_ensemble_settings_are_checked():
+    model = {"name": "custom_cnn"}
+    with pytest.raises(ConfigError, match="ensemble: 0 must be an integer >= 1"):
+        load_experiment(
+            resolve_experiment_path("binary_nodule"),
+            profile="smoke",
+            overrides={"models": [{"name": "cnn", "model": model, "ensemble": 0}]},
+        )
+    with pytest.raises(ConfigError, match="with fine_tune is not supported"):
+        ModelSpec(name="cnn", model=None, fine_tune=True, ensemble=2)
+
+
+def test_the_real_ct_profiles_keep_the_published_settings_apart():
+    real = load_experiment(resolve_experiment_path("binary_nodule"), profile="cpu-real-2.5d")
+    pre = real.data.preprocess
+    assert real.data.neighbour_slices and (pre.pixel_spacing_mm, pre.center_crop, pre.image_size) == (
+        0.75,
+        64,
+        64,
+    )
+    assert real.models[0].ensemble == 3 and real.training.monitor == "val_auc" and real.data.augment.zoom == 0
+    full = load_experiment(resolve_experiment_path("binary_nodule"), profile="full")
+    assert not full.data.neighbour_slices and full.data.preprocess.pixel_spacing_mm is None
+    assert full.data.preprocess.center_crop == 96 and full.models[0].ensemble == 1
+    seg = load_experiment(resolve_experiment_path("attention_unet"), profile="cpu-real-budget")
+    assert seg.evaluation.tta and seg.training.monitor == "val_iou" and seg.training.max_minutes == 24
+
+
+def test_an_ensemble_run_trains_each_member_and_saves_one_model(tmp_path, tiny_phantom_config):
+    from lungnet.studies.classification import run_classification_study
+
+    config = load_experiment(
+        resolve_experiment_path("binary_nodule"),
+        profile="smoke",
+        overrides={
+            "data": {"phantom": {"cache_dir": tiny_phantom_config.cache_dir}},
+            "models": [
+                {
+                    "name": "custom_cnn",
+                    "model": {"name": "custom_cnn", "filters": [4, 4, 8, 8]},
+                    "ensemble": 2,
+                }
+            ],
+            "evaluation": {"explain": True, "outliers": False, "lime_samples": 20, "explain_samples": 2},
+        },
+    )
+    summary = run_classification_study(config, tmp_path, progress=False)
+    training = json.loads((tmp_path / "metrics.json").read_text())["models"]["custom_cnn"]["training"]
+    assert training["ensemble"] == 2 and [m["seed"] for m in training["members"]] == [0, 1]
+    phases = json.loads((tmp_path / "phases.json").read_text())
+    assert set(phases) == {"custom_cnn_member1", "custom_cnn_member2"}
+    model = keras.models.load_model(tmp_path / "models" / "custom_cnn.keras")
+    assert len(ensemble_members(model)) == 2 and summary["selected_model"] == "custom_cnn"
+    assert (tmp_path / "figures" / "gradcam.png").is_file()  # explained through its first member
