@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA ?= lidc-phantom
 PROFILE ?= default
+SET ?=
+SET_ARGS = $(foreach assignment,$(SET),--set $(assignment))
 # Keep TensorFlow's C++ start-up chatter out of the logs.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
@@ -15,7 +17,8 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 help:
 	@echo "make reproduce-binary-nodule   flagship study (DATA=lidc-phantom by default, or a manifest CSV)"
 	@echo "  (also reproduce-binary-full, reproduce-5class-nodule, reproduce-5class-full, reproduce-classification-all;"
-	@echo "   PROFILE=full for the study's own settings)"
+	@echo "   PROFILE=full for the study's own settings, PROFILE=cpu-real-2.5d for real CT on a CPU;"
+	@echo "   SET=\"data.grouping=exclude-indeterminate ...\" passes --set KEY=VALUE overrides)"
 	@echo "make reproduce-attention-unet  segmentation study: U-Net vs attention residual U-Net, Dice+Focal, dense CRF"
 	@echo "make test                      fast tests + notebooks (sets up .venv)"
 	@echo "make test-slow                 the slow tests"
@@ -65,22 +68,22 @@ data-info: $(STAMP)
 	$(VENV)/bin/lungnet data info $(DATA)
 
 reproduce-binary-nodule: $(STAMP)
-	$(VENV)/bin/lungnet reproduce binary-nodule --data $(DATA) --profile $(PROFILE)
+	$(VENV)/bin/lungnet reproduce binary-nodule --data $(DATA) --profile $(PROFILE) $(SET_ARGS)
 
 reproduce-binary-full: $(STAMP)
-	$(VENV)/bin/lungnet reproduce binary-full --data $(DATA) --profile $(PROFILE)
+	$(VENV)/bin/lungnet reproduce binary-full --data $(DATA) --profile $(PROFILE) $(SET_ARGS)
 
 reproduce-5class-nodule: $(STAMP)
-	$(VENV)/bin/lungnet reproduce five-class-nodule --data $(DATA) --profile $(PROFILE)
+	$(VENV)/bin/lungnet reproduce five-class-nodule --data $(DATA) --profile $(PROFILE) $(SET_ARGS)
 
 reproduce-5class-full: $(STAMP)
-	$(VENV)/bin/lungnet reproduce five-class-full --data $(DATA) --profile $(PROFILE)
+	$(VENV)/bin/lungnet reproduce five-class-full --data $(DATA) --profile $(PROFILE) $(SET_ARGS)
 
 # All twelve cells of the study's table: 3 models x {binary, 5-class} x {nodule crop, full slice}.
 reproduce-classification-all: reproduce-binary-nodule reproduce-binary-full reproduce-5class-nodule reproduce-5class-full
 
 reproduce-attention-unet: $(STAMP)
-	$(VENV)/bin/lungnet reproduce attention-unet --data $(DATA) --profile $(PROFILE)
+	$(VENV)/bin/lungnet reproduce attention-unet --data $(DATA) --profile $(PROFILE) $(SET_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

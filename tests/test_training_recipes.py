@@ -95,7 +95,7 @@ def test_the_real_ct_profiles_keep_the_published_settings_apart():
     assert not full.data.neighbour_slices and full.data.preprocess.pixel_spacing_mm is None
     assert full.data.preprocess.center_crop == 96 and full.models[0].ensemble == 1
     seg = load_experiment(resolve_experiment_path("attention_unet"), profile="cpu-real-budget")
-    assert seg.evaluation.tta and seg.training.monitor == "val_iou" and seg.training.max_minutes == 24
+    assert seg.evaluation.tta and seg.training.monitor == "val_iou" and seg.training.max_minutes == 20
 
 
 def test_an_ensemble_run_trains_each_member_and_saves_one_model(tmp_path, tiny_phantom_config):

@@ -193,7 +193,17 @@ def write_report(
     curves = learning_curves(run_dir, config.training.steps_per_epoch)
     if curves is not None:
         report.image(curves, CAPTION)
-    report.table(
-        pd.DataFrame({n: r.training for n, r in results.items()}).T, "Per phase (logs/ holds the curves)"
-    )
+    report.table(phase_table(results), "Per phase (logs/ holds the curves); an ensemble has a row per member")
     return report.save(run_dir / "report.html")
+
+
+def phase_table(results: dict) -> pd.DataFrame:
+    """One row per trained phase: an ensemble's members get their own rows under the ensemble's."""
+    rows = {}
+    for name, result in results.items():
+        training = dict(result.training)
+        members = training.pop("members", None)
+        rows[name] = training
+        for i, member in enumerate(members or [], start=1):
+            rows[f"{name} member {i}"] = member
+    return pd.DataFrame(rows).T
