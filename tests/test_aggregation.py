@@ -64,6 +64,19 @@ def test_learning_curve_figure_marks_the_kept_epoch():
     assert loss_ax.get_xlabel() == "training steps" and len(metric_ax.lines) == 2
 
 
+def test_learning_curves_circle_the_monitor_and_start_members_at_zero():
+    from lungnet.evaluation.figures import learning_curve_figure
+
+    log = pd.DataFrame({"loss": [1.0, 0.8, 0.7], "val_loss": [0.9, 0.6, 0.65], "val_auc": [0.6, 0.75, 0.7]})
+    other = log.assign(val_auc=[0.6, 0.65, 0.8])
+    fig = learning_curve_figure({"m_member1": log, "m_member2": other}, monitor="val_auc")
+    loss_ax, metric_ax = fig.axes
+    circles = [line for line in metric_ax.lines if line.get_marker() == "o"]
+    assert [tuple(c.get_xdata()) for c in circles] == [(2,), (3,)]  # best AUC; both members from epoch 1
+    assert not [line for line in loss_ax.lines if line.get_marker() == "o"]
+    assert "best val_auc" in metric_ax.get_title()
+
+
 def test_segmentation_levels_readers_slices_nodules_patients():
     from lungnet.evaluation.segmentation import level_summaries
 

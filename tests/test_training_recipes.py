@@ -94,6 +94,12 @@ def test_the_real_ct_profiles_keep_the_published_settings_apart():
     full = load_experiment(resolve_experiment_path("binary_nodule"), profile="full")
     assert not full.data.neighbour_slices and full.data.preprocess.pixel_spacing_mm is None
     assert full.data.preprocess.center_crop == 96 and full.models[0].ensemble == 1
+    five = load_experiment(resolve_experiment_path("five_class_nodule"), profile="cpu-real-2.5d")
+    assert (
+        five.training.monitor == "val_f1_macro"
+        and five.data.neighbour_slices
+        and five.data.grouping == "5class"
+    )
     seg = load_experiment(resolve_experiment_path("attention_unet"), profile="cpu-real-budget")
     assert seg.evaluation.tta and seg.training.monitor == "val_iou" and seg.training.max_minutes == 20
 

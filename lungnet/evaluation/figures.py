@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -349,14 +350,18 @@ def metric_comparison_figure(
 
 # ------------------------------------------------------------------------------------------- learning curves
 def learning_curve_figure(
-    logs: Mapping[str, pd.DataFrame], steps_per_epoch: Mapping[str, int | None] | None = None
+    logs: Mapping[str, pd.DataFrame],
+    steps_per_epoch: Mapping[str, int | None] | None = None,
+    monitor: str = "val_loss",
 ) -> Figure:
     """Training and validation curves per phase, from the phases' CSV logs (``logs/<phase>.csv``).
 
-    Left: loss and validation loss; right: the validation metric the log has (``val_auc``, ``val_iou`` or
-    ``val_accuracy``). The x axis is training steps when a phase's steps per epoch are known, else epochs. The
-    best validation loss of each phase (the weights kept) is marked, so whether training had converged, or
-    stopped while still improving, can be seen at a glance.
+    Left: loss and validation loss; right: the validation metric the log has (`monitor` when it is a metric,
+    else ``val_auc``, ``val_f1_macro``, ``val_iou`` or ``val_accuracy``). The x axis is training steps when a
+    phase's steps per epoch are known, else epochs. The epoch whose weights were kept (best `monitor`) is
+    circled, so whether training had converged, or stopped while still improving, can be seen at a glance.
+    Phases follow one another on the x axis (transfer, then fine-tune), except ensemble members
+    (``*_member<i>``), which all start at zero.
     """
     if not logs:
         raise DataError("no training logs to plot")
@@ -364,26 +369,39 @@ def learning_curve_figure(
     fig = _figure(11, 4)
     loss_ax, metric_ax = fig.subplots(1, 2)
     in_steps = all(steps_per_epoch.get(name) for name in logs)
+    candidates = ("val_auc", "val_f1_macro", "val_iou", "val_accuracy")
+    if monitor != "val_loss":
+        candidates = (monitor, *candidates)
     offset = 0
     for i, (name, log) in enumerate(logs.items()):
         color = _COLORS[i % len(_COLORS)]
         per = steps_per_epoch.get(name) or 1
-        x = offset + (np.arange(len(log)) + 1) * (per if in_steps else 1)
+        start = 0 if re.search(r"_member\d+$", name) else offset
+        x = start + (np.arange(len(log)) + 1) * (per if in_steps else 1)
         loss_ax.plot(x, log["loss"], ".-", color=color, alpha=0.5, label=f"{name}: training")
         if "val_loss" in log:
             loss_ax.plot(x, log["val_loss"], ".-", color=color, label=f"{name}: validation")
-            best = int(np.nanargmin(log["val_loss"].to_numpy()))
-            loss_ax.plot(x[best], log["val_loss"].iloc[best], "o", color=color, mfc="none", ms=9)
-        metric = next((m for m in ("val_auc", "val_iou", "val_accuracy") if m in log), None)
+        metric = next((m for m in candidates if m in log), None)
         if metric is not None:
             metric_ax.plot(x, log[metric], ".-", color=color, label=f"{name}: validation {metric[4:]}")
             train = metric[4:]
             if train in log:
                 metric_ax.plot(x, log[train], color=color, alpha=0.5, ls="--")
-        offset = x[-1] if len(x) else offset  # phases run one after the other (transfer, then fine-tune)
+        if monitor in log and log[monitor].notna().any():
+            values = log[monitor].to_numpy()
+            lower = monitor.endswith("loss")
+            best = int(np.nanargmin(values) if lower else np.nanargmax(values))
+            ax = loss_ax if monitor == "val_loss" else metric_ax
+            ax.plot(x[best], values[best], "o", color=color, mfc="none", ms=9)
+        offset = x[-1] if len(x) else offset
     unit = "training steps" if in_steps else "epochs"
-    loss_ax.set(xlabel=unit, ylabel="loss", title="loss (circle: best validation loss, the weights kept)")
-    metric_ax.set(xlabel=unit, ylabel="metric", title="validation metric (dashed: training)")
+    kept = f"circle: best {monitor}, the weights kept"
+    loss_ax.set(xlabel=unit, ylabel="loss", title=f"loss ({kept})" if monitor == "val_loss" else "loss")
+    metric_ax.set(
+        xlabel=unit,
+        ylabel="metric",
+        title="validation metric (dashed: training)" + ("" if monitor == "val_loss" else f"; {kept}"),
+    )
     for ax in (loss_ax, metric_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -10,7 +10,7 @@ from lungnet.evaluation import apply_temperature, fit_temperature, metric_defini
 from lungnet.evaluation import figures as evaluation_figures
 from lungnet.evaluation.figures import save_figure
 from lungnet.reports.html import HtmlReport
-from lungnet.reports.training import CAPTION, learning_curves
+from lungnet.reports.training import CAPTION, learning_curves, run_note
 
 PHANTOM_CAVEAT = (
     "These results come from lidc-phantom, a phantom rendered from real LIDC-IDRI annotations: the contours, "
@@ -97,6 +97,9 @@ def write_report(
         f"{config.data.split_level}-level split {list(config.data.split)} (seed {config.data.split_seed}). "
         f"Profile: {config.profile}."
     )
+    note = run_note(run_dir)
+    if note:
+        report.paragraph(note, css="small")
     report.table(_split_table(data), "Samples per split and class")
 
     report.heading("Published numbers beside ours")
@@ -190,7 +193,7 @@ def write_report(
             report.image(path, caption)
 
     report.heading("Training")
-    curves = learning_curves(run_dir, config.training.steps_per_epoch)
+    curves = learning_curves(run_dir, config.training.steps_per_epoch, config.training.monitor)
     if curves is not None:
         report.image(curves, CAPTION)
     report.table(phase_table(results), "Per phase (logs/ holds the curves); an ensemble has a row per member")

@@ -21,7 +21,7 @@ from lungnet.evaluation.segmentation_figures import (
 from lungnet.models.segmenters.unet import attention_layer_names
 from lungnet.reports.classification import PHANTOM_CAVEAT
 from lungnet.reports.html import HtmlReport
-from lungnet.reports.training import CAPTION, learning_curves
+from lungnet.reports.training import CAPTION, learning_curves, run_note
 
 TABLE_COLUMNS = (
     ("dice", "Dice"),
@@ -100,7 +100,15 @@ def write_segmentation_report(
         f"{f' after clipping to {list(config.data.hu_clip)} HU' if data.intensity == 'ct' else ''}. "
         f"Empty masks: {data.n_empty_masks} ({config.data.empty_masks}). Loss: {config.loss.name} "
         f"(lambda {config.loss.lam}, alpha {config.loss.alpha}, gamma {config.loss.gamma}). Profile: {config.profile}."
+        + (
+            " Predictions: mean over flips and quarter turns (test-time augmentation)."
+            if config.evaluation.tta
+            else ""
+        )
     )
+    note = run_note(run_dir)
+    if note:
+        report.paragraph(note, css="small")
 
     report.heading("Published numbers beside ours")
     report.paragraph(
@@ -204,7 +212,7 @@ def write_segmentation_report(
     training = pd.DataFrame(
         {name: result["training"] for name, result in summary["models"].items()}
     ).T.rename_axis("model")
-    curves = learning_curves(run_dir, config.training.steps_per_epoch)
+    curves = learning_curves(run_dir, config.training.steps_per_epoch, config.training.monitor)
     if curves is not None:
         report.image(curves, CAPTION)
     report.table(training, "Training (phases: epochs run, best epoch, best validation loss)")

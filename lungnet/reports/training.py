@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pandas as pd
 from lungnet.evaluation.figures import learning_curve_figure, save_figure
 
 
-def learning_curves(run_dir: Path, steps_per_epoch: int | None) -> Path | None:
+def learning_curves(run_dir: Path, steps_per_epoch: int | None, monitor: str = "val_loss") -> Path | None:
     """``figures/learning_curves.png`` of every finished phase (``phases.json`` order), or None without logs."""
     phases_file = run_dir / "phases.json"
     phases = list(json.loads(phases_file.read_text())) if phases_file.is_file() else []
@@ -22,12 +23,25 @@ def learning_curves(run_dir: Path, steps_per_epoch: int | None) -> Path | None:
     logs = {p: log for p, log in logs.items() if len(log)}
     if not logs:
         return None
-    figure = learning_curve_figure(logs, {p: steps_per_epoch for p in logs})
+    figure = learning_curve_figure(logs, {p: steps_per_epoch for p in logs}, monitor=monitor)
     return save_figure(figure, run_dir / "figures" / "learning_curves.png")
 
 
+def run_note(run_dir: Path) -> str:
+    """How this run was made: its command (when started from the CLI) and its wall time so far."""
+    from lungnet.runs.folder import run_status
+
+    status = run_status(run_dir)
+    parts = [f"command: {status['command']}"] if status.get("command") else []
+    started = status.get("running_at")
+    if started:
+        elapsed = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(started)).total_seconds()
+        parts.append(f"wall clock from its start to this report: {elapsed / 60:.1f} min")
+    return "Run " + "; ".join(parts) + "." if parts else ""
+
+
 CAPTION = (
-    "Learning curves: training and validation loss and metric per phase; the circle marks the epoch whose "
-    "weights were kept (lowest validation loss). A curve still falling at its end means the budget, not "
-    "convergence, ended training."
+    "Learning curves: training and validation loss and metric per phase (an ensemble: per member); the "
+    "circle marks the epoch whose weights were kept (the best value of training.monitor). A validation "
+    "curve still improving at its end means the budget, not convergence, ended training."
 )

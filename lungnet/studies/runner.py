@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -83,7 +84,7 @@ def run_study(config, run_dir: Path, progress: bool = True) -> dict:
     ``run.json`` says ``running`` from the start and ``finished`` only after the last artefact (the report);
     a run stopped by an error before it wrote anything but its config is removed, any other is ``failed``.
     """
-    mark_status(run_dir, "running")
+    mark_status(run_dir, "running", **({"command": command_line()} if command_line() else {}))
     started = time.monotonic()
     try:
         summary = get_study(config.task).run(config, run_dir, progress=progress)
@@ -97,6 +98,13 @@ def run_study(config, run_dir: Path, progress: bool = True) -> dict:
     mark_status(run_dir, "finished", wall_seconds=round(seconds, 1))  # this process's share, if resumed
     print(f"wall time: {format_duration(seconds)} (training, evaluation and report)")
     return summary
+
+
+def command_line() -> str | None:
+    """The ``lungnet ...`` command this process runs, for run.json and the report; None outside the CLI."""
+    if Path(sys.argv[0]).name != "lungnet":
+        return None
+    return " ".join(shlex.quote(a) for a in ["lungnet", *sys.argv[1:]])
 
 
 def format_duration(seconds: float) -> str:
