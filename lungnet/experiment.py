@@ -87,6 +87,12 @@ class ExperimentConfig:
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ConfigError(f"models: names must be unique, got {names}")
+        segmenting = [m.name for m in self.models if getattr(m.model, "mask_head", False)]
+        if segmenting and not self.data.masks:
+            raise ConfigError(
+                f"models {segmenting} have mask_head: true and learn from masks: set data.masks to true "
+                "(the source needs a mask column)"
+            )
 
 
 @dataclass(frozen=True)

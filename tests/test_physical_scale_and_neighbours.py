@@ -92,11 +92,15 @@ def write_crops(folder, n_patients: int = 12) -> str:
             image = rng.integers(0, 30, (48, 48)).astype(np.uint8)
             radius = (10 if malignant else 4) + s
             cv2.circle(image, (24, 24), radius, 200, -1)
+            mask = np.zeros((48, 48), np.uint8)
+            cv2.circle(mask, (24, 24), radius, 255, -1)
             name = f"P{p}_s{s}.png"
             cv2.imwrite(str(folder / name), image)
+            cv2.imwrite(str(folder / f"mask_{name}"), mask)
             rows.append(
                 {
                     "image": name,
+                    "mask": f"mask_{name}",
                     "patient_id": f"P{p}",
                     "nodule_id": f"P{p}/n0",
                     "slice_index": s,

@@ -130,3 +130,45 @@ def test_an_ensemble_run_trains_each_member_and_saves_one_model(tmp_path, tiny_p
     model = keras.models.load_model(tmp_path / "models" / "custom_cnn.keras")
     assert len(ensemble_members(model)) == 2 and summary["selected_model"] == "custom_cnn"
     assert (tmp_path / "figures" / "gradcam.png").is_file()  # explained through its first member
+
+
+def test_a_classifier_that_segments_learns_from_masks_and_serves_probabilities(tmp_path, capsys):
+    from test_physical_scale_and_neighbours import write_crops
+
+    from lungnet.cli import main
+    from lungnet.models import build_classifier
+    from lungnet.models.classifiers.custom_cnn import CustomCNNConfig
+
+    model = build_classifier(
+        CustomCNNConfig(filters=(4, 4, 8, 8), dense_units=4, mask_head=True), (32, 32, 3), 2
+    )
+    assert set(model.output) == {"probabilities", "aux_mask"} and model.output["aux_mask"].shape[1:] == (
+        16,
+        16,
+        1,
+    )
+    manifest = write_crops(tmp_path)
+    run = tmp_path / "run"
+    model_set = "models=[{name: cnn, model: {name: custom_cnn, filters: [4, 4, 8, 8], dense_units: 4, mask_head: true}}]"
+    overrides = [
+        "data.masks=true",
+        "data.preprocess.pixel_spacing_mm=0.75",
+        "data.preprocess.center_crop=32",
+        "data.preprocess.image_size=32",
+        "data.split=[0.5,0.25,0.25]",
+        "training.monitor=val_probabilities_auc",
+        "evaluation.explain=false",
+        model_set,
+    ]
+    args = ["train", "binary_nodule", "--profile", "smoke", "--data", manifest, "--out", str(run)]
+    assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
+    log = (run / "logs" / "cnn.csv").read_text().splitlines()[0]
+    assert "val_aux_mask_loss" in log and "val_probabilities_auc" in log
+    saved = keras.models.load_model(run / "models" / "cnn.keras")
+    assert len(saved.outputs) == 1 and saved.output.shape[-1] == 1  # the run keeps probabilities only
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run), "--data", manifest, "--out", str(out)]) == 0
+    capsys.readouterr()
+    # without data.masks the experiment says what is missing before anything trains
+    assert main(args + ["--set", model_set, "--set", "evaluation.explain=false"]) == 2
+    assert "set data.masks to true" in capsys.readouterr().err

@@ -51,6 +51,9 @@ class DataConfig:
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # null: only oversampled copies
     # 2.5-D: the slices one below and one above (same nodule_id, slice_index -+ 1) as channels 1 and 3
     neighbour_slices: bool = False
+    # carry each image's mask (``mask`` column; the phantom's ``crop_mask`` for crops) for models that also
+    # segment as they classify (custom_cnn ``mask_head``)
+    masks: bool = False
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -109,6 +112,11 @@ def image_column(manifest: pd.DataFrame, view: str) -> str:
     return "crop_image" if view == "crop" and "crop_image" in manifest.columns else "image"
 
 
+def mask_column(manifest: pd.DataFrame, view: str) -> str:
+    """The manifest column holding the view's masks (the phantom's crops have ``crop_mask``)."""
+    return "crop_mask" if view == "crop" and "crop_mask" in manifest.columns else "mask"
+
+
 def with_neighbours(frame: pd.DataFrame, config: DataConfig, origin: str) -> pd.DataFrame:
     """`frame` with the neighbouring slices' columns when the config asks for 2.5-D input (every slice of a
     nodule must still be in `frame`)."""
@@ -136,6 +144,7 @@ def classification_pipeline(
         image_column=image_column(frame, config.view),
         seed=config.seed,
         neighbour_columns=NEIGHBOUR_COLUMNS if config.neighbour_slices else None,
+        mask_column=mask_column(frame, config.view) if config.masks else None,
     )
 
 

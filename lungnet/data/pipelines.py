@@ -130,8 +130,13 @@ def classification_dataset(
     one_hot: bool = True,
     resampler: Resampler = "opencv",
     neighbour_columns: tuple[str, str] | None = None,
+    mask_column: str | None = None,
 ) -> tf.data.Dataset:
     """Batches of ``(image [S, S, C] float32, target)`` from a manifest with an int ``target`` column.
+
+    With `mask_column` each element is ``(image, (target, mask [S, S, 1] 0/1))``: the image's mask, with the
+    image's geometry and, in training, exactly its random warp (for classifiers that also segment). Masks
+    and RandAugment / AugMix (which move pixels the mask cannot follow) do not go together.
 
     With `neighbour_columns` (``lungnet.data.neighbours``: the images one slice below and above), the three
     channels are (below, slice, above), each preprocessed as a grey image of its own (2.5-D input);
@@ -162,9 +167,28 @@ def classification_dataset(
         )
     columns = (image_column, *(neighbour_columns or ()))
     refs = np.stack([refs] + [_references(manifest, c, labels=labels) for c in columns[1:]], axis=1)
+    with_mask = mask_column is not None
+    if with_mask:  # the mask's reference rides along as the last column
+        masks = _references(manifest, mask_column, what="mask", labels=labels)
+        refs = np.concatenate([refs, masks[:, None]], axis=1)
+        if augment is not None and not augment.geometric_only:
+            raise ConfigError(
+                "augment: randaugment/augmix move pixels a mask cannot follow; turn them off for a model "
+                "that also segments (masks in the classification pipeline)"
+            )
 
     def load_image(ref, row, column):
         return _load_image(ref, labels[int(row)], column)
+
+    def load_pair(ref, mask_ref, row, column):
+        return _load_pair(ref, mask_ref, labels[int(row)], column)
+
+    def load_mask(ref, mask_ref, row, spacing):
+        _, mask = tf.numpy_function(
+            load_pair, [ref, mask_ref, row, image_column], [tf.float32, tf.float32], stateful=False
+        )
+        mask.set_shape([None, None])
+        return tf.ensure_shape(preprocess_mask(mask, grey, spacing), [grey.image_size, grey.image_size, 1])
 
     def load_one(ref, row, column, spacing):
         image = tf.numpy_function(load_image, [ref, row, column], tf.float32, stateful=False)
@@ -176,6 +200,8 @@ def classification_dataset(
         # (below, slice, above) for 2.5-D: the centre slice is the middle channel
         stack = [load_one(ref[i], row, column, spacing) for i, column in enumerate(columns)]
         image = stack[0] if len(stack) == 1 else tf.concat([stack[1], stack[0], stack[2]], axis=-1)
+        if with_mask:  # an extra last channel until the end, so every warp moves image and mask together
+            image = tf.concat([image, load_mask(ref[0], ref[-1], row, spacing)], axis=-1)
         label = tf.one_hot(target, num_classes, dtype=tf.float32) if one_hot else target
         return image, label, copy
 
@@ -200,12 +226,18 @@ def classification_dataset(
     def augmented_rows(augmented, images, copy):
         return augmented if augment_all else tf.where(copy[:, None, None, None], augmented, images)
 
+    def split_mask(images, labels):
+        mask = tf.cast(images[..., -1:] > 0.5, tf.float32)  # warped masks are resampled: back to 0/1
+        return _batch_channels(images[..., :-1], preprocess.channels, opencv), (labels, mask)
+
     # The warp runs on grey (3x cheaper); RandAugment/AugMix see 3 channels, like the model does.
     if geometric is not None:
 
         def warp(batch, batch_seed):
             images, labels, copy = batch
             channels = 3 if photometric else preprocess.channels
+            if with_mask:  # image channels and mask in one warp; the channels are made after the split
+                return split_mask(augmented_rows(geometric.warp(images, batch_seed), images, copy), labels)
             if augment_all:  # the warp also makes the channels, in the same pass over the batch
                 images = geometric.warp(images, batch_seed, channels=channels)
             else:
@@ -215,6 +247,12 @@ def classification_dataset(
 
         ds = tf.data.Dataset.zip((ds, _batch_seeds(augment_seed)))
         ds = ds.map(warp, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    elif with_mask:
+        ds = ds.map(
+            lambda images, labels, copy: split_mask(images, labels),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
     elif not photometric:
         ds = ds.map(
             lambda images, labels, copy: (_batch_channels(images, preprocess.channels, opencv), labels),

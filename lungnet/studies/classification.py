@@ -34,6 +34,7 @@ from lungnet.experiment import ExperimentConfig, ModelSpec
 from lungnet.fileio import write_csv, write_json
 from lungnet.inference import predict_proba, predict_tta
 from lungnet.models import CLASSIFIERS, WeightsUnavailableError, build_classifier
+from lungnet.models.contract import inference_model
 from lungnet.models.ensemble import average_ensemble
 from lungnet.models.weights import encoder_record, provenance
 from lungnet.runs import save_config
@@ -139,6 +140,7 @@ def _train_ensemble(spec: ModelSpec, config: ExperimentConfig, data: PreparedDat
         member = dataclasses.replace(spec, name=f"{spec.name}_member{i}", ensemble=1)
         # a member without fine-tuning has one phase
         [(_, model, summary)] = list(_train_model(member, config, data, run_dir))
+        model = inference_model(model)
         val = classification_metrics(y_val, predict_proba(model, data.val), data.class_names)
         summary = {**summary, "seed": config.training.seed + i - 1, "val_auc": val.get("auc")}
         print(f"{member.name}: validation AUC {val.get('auc') or float('nan'):.3f}, F1 {val['f1']:.3f}")
@@ -167,6 +169,7 @@ def weights_provenance(model_config, model) -> str:
 
 
 def evaluate_model(name, model, data: PreparedData, config: ExperimentConfig, run_dir: Path, training: dict):
+    model = inference_model(model)  # probabilities only: side outputs (aux_mask) are for the loss
     names = data.class_names
     y_val = data.split("val")["target"].to_numpy()
     y_test = data.split("test")["target"].to_numpy()

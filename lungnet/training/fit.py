@@ -29,7 +29,8 @@ import tensorflow as tf
 
 from lungnet.errors import ConfigError, LungnetError
 from lungnet.fileio import write_json, write_text
-from lungnet.models.contract import output_names
+from lungnet.losses import LossConfig, build_loss
+from lungnet.models.contract import OUTPUT_NAME, output_names
 from lungnet.training.checkpoints import PhaseCheckpoint, save_weights_atomically
 
 # Keras warns on every fit of a tf.data pipeline that its default shuffle=True is ignored: our pipelines
@@ -117,10 +118,23 @@ def distribution_scope(config: TrainingConfig):
     return contextlib.nullcontext()
 
 
+def main_output(model: keras.Model):
+    """The model's ``probabilities`` tensor (its only output, or the named one beside side outputs)."""
+    output = model.output
+    return output[OUTPUT_NAME] if isinstance(output, dict) else model.outputs[0]
+
+
 def binary_output(model: keras.Model) -> bool:
     """A classifier with one sigmoid unit ``[B, 1]`` (a segmentation map ``[B, H, W, 1]`` is not one)."""
-    shape = model.outputs[0].shape
+    shape = main_output(model).shape
     return len(shape) == 2 and int(shape[-1]) == 1
+
+
+def classifier_side_outputs(model: keras.Model) -> list[str]:
+    """A classifier's side outputs (``aux_mask`` of a classifier that also segments); [] for segmenters."""
+    if len(main_output(model).shape) != 2:
+        return []
+    return [name for name in output_names(model) if name != OUTPUT_NAME]
 
 
 def scheduled_learning_rate(epoch: int, base: float, epochs: int, config: TrainingConfig) -> float:
@@ -152,6 +166,10 @@ def compile_model(model: keras.Model, learning_rate: float, config: TrainingConf
             keras.metrics.CategoricalAccuracy(name="accuracy"),
             keras.metrics.F1Score(average="macro", name="f1_macro"),
         ]
+    side = classifier_side_outputs(model)
+    if side:  # a classifier that also segments: its masks learn with the segmentation study's hybrid loss
+        loss = {OUTPUT_NAME: loss, **{name: build_loss(LossConfig()) for name in side}}
+        metrics = {OUTPUT_NAME: metrics}
     model.compile(
         optimizer=make_optimizer(learning_rate, config), loss=loss, metrics=metrics, jit_compile=config.xla
     )
@@ -161,8 +179,30 @@ def targets_for(model: keras.Model, dataset: tf.data.Dataset) -> tf.data.Dataset
     """Pipeline targets -> what the model's outputs expect.
 
     One-hot classes become a single sigmoid column for a binary classifier; a model with side outputs
-    (deep supervision) gets the same target for each of its named outputs.
+    (deep supervision) gets the same target for each of its named outputs. A classifier that also segments
+    gets its pipeline's masks (``(target, mask)`` elements), area-resized to each side output's size; other
+    classifiers ignore masks a pipeline carries.
     """
+    with_masks = isinstance(dataset.element_spec[1], tuple)
+    side = classifier_side_outputs(model)
+    if side or with_masks:
+        if side and not with_masks:
+            raise ConfigError(
+                f"model {model.name!r} has side outputs {side} that learn from masks, but the pipeline has "
+                "none: set data.masks to true"
+            )
+        binary = binary_output(model)
+        sizes = {name: tuple(model.output[name].shape[1:3]) for name in side}
+
+        def split(x, y):
+            target, mask = y
+            target = target[:, 1:] if binary else target
+            if not side:
+                return x, target
+            masks = {name: tf.image.resize(mask, size, method="area") for name, size in sizes.items()}
+            return x, {OUTPUT_NAME: target, **masks}
+
+        return dataset.map(split, num_parallel_calls=tf.data.AUTOTUNE)
     if binary_output(model):
         return dataset.map(lambda x, y: (x, y[:, 1:]), num_parallel_calls=tf.data.AUTOTUNE)
     names = output_names(model)
