@@ -83,22 +83,34 @@ TTA_PAIRS = (
 )
 
 
-def segment(model: keras.Model, x: tf.Tensor, tta: bool = False) -> np.ndarray:
-    """Probability maps ``[B, H, W]``; with `tta`, the mean over `TTA_PAIRS` mapped back to `x`'s frame."""
+def segmenter_fn(model: keras.Model, tta: bool = False):
+    """A compiled ``x [B, H, W, C] -> probability maps [B, H, W]``; with `tta`, the mean over `TTA_PAIRS`
+    mapped back to `x`'s frame. Traced once per call site, so batches run as one graph, not op by op."""
     pairs = TTA_PAIRS if tta else TTA_PAIRS[:1]
-    maps = [inverse(tf.cast(model(forward(x), training=False), tf.float32)) for forward, inverse in pairs]
-    return np.asarray(tf.add_n(maps) / len(maps), dtype=np.float32)[..., 0]
+
+    @tf.function(reduce_retracing=True)
+    def fn(x):
+        maps = [inverse(tf.cast(model(forward(x), training=False), tf.float32)) for forward, inverse in pairs]
+        return (tf.add_n(maps) / len(maps))[..., 0]
+
+    return fn
+
+
+def segment(model: keras.Model, x: tf.Tensor, tta: bool = False) -> np.ndarray:
+    """Probability maps ``[B, H, W]`` of one batch (see `segmenter_fn`)."""
+    return np.asarray(segmenter_fn(model, tta)(x), dtype=np.float32)
 
 
 def predict_split(
     model: keras.Model, dataset: tf.data.Dataset, progress: bool = False, tta: bool = False
 ) -> Predictions:
     images, masks, probs = [], [], []
+    fn = segmenter_fn(model, tta)
     with data_errors():
         for x, y in tqdm(dataset, desc="predicting", disable=not progress, leave=False):
             images.append(x.numpy()[..., 0])
             masks.append(y.numpy()[..., 0])
-            probs.append(segment(model, x, tta))
+            probs.append(np.asarray(fn(x), dtype=np.float32))
     if not images:
         raise DataError("no images to predict")
     return Predictions(np.concatenate(images), np.concatenate(masks) > 0.5, np.concatenate(probs))
