@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -360,8 +359,8 @@ def learning_curve_figure(
     else ``val_auc``, ``val_f1_macro``, ``val_iou`` or ``val_accuracy``). The x axis is training steps when a
     phase's steps per epoch are known, else epochs. The epoch whose weights were kept (best `monitor`) is
     circled, so whether training had converged, or stopped while still improving, can be seen at a glance.
-    Phases follow one another on the x axis (transfer, then fine-tune), except ensemble members
-    (``*_member<i>``), which all start at zero.
+    A phase that continues the one before it (``<name>_finetuned`` after ``<name>``: transfer, then
+    fine-tune) follows it on the x axis; every other phase (another model, an ensemble member) starts at zero.
     """
     if not logs:
         raise DataError("no training logs to plot")
@@ -372,11 +371,12 @@ def learning_curve_figure(
     candidates = ("val_auc", "val_f1_macro", "val_iou", "val_accuracy")
     if monitor != "val_loss":
         candidates = (monitor, *candidates)
-    offset = 0
+    offset, previous = 0, None
     for i, (name, log) in enumerate(logs.items()):
         color = _COLORS[i % len(_COLORS)]
         per = steps_per_epoch.get(name) or 1
-        start = 0 if re.search(r"_member\d+$", name) else offset
+        start = offset if previous is not None and name.startswith(f"{previous}_") else 0
+        previous = name
         x = start + (np.arange(len(log)) + 1) * (per if in_steps else 1)
         loss_ax.plot(x, log["loss"], ".-", color=color, alpha=0.5, label=f"{name}: training")
         if "val_loss" in log:
@@ -395,12 +395,12 @@ def learning_curve_figure(
             ax.plot(x[best], values[best], "o", color=color, mfc="none", ms=9)
         offset = x[-1] if len(x) else offset
     unit = "training steps" if in_steps else "epochs"
-    kept = f"circle: best {monitor}, the weights kept"
-    loss_ax.set(xlabel=unit, ylabel="loss", title=f"loss ({kept})" if monitor == "val_loss" else "loss")
+    kept = f"circle: best {monitor}, kept"
+    loss_ax.set(xlabel=unit, ylabel="loss", title=f"loss\n({kept})" if monitor == "val_loss" else "loss")
     metric_ax.set(
         xlabel=unit,
         ylabel="metric",
-        title="validation metric (dashed: training)" + ("" if monitor == "val_loss" else f"; {kept}"),
+        title="validation metric, dashed: training" + ("" if monitor == "val_loss" else f"\n({kept})"),
     )
     for ax in (loss_ax, metric_ax):
         ax.grid(alpha=0.3)
