@@ -172,3 +172,15 @@ def test_a_classifier_that_segments_learns_from_masks_and_serves_probabilities(t
     # without data.masks the experiment says what is missing before anything trains
     assert main(args + ["--set", model_set, "--set", "evaluation.explain=false"]) == 2
     assert "set data.masks to true" in capsys.readouterr().err
+
+
+def test_runs_record_their_command_and_wall_time(monkeypatch):
+    from lungnet.studies.runner import command_line, format_duration
+
+    monkeypatch.setattr("sys.argv", ["/x/.venv/bin/lungnet", "train", "binary_nodule", "--set", "a=b c"])
+    assert command_line() == "lungnet train binary_nodule --set 'a=b c'"
+    monkeypatch.setattr("sys.argv", ["/x/lungnet/cli.py", "evaluate", "RUN"])
+    assert command_line() == "lungnet evaluate RUN"
+    monkeypatch.setattr("sys.argv", ["pytest"])
+    assert command_line() is None
+    assert format_duration(4229) == "70 min 29 s" and format_duration(58) == "58 s"

@@ -102,7 +102,8 @@ def run_study(config, run_dir: Path, progress: bool = True) -> dict:
 
 def command_line() -> str | None:
     """The ``lungnet ...`` command this process runs, for run.json and the report; None outside the CLI."""
-    if Path(sys.argv[0]).name != "lungnet":
+    program = Path(sys.argv[0])
+    if program.name != "lungnet" and program.parts[-2:] != ("lungnet", "cli.py"):  # the script or -m
         return None
     return " ".join(shlex.quote(a) for a in ["lungnet", *sys.argv[1:]])
 
