@@ -115,6 +115,36 @@ def _cmd_reproduce(args) -> int:
     return 0
 
 
+def _cmd_pretrain(args) -> int:
+    from lungnet.pretraining.command import run_pretrain
+
+    experiment = None
+    if args.experiment:
+        from lungnet.studies.runner import prepare_config
+
+        experiment = prepare_config(
+            args.experiment, profile=args.profile, data=args.data, assignments=args.assignments
+        )
+    elif args.profile or args.assignments:
+        raise ConfigError("--profile and --set need --experiment (the experiment whose settings they change)")
+    base = run_pretrain(
+        args.backbone,
+        args.data,
+        experiment=experiment,
+        method=args.method,
+        steps=args.steps,
+        minutes=args.minutes,
+        batch_size=args.batch_size,
+        all_patients=args.all_patients,
+        exclude_patients=args.exclude_patients,
+        phantom=_phantom_config(args),
+        cache_dir=args.cache_dir,
+        progress=not args.quiet,
+    )
+    print(f"weights: {base.path}\n{base.provenance}\nuse them with  model.weights: {base.path}")
+    return 0
+
+
 def _cmd_models_list(args) -> int:
     from lungnet.models import list_models
 
@@ -210,6 +240,42 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model", help="which trained model of the run (default: the selected one)")
     export.add_argument("--out", help="output folder (default: RUN/saved_model)")
     export.set_defaults(func=_cmd_export)
+
+    pretrain = commands.add_parser(
+        "pretrain",
+        help="self-supervised pretraining of an encoder on unlabelled CT (Models Genesis), cached for reuse",
+    )
+    pretrain.add_argument("--backbone", required=True, help="encoder to pretrain, e.g. efficientnet_b2")
+    pretrain.add_argument(
+        "--data", metavar="SOURCE", help="images to pretrain on (default: lidc-phantom, or the experiment's)"
+    )
+    pretrain.add_argument("--method", default="genesis", choices=["genesis"], help="default: genesis")
+    budget = pretrain.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, help="training steps (default: the experiment's, else 400)")
+    budget.add_argument("--minutes", type=float, help="wall-clock budget instead of a step count")
+    pretrain.add_argument("--batch-size", type=int, help="default: 16 (or the experiment's)")
+    pretrain.add_argument(
+        "--experiment",
+        metavar="CONFIG",
+        help="take preprocessing, split and pretraining settings from this experiment (its training patients)",
+    )
+    pretrain.add_argument("--profile", help="the experiment's profile (with --experiment; default: default)")
+    pretrain.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", dest="assignments", help="override an experiment value"
+    )
+    pretrain.add_argument(
+        "--all-patients", action="store_true", help="every patient, not only the training split"
+    )
+    pretrain.add_argument(
+        "--exclude-patients", metavar="FILE", help="file with one patient id a line to leave out"
+    )
+    pretrain.add_argument(
+        "--cache-dir", help="where pretrained encoders are cached (default: user cache dir)"
+    )
+    pretrain.add_argument("--max-patients", type=int, help="lidc-phantom: only the first N patients")
+    pretrain.add_argument("--seed", type=int, default=0, help="lidc-phantom rendering seed (default 0)")
+    pretrain.add_argument("--quiet", action="store_true", help="no progress bars")
+    pretrain.set_defaults(func=_cmd_pretrain, per_nodule=False)
 
     models = commands.add_parser("models", help="the architectures lungnet has (registries)")
     models_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")

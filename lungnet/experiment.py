@@ -19,6 +19,7 @@ from lungnet.errors import ConfigError
 from lungnet.losses import LossConfig
 from lungnet.models import ClassifierConfig, SegmenterConfig
 from lungnet.postprocess.crf import CRFConfig
+from lungnet.pretraining import PretrainConfig
 from lungnet.training.fit import TrainingConfig
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
@@ -31,9 +32,11 @@ class ModelSpec:
     name: str
     model: ClassifierConfig  # a registered classifier, chosen by the mapping's ``name``
     fine_tune: bool = False
-    # When ImageNet weights cannot be downloaded: stop with the error (default), train from random
-    # initialisation instead ("random_init"), or leave this model out and say so in the report ("skip").
-    if_weights_unavailable: Literal["error", "random_init", "skip"] = "error"
+    # When ImageNet weights cannot be downloaded: stop with the error (default), start the encoder from the
+    # Models Genesis base of this study's training patients ("genesis": built with the experiment's
+    # `pretraining:` settings, or reused from the cache), train from random initialisation instead
+    # ("random_init"), or leave this model out and say so in the report ("skip").
+    if_weights_unavailable: Literal["error", "genesis", "random_init", "skip"] = "error"
     # Train this many copies from seeds training.seed, +1, ... and average their probabilities (one model,
     # `lungnet.models.ensemble`). 1: a single model.
     ensemble: int = 1
@@ -76,6 +79,8 @@ class ExperimentConfig:
     models: tuple[ModelSpec, ...] = ()
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    # self-supervised pretraining of encoders whose weights are ``genesis`` (`lungnet.pretraining`)
+    pretraining: PretrainConfig = field(default_factory=PretrainConfig)
     task: Literal["classification"] = "classification"
     published: dict[str, float] = field(default_factory=dict)  # model name -> published test F1 (%)
     published_source: str = ""

@@ -36,7 +36,8 @@ from lungnet.inference import predict_proba, predict_tta
 from lungnet.models import CLASSIFIERS, WeightsUnavailableError, build_classifier
 from lungnet.models.contract import inference_model
 from lungnet.models.ensemble import average_ensemble
-from lungnet.models.weights import encoder_record, provenance
+from lungnet.models.weights import GENESIS, encoder_record, provenance
+from lungnet.pretraining import pretrain_encoder
 from lungnet.runs import save_config
 from lungnet.runs.artifacts import save_run_model
 from lungnet.studies.external import evaluate_classification_run
@@ -69,8 +70,14 @@ class SkippedModel(Exception):
     """A model left out of the run (its pretrained weights are unavailable and the experiment says skip)."""
 
 
-def _build(spec: ModelSpec, config: ExperimentConfig, num_classes: int) -> tuple[keras.Model, str | None]:
-    """Build the model, applying the experiment's `if_weights_unavailable` when ImageNet cannot be fetched."""
+def _build(
+    spec: ModelSpec, config: ExperimentConfig, data: PreparedData, progress: bool = True
+) -> tuple[keras.Model, str | None]:
+    """Build the model (resolving ``weights: genesis`` to the study's own self-supervised base), applying the
+    experiment's `if_weights_unavailable` when ImageNet weights cannot be fetched."""
+    num_classes = len(data.class_names)
+    if getattr(spec.model, "weights", None) == GENESIS:
+        spec = _with_genesis_base(spec, config, data, progress)
     with distribution_scope(config.training):
         try:
             return build_classifier(spec.model, input_shape(config), num_classes), None
@@ -80,6 +87,17 @@ def _build(spec: ModelSpec, config: ExperimentConfig, num_classes: int) -> tuple
                 note = f"not trained: ImageNet weights could not be downloaded ({cause})"
                 print(f"warning: {spec.name} {note}")
                 raise SkippedModel(note) from exc
+            if spec.if_weights_unavailable == "genesis":
+                print(
+                    f"warning: {spec.name}: ImageNet weights could not be downloaded ({cause}); using the "
+                    "Models Genesis base self-supervised on this study's training patients instead"
+                )
+                fallback = _with_genesis_base(spec, config, data, progress)
+                note = (
+                    f"{spec.name}: ImageNet weights could not be downloaded, so its encoder starts from a "
+                    "Models Genesis base self-supervised on this study's training patients"
+                )
+                return build_classifier(fallback.model, input_shape(config), num_classes), note
             if spec.if_weights_unavailable != "random_init":
                 raise
             note = (
@@ -91,14 +109,35 @@ def _build(spec: ModelSpec, config: ExperimentConfig, num_classes: int) -> tuple
             return build_classifier(fallback, input_shape(config), num_classes), note
 
 
-def _train_model(spec: ModelSpec, config: ExperimentConfig, data: PreparedData, run_dir: Path):
+def _with_genesis_base(
+    spec: ModelSpec, config: ExperimentConfig, data: PreparedData, progress: bool
+) -> ModelSpec:
+    """`spec` with its encoder's weights set to the Models Genesis base of this study's training patients
+    (built, or reused from the cache)."""
+    with distribution_scope(config.training):
+        base = pretrain_encoder(
+            spec.model.name,
+            data.split("train"),
+            data.config,
+            f"{data.source.spec} (training split, seed {data.config.split_seed})",
+            config.pretraining,
+            progress=progress,
+        )
+    # the classifier's initialisation must not depend on whether the base was built here or reused
+    keras.utils.set_random_seed(config.training.seed)
+    return dataclasses.replace(spec, model=dataclasses.replace(spec.model, weights=str(base.path)))
+
+
+def _train_model(
+    spec: ModelSpec, config: ExperimentConfig, data: PreparedData, run_dir: Path, progress: bool = True
+):
     """Yield (name, model, phase summary) per phase of the transfer -> fine-tune schedule (an ensemble: one
     averaged model after all its members)."""
     if spec.ensemble > 1:
         yield _train_ensemble(spec, config, data, run_dir)
         return
     training = config.training
-    model, note = _build(spec, config, len(data.class_names))
+    model, note = _build(spec, config, data, progress)
 
     def fit(phase: str, epochs: int, learning_rate: float) -> dict:
         return train_phase(
@@ -260,7 +299,7 @@ def run_classification_study(config: ExperimentConfig, run_dir: Path, progress: 
     skipped: dict[str, str] = {}
     for spec in config.models:
         try:  # evaluate each phase as it finishes: fine-tuning continues from the same model object
-            for name, model, summary in _train_model(spec, config, data, run_dir):
+            for name, model, summary in _train_model(spec, config, data, run_dir, progress):
                 results[name] = evaluate_model(name, model, data, config, run_dir, summary)
                 results[name].explanation_layer = CLASSIFIERS.entry_for(spec.model).explanation_layer(
                     spec.model

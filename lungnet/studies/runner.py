@@ -50,13 +50,17 @@ def prepare_run(
         saved = load_run_config(run_dir)
         _check_resume(run_dir, saved, config, profile, data, out, assignments)
         return saved, run_dir
+    experiment = prepare_config(config, profile=profile, data=data, assignments=assignments)
+    return experiment, new_run_dir(experiment.name, out)
+
+
+def prepare_config(config: str, *, profile: str | None = None, data: str | None = None, assignments=None):
+    """The experiment `config` (a name or file) with its profile (default: ``default``), `--data` and
+    `--set` values applied, validated."""
     overrides = parse_overrides(assignments)
     if data:
         overrides = deep_merge(overrides, {"data": {"source": data}})
-    experiment = load_experiment(
-        resolve_experiment_path(config), profile=profile or "default", overrides=overrides
-    )
-    return experiment, new_run_dir(experiment.name, out)
+    return load_experiment(resolve_experiment_path(config), profile=profile or "default", overrides=overrides)
 
 
 def _check_resume(run_dir: Path, saved, config, profile, data, out, assignments) -> None:

@@ -37,7 +37,7 @@ class PretrainedClassifierConfig(ClassifierConfig):
     fine_tune_layers: int = 20
 
     def __post_init__(self) -> None:
-        validate_weights_option(self.weights)
+        validate_weights_option(self.weights, genesis=True)
         check_rate(self.dropout, "model.dropout")
         if not is_int(self.fine_tune_layers) or self.fine_tune_layers < 1:
             raise ConfigError(f"model.fine_tune_layers: {self.fine_tune_layers!r} must be an integer >= 1")

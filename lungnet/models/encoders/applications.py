@@ -20,6 +20,7 @@ from lungnet.models.encoders.pretrained import PretrainedEncoderConfig, check_rg
 from lungnet.models.registry import ENCODERS
 from lungnet.models.weights import (
     WeightsUnavailableError,
+    check_encoder_weights_option,
     download_failed,
     load_weights_file,
     weights_path,
@@ -85,6 +86,7 @@ def build_applications_encoder(config: PretrainedEncoderConfig, x) -> Pyramid:
     base_spec = BASES[config.name]
     shape = check_input_shape(tuple(x.shape[1:]), minimum=base_spec.min_size, what=config.name)
     check_rgb(config.weights, shape[-1])
+    check_encoder_weights_option(config.weights, config.name, shape)
     x = layers.Rescaling(255.0, name=BACKBONE_INPUT_NAME)(x)
     base = _base(base_spec, x, config.weights)
     return {key: base.get_layer(layer).output for key, layer in base_spec.stages}

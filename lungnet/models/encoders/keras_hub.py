@@ -18,7 +18,12 @@ from lungnet.models.contract import BACKBONE_INPUT_NAME, Pyramid, check_input_sh
 from lungnet.models.encoders.applications import IMAGENET_MEAN, IMAGENET_STD
 from lungnet.models.encoders.pretrained import PretrainedEncoderConfig, check_rgb
 from lungnet.models.registry import ENCODERS
-from lungnet.models.weights import WeightsUnavailableError, load_weights_file, weights_path
+from lungnet.models.weights import (
+    WeightsUnavailableError,
+    check_encoder_weights_option,
+    load_weights_file,
+    weights_path,
+)
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ def build_keras_hub_encoder(config: PretrainedEncoderConfig, x) -> Pyramid:
     spec = BACKBONES[config.name]
     shape = check_input_shape(tuple(x.shape[1:]), minimum=spec.min_size, what=config.name)
     check_rgb(config.weights, shape[-1])
+    check_encoder_weights_option(config.weights, config.name, shape)
     rgb = shape[-1] == 3  # grey or multi-channel inputs: the mean of the three channels' statistics
     x = layers.Normalization(
         mean=IMAGENET_MEAN if rgb else sum(IMAGENET_MEAN) / 3,

@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from lungnet.errors import ConfigError
 from lungnet.models.registry import EncoderConfig
-from lungnet.models.weights import validate_weights_option
+from lungnet.models.weights import GENESIS, is_encoder_weights_file, validate_weights_option
 
 
 @dataclass(frozen=True)
 class PretrainedEncoderConfig(EncoderConfig):
-    """``weights``: ``"imagenet"`` (downloaded), a path to a weights file of the same base, or ``None``."""
+    """``weights``: ``"imagenet"`` (downloaded), ``"genesis"`` (the Models Genesis base a study builds from
+    its training patients, `lungnet.pretraining`), a path to a weights file of the same base, or ``None``."""
 
     weights: str | None = "imagenet"
 
     def __post_init__(self) -> None:
-        validate_weights_option(self.weights)
+        validate_weights_option(self.weights, genesis=True)
 
 
 def check_rgb(weights: str | None, channels: int) -> None:
-    if weights is not None and channels != 3:
+    """ImageNet weights (downloaded or a Keras file) need 3 channels; a self-supervised base has the
+    channels it was pretrained on (checked against its file)."""
+    if weights is None or weights == GENESIS or is_encoder_weights_file(Path(weights).expanduser()):
+        return
+    if channels != 3:
         raise ConfigError(
             f"model.weights: {weights!r} are for 3-channel (RGB) images, but the input has {channels} "
             "channel(s); set data.preprocess.channels: 3 (grey replicated) or model.weights: null"
