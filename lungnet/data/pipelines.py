@@ -158,7 +158,7 @@ def classification_dataset(
     refs = _references(manifest, image_column, labels=labels)
     targets = _targets(manifest, num_classes, labels)
     copies = _augment_copies(manifest, labels)
-    spacings = sample_spacings(manifest, preprocess, labels)
+    spacings = sample_spacings(manifest, preprocess, labels, image_column)
     grey = dataclasses.replace(preprocess, channels=1)
     if neighbour_columns is not None and preprocess.channels != 3:
         raise ConfigError(
@@ -302,7 +302,7 @@ def segmentation_dataset(
     labels = row_labels(manifest)
     refs = _references(manifest, image_column, labels=labels)
     masks = _references(manifest, mask_column, what="mask", labels=labels)
-    spacings = sample_spacings(manifest, preprocess, labels)
+    spacings = sample_spacings(manifest, preprocess, labels, image_column)
     grey = dataclasses.replace(preprocess, channels=1)
     size = grey.image_size
 
@@ -449,8 +449,17 @@ def _references(
     return refs
 
 
+def spacing_column(image_column: str) -> str:
+    """The phantom's crops (``crop_image``) have their own spacing (``crop_pixel_spacing_mm``); every other
+    image column is at ``pixel_spacing_mm``."""
+    return f"crop_{SPACING_COLUMN}" if image_column == "crop_image" else SPACING_COLUMN
+
+
 def sample_spacings(
-    manifest: pd.DataFrame, preprocess: PreprocessConfig, labels: list[str] | None = None
+    manifest: pd.DataFrame,
+    preprocess: PreprocessConfig,
+    labels: list[str] | None = None,
+    image_column: str = "image",
 ) -> np.ndarray:
     """Each row's pixel spacing (mm) as float32, for ``preprocess.pixel_spacing_mm``; zeros when unused.
 
@@ -459,19 +468,20 @@ def sample_spacings(
     """
     if preprocess.pixel_spacing_mm is None:
         return np.zeros(len(manifest), dtype=np.float32)
-    if SPACING_COLUMN not in manifest.columns:
+    column = spacing_column(image_column)
+    if column not in manifest.columns:
         raise DataError(
             f"manifest: preprocess.pixel_spacing_mm ({preprocess.pixel_spacing_mm} mm) resamples every image "
-            f"from its own spacing, but there is no {SPACING_COLUMN!r} column; columns present: "
+            f"from its own spacing, but there is no {column!r} column; columns present: "
             f"{list(manifest.columns)}"
         )
-    values = pd.to_numeric(manifest[SPACING_COLUMN], errors="coerce").to_numpy(dtype=float)
+    values = pd.to_numeric(manifest[column], errors="coerce").to_numpy(dtype=float)
     bad = ~(values > 0) | ~np.isfinite(values)
     if bad.any():
         row = int(np.argmax(bad))
         labels = labels or row_labels(manifest)
         raise DataError(
-            f"{labels[row]}: {SPACING_COLUMN} {manifest[SPACING_COLUMN].tolist()[row]!r} is not a positive "
+            f"{labels[row]}: {column} {manifest[column].tolist()[row]!r} is not a positive "
             "number of millimetres (needed by preprocess.pixel_spacing_mm)"
         )
     return values.astype(np.float32)
