@@ -159,8 +159,8 @@ def check_encoder_file(path: str | Path, backbone: str, input_shape: tuple[int, 
     held = (info.get("backbone"), tuple(info.get("input_shape") or ()))
     if held != (backbone, tuple(input_shape)):
         raise WeightsError(
-            f"model.weights: {path} holds a {held[0]} encoder for input {list(held[1])}, but the model is a "
-            f"{backbone} with input {list(input_shape)}; pretrain a base for this backbone and input "
+            f"model.weights: {path} holds the encoder of {held[0]} for input {list(held[1])}, but the model's "
+            f"is {backbone} with input {list(input_shape)}; pretrain a base for this backbone and input "
             f"(`lungnet pretrain --backbone {backbone}` with the experiment's preprocessing)"
         )
     return info

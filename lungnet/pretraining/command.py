@@ -30,7 +30,8 @@ def _without_patients(frame: pd.DataFrame, exclude_file: str | None) -> pd.DataF
         return frame
     ids = excluded_patients(PhantomConfig(exclude_patients_file=exclude_file))
     kept = frame[~frame["patient_id"].astype(str).isin(ids)]
-    print(f"--exclude-patients: {len(frame) - len(kept)} images of {len(ids)} listed patients left out")
+    if len(kept) < len(frame):
+        print(f"--exclude-patients: {len(frame) - len(kept)} images of listed patients left out")
     return kept.reset_index(drop=True)
 
 
@@ -43,6 +44,8 @@ def _experiment_images(experiment, all_patients: bool, exclude_file: str | None,
     prepared = prepare_data(data, progress=progress)
     frame = prepared.manifest if all_patients else prepared.split("train")
     where = "all patients" if all_patients else f"training split, seed {data.split_seed}"
+    if exclude_file:
+        where += f", without the patients of {Path(exclude_file).name}"
     return _without_patients(frame, exclude_file), data, f"{prepared.source.spec} ({where})"
 
 
@@ -67,6 +70,8 @@ def _source_images(
                 f"training split of the default split, seed {data.split_seed}",
             )
     frame = _without_patients(frame.reset_index(drop=True), exclude_file)
+    if exclude_file:
+        where += f", without the patients of {Path(exclude_file).name}"
     check_source_images(source, frame, image_column(frame, data.view), progress=progress)
     return frame, data, f"{source.spec} ({where})"
 

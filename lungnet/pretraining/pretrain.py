@@ -247,7 +247,8 @@ def _build(
     images = read_images(frame, data, progress)
     train_images, val_images = images[~is_val], images[is_val]
     keras.utils.set_random_seed(config.seed)
-    encoder_config = ENCODERS.parse({"name": backbone, "weights": None}, "--backbone")
+    pretrainable = backbone in pretrained_encoder_names()  # the others have no weights option
+    encoder_config = ENCODERS.parse({"name": backbone, **({"weights": None} if pretrainable else {})}, "--backbone")
     model, encoder = restoration_model(encoder_config, shape)
     steps_per_epoch = min(config.steps_per_epoch, config.steps or config.steps_per_epoch)
     epochs = math.ceil(config.steps / steps_per_epoch) if config.steps else 100_000
@@ -267,8 +268,10 @@ def _build(
     print(
         f"pretraining {backbone} ({METHOD_NAMES[config.method]}) on {len(train_images)} images of "
         f"{n_patients - len(held_out)} patients ({len(val_images)} images of {len(held_out)} held out), "
-        f"input {list(shape)}, up to {config.steps or 'unlimited'} steps"
-        + (f" / {config.minutes} min" if config.minutes else "")
+        f"input {list(shape)}, "
+        + " or ".join(
+            ([f"{config.steps} steps"] if config.steps else []) + ([f"{config.minutes} min"] if config.minutes else [])
+        )
         + (f"; resuming after epoch {done}" if done else "")
     )
     started = time.monotonic()

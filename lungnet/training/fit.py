@@ -233,7 +233,11 @@ def _truncate_log(log: Path, epochs: int) -> None:
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Stops a fit before an epoch that would end past `minutes` of wall clock (this process's share)."""
+    """Stops a fit before an epoch that would end past `minutes` of wall clock (this process's share).
+
+    The next epoch is judged by the longest epoch after the first (the first also traces and compiles the
+    step, which can take a minute on a CPU), or by the first while it is the only one.
+    """
 
     def __init__(self, minutes: float | None):
         super().__init__()
@@ -243,16 +247,17 @@ class TimeBudget(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.start = self.epoch_start = time.monotonic()
-        self.longest = 0.0
+        self.durations: list[float] = []
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.monotonic()
-        self.longest = max(self.longest, now - self.epoch_start)
+        self.durations.append(now - self.epoch_start)
         self.elapsed = now - self.start
-        if self.seconds is not None and self.elapsed + self.longest > self.seconds:
+        expected = max(self.durations[1:]) if len(self.durations) > 1 else self.durations[0]
+        if self.seconds is not None and self.elapsed + expected > self.seconds:
             self.hit = True
             self.model.stop_training = True
 
@@ -316,8 +321,10 @@ def train_phase(
     started = time.monotonic()
     callbacks = [
         budget,
-        checkpoint,
+        # the log row before the checkpoint: a kill between them leaves an extra row, which a resume cuts
+        # (`_truncate_log`), never a missing one
         keras.callbacks.CSVLogger(str(log), append=True),
+        checkpoint,
         keras.callbacks.TensorBoard(str(logs / "tensorboard" / phase), write_graph=False, profile_batch=0),
     ]
     if config.lr_schedule != "constant":
