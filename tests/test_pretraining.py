@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from lungnet.cli import main
@@ -349,3 +350,117 @@ def test_pretrain_command_uses_the_training_split_and_prints_the_weights(tmp_pat
     assert "training split of the default split" in info["data"]
     assert info["patients"] + len(info["held_out_patients"]) < 8  # validation and test patients left out
     assert "model.weights: " in out
+
+
+# --- studies ----------------------------------------------------------------------------------------------
+
+
+def _offline(monkeypatch):
+    """ImageNet weights cannot be downloaded, whatever this machine's network."""
+    from lungnet.models import WeightsUnavailableError
+    from lungnet.studies import classification
+
+    real_build = classification.build_classifier
+
+    def offline_build(config, *args):
+        if getattr(config, "weights", None) == "imagenet":
+            raise WeightsUnavailableError(f"{config.name} ImageNet weights could not be downloaded (offline)")
+        return real_build(config, *args)
+
+    monkeypatch.setattr(classification, "build_classifier", offline_build)
+
+
+def _study_config(tiny_phantom_config, tmp_path, models):
+    from lungnet.experiment import load_experiment, resolve_experiment_path
+
+    overrides = {
+        "data": {"phantom": {"cache_dir": tiny_phantom_config.cache_dir}},
+        "models": models,
+        "pretraining": {
+            "steps": 2,
+            "steps_per_epoch": 1,
+            "batch_size": 4,
+            "cache_dir": str(tmp_path / "bases"),
+        },
+        "training": {"fine_tune_epochs": 1},
+        "evaluation": {"explain": False, "tta": False},
+    }
+    return load_experiment(resolve_experiment_path("binary_nodule"), profile="smoke", overrides=overrides)
+
+
+def test_offline_study_starts_the_encoder_from_its_own_genesis_base(
+    tmp_path, tiny_phantom_config, monkeypatch, capsys
+):
+    from lungnet.studies.classification import run_classification_study
+
+    _offline(monkeypatch)
+    tiny_cnn = {
+        "name": "custom_cnn",
+        "model": {"name": "custom_cnn", "filters": [4, 4, 8, 8], "dense_units": 8},
+    }
+    resnet = {
+        "name": "resnet34_d",
+        "model": {"name": "resnet34_d", "weights": "imagenet", "fine_tune_layers": 5},
+        "fine_tune": True,
+        "if_weights_unavailable": "genesis",
+    }
+    config = _study_config(tiny_phantom_config, tmp_path, [tiny_cnn, resnet])
+    summary = run_classification_study(config, tmp_path / "run", progress=False)
+    assert list(summary["models"]) == ["custom_cnn", "resnet34_d_transfer", "resnet34_d_finetuned"]
+    for name in ("resnet34_d_transfer", "resnet34_d_finetuned"):
+        weights = summary["models"][name]["training"]["weights"]
+        assert weights.startswith("encoder: self-supervised (Models Genesis) on lidc-phantom (training split")
+        assert "ImageNet" not in weights
+    assert summary["models"]["custom_cnn"]["training"]["weights"] == "random initialisation"
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert "self-supervised (Models Genesis)" in report and "could not be downloaded" in report
+    [entry] = (tmp_path / "bases" / "pretrained").iterdir()
+    info = json.loads((entry / cache.INFO_FILE).read_text())
+    test_patients = set(pd.read_csv(tmp_path / "run" / "predictions.csv")["patient_id"].astype(str))
+    base_patients = set(info["pretraining_patients"]) | set(info["held_out_patients"])
+    assert base_patients and not base_patients & test_patients  # training-split patients only
+    capsys.readouterr()
+    # weights: genesis asks for the same base directly: a cache hit
+    config = _study_config(
+        tiny_phantom_config, tmp_path, [{**resnet, "model": {**resnet["model"], "weights": "genesis"}}]
+    )
+    run_classification_study(config, tmp_path / "again", progress=False)
+    assert "reused from the cache" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_offline_flagship_trains_its_three_models(tmp_path, tiny_phantom_config, monkeypatch):
+    """The default profile's models (EfficientNetB2 with if_weights_unavailable: genesis), smoke-sized."""
+    from lungnet.experiment import load_experiment, resolve_experiment_path
+    from lungnet.studies.classification import run_classification_study
+
+    _offline(monkeypatch)
+    default = load_experiment(resolve_experiment_path("binary-nodule"), profile="default")
+    models = [
+        {"name": "custom_cnn", "model": {"name": "custom_cnn", "filters": [4, 4, 8, 8], "dense_units": 8}},
+        {
+            "name": "efficientnet_b2",
+            "model": {"name": "efficientnet_b2", "weights": "imagenet"},
+            "fine_tune": True,
+            "if_weights_unavailable": default.models[1].if_weights_unavailable,
+        },
+    ]
+    summary = run_classification_study(
+        _study_config(tiny_phantom_config, tmp_path, models), tmp_path / "run", progress=False
+    )
+    assert list(summary["models"]) == ["custom_cnn", "efficientnet_b2_transfer", "efficientnet_b2_finetuned"]
+    assert "Models Genesis" in summary["models"]["efficientnet_b2_finetuned"]["training"]["weights"]
+
+
+@pytest.mark.parametrize("name", ["binary_nodule", "binary_full", "five_class_nodule", "five_class_full"])
+def test_every_profile_monitors_a_metric_its_task_reports(name):
+    from lungnet.experiment import load_experiment, resolve_experiment_path
+
+    path = resolve_experiment_path(name)
+    profiles = set(yaml.safe_load(path.read_text()).get("profiles") or {}) | set(
+        yaml.safe_load(resolve_experiment_path("binary_nodule").read_text())["profiles"]
+    )
+    for profile in sorted(profiles):
+        config = load_experiment(path, profile=profile)
+        if config.data.grouping == "5class":
+            assert "auc" not in config.training.monitor, (name, profile, config.training.monitor)

@@ -296,6 +296,7 @@ def _build(
         "patients": int(n_patients - len(held_out)),
         "images": int(len(train_images)),
         "held_out_patients": sorted(held_out),
+        "pretraining_patients": sorted(set(frame["patient_id"].astype(str)) - held_out),
         "steps_run": int(steps_run),
         "best_step": int(best_steps),
         "best_val_mse": summary["best_monitor"],
