@@ -229,6 +229,7 @@ def test_pretraining_trains_caches_and_reuses_a_base(tmp_path, crops, monkeypatc
     )
     log = pd.read_csv(base.path.parent / "logs" / f"{pretrain.PHASE}.csv")
     assert len(log) == 2 and np.isfinite(log["val_loss"]).all()
+    assert (base.path.parent / "learning_curve.png").stat().st_size > 1000
     assert not (base.path.parent / "checkpoints").exists()  # the restoration checkpoints are not kept
 
     def no_training(*args, **kwargs):

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from lungnet.data.dataset import DataConfig, classification_pipeline, image_column
 from lungnet.data.neighbours import NEIGHBOUR_COLUMNS
 from lungnet.errors import ConfigError, DataError
+from lungnet.evaluation.figures import learning_curve_figure, save_figure
 from lungnet.fileio import write_json
 from lungnet.models.encoders import pretrained_encoder_names
 from lungnet.models.registry import ENCODERS
@@ -312,6 +313,10 @@ def _build(
             f"(kept: step {best_steps})"
         ),
     }
+    log = partial / "logs" / f"{PHASE}.csv"
+    if log.is_file():  # the restoration loss against steps: did pretraining converge?
+        figure = learning_curve_figure({PHASE: pd.read_csv(log)}, {PHASE: steps_per_epoch}, "val_loss")
+        save_figure(figure, partial / "learning_curve.png")
     save_encoder_weights(encoder, partial / cache.WEIGHTS_FILE, info)
     write_json(partial / cache.INFO_FILE, info)
     for folder in ("checkpoints", "backup"):  # the restoration model's checkpoints are not the product
