@@ -16,13 +16,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from lungnet.data.dataset import DataConfig, check_source_images, image_column, prepare_data
+from lungnet.data.dataset import DataConfig, check_source_images, image_column, prepare_data, with_neighbours
 from lungnet.data.labels import assign_labels, class_names
 from lungnet.data.registry import load_source
 from lungnet.data.sources.phantom.build import PhantomConfig, excluded_patients
 from lungnet.data.splits import split_manifest
 from lungnet.errors import DataError
-from lungnet.pretraining.pretrain import PretrainConfig, PretrainedBase, check_backbone, pretrain_encoder
+from lungnet.pretraining.pretrain import (
+    PretrainConfig,
+    PretrainedBase,
+    check_backbone,
+    pretrain_encoder,
+    training_patients_images,
+)
 
 
 def _without_patients(frame: pd.DataFrame, exclude_file: str | None) -> pd.DataFrame:
@@ -42,7 +48,11 @@ def _experiment_images(experiment, all_patients: bool, exclude_file: str | None,
             data, phantom=dataclasses.replace(data.phantom, exclude_patients_file=exclude_file)
         )
     prepared = prepare_data(data, progress=progress)
-    frame = prepared.manifest if all_patients else prepared.split("train")
+    frame = (
+        with_neighbours(prepared.source.manifest, data, data.source)
+        if all_patients
+        else training_patients_images(prepared)
+    )
     where = "all patients" if all_patients else f"training split, seed {data.split_seed}"
     if exclude_file:
         where += f", without the patients of {Path(exclude_file).name}"
@@ -56,19 +66,21 @@ def _source_images(
     source = load_source(source_spec, phantom, progress=progress)
     frame, where = source.manifest, "all patients"
     if not all_patients:
-        try:
-            labelled = assign_labels(frame, data.grouping, origin=source.spec)
-            names = class_names(data.grouping, frame)
-            split = split_manifest(labelled, data.split, seed=data.split_seed, class_names=names)
-        except DataError as exc:  # no ratings or labels: nothing to split by, and no study to protect
-            print(
-                f"note: {source.spec} cannot be split by label ({str(exc).splitlines()[0]}); all patients used"
-            )
+        split, problem = None, None
+        for grouping in ("paper", "labels"):  # ratings (LIDC-style sources), else a label column
+            try:
+                labelled = assign_labels(frame, grouping, origin=source.spec)
+                split = split_manifest(
+                    labelled, data.split, seed=data.split_seed, class_names=class_names(grouping, frame)
+                )
+                break
+            except DataError as exc:
+                problem = problem or str(exc).splitlines()[0]
+        if split is None:  # nothing to split by, and no study to protect
+            print(f"note: {source.spec} cannot be split by label ({problem}); all patients used")
         else:
-            frame, where = (
-                split[split["split"] == "train"],
-                f"training split of the default split, seed {data.split_seed}",
-            )
+            frame = split[split["split"] == "train"]
+            where = f"training split of the default split, seed {data.split_seed}"
     frame = _without_patients(frame.reset_index(drop=True), exclude_file)
     if exclude_file:
         where += f", without the patients of {Path(exclude_file).name}"

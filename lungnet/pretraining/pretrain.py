@@ -28,7 +28,14 @@ import pandas as pd
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from lungnet.data.dataset import DataConfig, classification_pipeline, image_column
+from lungnet.data.dataset import (
+    DataConfig,
+    PreparedData,
+    check_source_images,
+    classification_pipeline,
+    image_column,
+    with_neighbours,
+)
 from lungnet.data.neighbours import NEIGHBOUR_COLUMNS
 from lungnet.errors import ConfigError, DataError
 from lungnet.evaluation.figures import learning_curve_figure, save_figure
@@ -114,6 +121,16 @@ def pretraining_frame(frame: pd.DataFrame) -> pd.DataFrame:
     if "augment_copy" in frame.columns:
         frame = frame[~frame["augment_copy"].astype(bool)]
     return frame.assign(target=0).reset_index(drop=True)
+
+
+def training_patients_images(prepared: PreparedData) -> pd.DataFrame:
+    """Every image of the training split's patients, whatever its label (rows a grouping leaves out, such as
+    indeterminate nodules, included: pretraining reads no labels), with the 2.5-D neighbour columns."""
+    patients = set(prepared.split("train")["patient_id"].astype(str))
+    manifest = prepared.source.manifest
+    frame = manifest[manifest["patient_id"].astype(str).isin(patients)].reset_index(drop=True)
+    check_source_images(prepared.source, frame, image_column(frame, prepared.config.view), progress=False)
+    return with_neighbours(frame, prepared.config, prepared.source.spec)
 
 
 def _image_refs(frame: pd.DataFrame, config: DataConfig) -> list[str]:
@@ -240,7 +257,8 @@ def _build(
 ):
     pre = data.preprocess
     shape = (pre.image_size, pre.image_size, pre.channels)
-    frame = frame.copy()
+    # a sample independent of the frame's row order: the same images give the same base
+    frame = frame.sort_values(image_column(frame, data.view), kind="stable").reset_index(drop=True)
     if len(frame) > config.max_images:
         frame = frame.sample(n=config.max_images, random_state=config.seed).reset_index(drop=True)
     held_out = _held_out_patients(frame["patient_id"], config.seed)
@@ -249,7 +267,9 @@ def _build(
     train_images, val_images = images[~is_val], images[is_val]
     keras.utils.set_random_seed(config.seed)
     pretrainable = backbone in pretrained_encoder_names()  # the others have no weights option
-    encoder_config = ENCODERS.parse({"name": backbone, **({"weights": None} if pretrainable else {})}, "--backbone")
+    encoder_config = ENCODERS.parse(
+        {"name": backbone, **({"weights": None} if pretrainable else {})}, "--backbone"
+    )
     model, encoder = restoration_model(encoder_config, shape)
     steps_per_epoch = min(config.steps_per_epoch, config.steps or config.steps_per_epoch)
     epochs = math.ceil(config.steps / steps_per_epoch) if config.steps else 100_000
@@ -271,7 +291,8 @@ def _build(
         f"{n_patients - len(held_out)} patients ({len(val_images)} images of {len(held_out)} held out), "
         f"input {list(shape)}, "
         + " or ".join(
-            ([f"{config.steps} steps"] if config.steps else []) + ([f"{config.minutes} min"] if config.minutes else [])
+            ([f"{config.steps} steps"] if config.steps else [])
+            + ([f"{config.minutes} min"] if config.minutes else [])
         )
         + (f"; resuming after epoch {done}" if done else "")
     )

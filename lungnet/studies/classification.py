@@ -38,6 +38,7 @@ from lungnet.models.contract import inference_model
 from lungnet.models.ensemble import average_ensemble
 from lungnet.models.weights import GENESIS, encoder_record, provenance
 from lungnet.pretraining import pretrain_encoder
+from lungnet.pretraining.pretrain import training_patients_images
 from lungnet.runs import save_config
 from lungnet.runs.artifacts import save_run_model
 from lungnet.studies.external import evaluate_classification_run
@@ -112,12 +113,12 @@ def _build(
 def _with_genesis_base(
     spec: ModelSpec, config: ExperimentConfig, data: PreparedData, progress: bool
 ) -> ModelSpec:
-    """`spec` with its encoder's weights set to the Models Genesis base of this study's training patients
-    (built, or reused from the cache)."""
+    """`spec` with its encoder's weights set to the Models Genesis base of this study's training patients'
+    images, every one of them, labelled or not (built, or reused from the cache)."""
     with distribution_scope(config.training):
         base = pretrain_encoder(
             spec.model.name,
-            data.split("train"),
+            training_patients_images(data),
             data.config,
             f"{data.source.spec} (training split, seed {data.config.split_seed})",
             config.pretraining,
