@@ -465,3 +465,18 @@ def test_every_profile_monitors_a_metric_its_task_reports(name):
         config = load_experiment(path, profile=profile)
         if config.data.grouping == "5class":
             assert "auc" not in config.training.monitor, (name, profile, config.training.monitor)
+
+
+def test_batch_norm_statistics_are_re_estimated_on_the_images():
+    import keras
+
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(2, 1, kernel_initializer="ones", use_bias=False)(inputs)
+    model = keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(x))
+    images = (3.0 + np.random.default_rng(0).normal(0, 2.0, (256, 8, 8, 1))).astype(np.float16)
+    used = pretrain.recalibrate_batch_norm(model, images, batch_size=32, batches=50)
+    bn = model.get_layer("bn")
+    assert used == 50 * 32 and bn.momentum == 0.99  # the images cycled; the layer's own momentum restored
+    # 50 batches at momentum 0.9 leave 0.9**50 = 0.5 % of the old (0, 1): the data's (3, 4) through a 1x1 conv
+    np.testing.assert_allclose(bn.moving_mean.numpy(), 3.0, rtol=0.05)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), 4.0, rtol=0.1)
