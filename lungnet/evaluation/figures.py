@@ -404,5 +404,6 @@ def learning_curve_figure(
     )
     for ax in (loss_ax, metric_ax):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a log with no metric (a restoration loss) leaves one empty
+            ax.legend(fontsize=7)
     return fig
