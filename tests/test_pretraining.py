@@ -99,7 +99,7 @@ def test_bezier_curve_through_diagonal_points_is_the_identity_and_its_reversal_i
 
 def test_local_shuffle_permutes_a_window_keeping_each_pixels_channels_together():
     x = np.stack([_ramp(4, 4)[..., 0], 10 + _ramp(4, 4)[..., 0]], axis=-1)  # 2 channels
-    # one block: height 1? no: sides drawn as integers in [1, H//10 = 0 -> 1]; positions from uniform draws
+    # on a 4 x 4 image the window sides are at most max(1, 4 // 10) = 1 px
     rng = ScriptedRng(integers=[1, 1], random=[0.0, 0.5], permutations=[[0]])
     out = local_pixel_shuffle(x, rng, blocks=1)
     np.testing.assert_array_equal(out, x)  # a 1x1 window cannot change
@@ -284,6 +284,23 @@ def test_an_interrupted_pretraining_leaves_nothing_finished_and_resumes(tmp_path
     assert not any(e.name.endswith(".partial") for e in (tmp_path / "cache" / "pretrained").iterdir())
 
 
+def _pretrain_conv(manifest, cache_dir, *options) -> int:
+    """`lungnet pretrain` of the tiny conv encoder; returns the exit code."""
+    return main(
+        [
+            "pretrain",
+            "--backbone",
+            "conv",
+            "--data",
+            str(manifest),
+            "--cache-dir",
+            str(cache_dir),
+            "--quiet",
+            *options,
+        ]
+    )
+
+
 def test_bad_pretraining_inputs_are_named(tmp_path, crops, capsys):
     data, frame = crops
     with pytest.raises(ConfigError, match=r"'resnet9' is not an encoder.*efficientnet_b2"):
@@ -308,42 +325,13 @@ def test_bad_pretraining_inputs_are_named(tmp_path, crops, capsys):
     assert "choices" in capsys.readouterr().err
     excluded = tmp_path / "all.txt"
     excluded.write_text("P0\nP1\nP2\nP3\n")
-    code = main(
-        [
-            "pretrain",
-            "--backbone",
-            "conv",
-            "--data",
-            str(manifest),
-            "--all-patients",
-            "--exclude-patients",
-            str(excluded),
-            "--cache-dir",
-            str(tmp_path / "c"),
-            "--quiet",
-        ]
-    )
+    code = _pretrain_conv(manifest, tmp_path / "c", "--all-patients", "--exclude-patients", str(excluded))
     assert code == 2 and "no images" in capsys.readouterr().err
 
 
 def test_pretrain_command_uses_the_training_split_and_prints_the_weights(tmp_path, capsys):
     manifest = _write_crops(tmp_path / "cli", patients=20, per_patient=1)
-    code = main(
-        [
-            "pretrain",
-            "--backbone",
-            "conv",
-            "--data",
-            str(manifest),
-            "--steps",
-            "1",
-            "--batch-size",
-            "2",
-            "--cache-dir",
-            str(tmp_path / "c"),
-            "--quiet",
-        ]
-    )
+    code = _pretrain_conv(manifest, tmp_path / "c", "--steps", "1", "--batch-size", "2")
     out = capsys.readouterr().out
     assert code == 0, out
     path = out.split("weights: ")[1].split()[0]

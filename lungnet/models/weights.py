@@ -59,8 +59,6 @@ def encoder_record(model: keras.Model) -> EncoderRecord | None:
 def provenance(weights: str | None) -> str:
     if weights == "imagenet":
         return "ImageNet"
-    if weights == GENESIS:
-        return "self-supervised (Models Genesis), built from the study's training patients"
     if weights is None:
         return "random initialisation"
     path = Path(weights).expanduser()
@@ -107,15 +105,16 @@ ENCODER_FILE_VERSION = 1
 _AUTO_SUFFIX = re.compile(r"_\d+$")
 
 
-def _weighted_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """Every layer holding weights, in graph order, nested models flattened (their layers, not the wrapper)."""
+def flat_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer in graph order, nested models flattened (their layers, not the wrapper)."""
     found: list[keras.layers.Layer] = []
     for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            found.extend(_weighted_layers(layer))
-        elif layer.weights:
-            found.append(layer)
+        found.extend(flat_layers(layer) if isinstance(layer, keras.Model) else [layer])
     return found
+
+
+def _weighted_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    return [layer for layer in flat_layers(model) if layer.weights]
 
 
 def save_encoder_weights(encoder: keras.Model, path: str | Path, info: dict) -> Path:

@@ -15,6 +15,7 @@ step budget differs builds its own base.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
 import time
@@ -42,7 +43,7 @@ from lungnet.evaluation.figures import learning_curve_figure, save_figure
 from lungnet.fileio import write_json
 from lungnet.models.encoders import pretrained_encoder_names
 from lungnet.models.registry import ENCODERS
-from lungnet.models.weights import save_encoder_weights
+from lungnet.models.weights import flat_layers, save_encoder_weights
 from lungnet.pretraining import cache
 from lungnet.pretraining.genesis import GenesisConfig, genesis_pair
 from lungnet.pretraining.restoration import restoration_model
@@ -229,7 +230,7 @@ def recalibrate_batch_norm(
     transfer learning has nothing to read. The batches run in training mode at `momentum` (0.9: after 50
     batches the old statistics weigh 0.5 %), without touching any trained weight.
     """
-    norms = [layer for layer in _layers(encoder) if isinstance(layer, keras.layers.BatchNormalization)]
+    norms = [layer for layer in flat_layers(encoder) if isinstance(layer, keras.layers.BatchNormalization)]
     if not norms or len(images) == 0:
         return 0
     momenta = [layer.momentum for layer in norms]
@@ -245,13 +246,6 @@ def recalibrate_batch_norm(
         for layer, old in zip(norms, momenta, strict=True):
             layer.momentum = old
     return len(order)
-
-
-def _layers(model: keras.Model) -> list:
-    out = []
-    for layer in model.layers:
-        out.extend(_layers(layer) if isinstance(layer, keras.Model) else [layer])
-    return out
 
 
 def _compile_restoration(model: keras.Model, learning_rate: float, config: TrainingConfig) -> None:
@@ -288,8 +282,6 @@ def pretrain_encoder(
 
 
 def _read_info(entry: Path) -> dict:
-    import json
-
     return json.loads((entry / cache.INFO_FILE).read_text())
 
 
