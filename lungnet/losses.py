@@ -1,4 +1,5 @@
-"""Segmentation losses on sigmoid probabilities: Dice, binary focal, and their weighted sum (hybrid).
+"""Segmentation losses on sigmoid probabilities: Dice, binary focal, their weighted sum (hybrid), and Inf-Net's
+boundary-weighted BCE + IoU (structure) with its edge loss.
 
 Each loss returns one value per sample (Dice over the whole mask, focal as a mean over pixels) and leaves the
 reduction over the batch to Keras (``reduction``, default the batch mean). They compute in float32 whatever
@@ -8,6 +9,12 @@ a ``.keras`` model compiled with one of them loads without ``custom_objects``.
 ``y_true`` is a mask in {0, 1} (soft labels in [0, 1] are accepted: the focal terms are then interpolated
 between the two classes); ``y_pred`` a probability, e.g. the ``probabilities`` output of
 `lungnet.models.build_segmenter`.
+
+Inf-Net (Fan et al., IEEE TMI 2020) trains every map with ``L_seg = weighted BCE + weighted IoU``
+(`StructureLoss`, `structure_per_sample`), the pixel weights rising near the mask's boundary
+(`boundary_weights`), and its edge branch with a plain BCE against the mask's edges (`EdgeLoss`, `mask_edges`).
+The reference code's weighted BCE is silently unweighted (``reduce='none'`` reads as a mean); here the
+weights apply, as the paper's formula says. Only ``keras.ops`` is used, so these run on Keras' JAX backend too.
 """
 
 from __future__ import annotations
@@ -18,12 +25,25 @@ from typing import Literal
 import keras
 from keras import ops
 
-from lungnet.errors import ConfigError
+from lungnet.config import is_int
+from lungnet.errors import ConfigError, DataError
 
-LossName = Literal["hybrid", "dice", "focal", "bce"]
-LOSS_NAMES = ("hybrid", "dice", "focal", "bce")
+LossName = Literal["hybrid", "dice", "focal", "bce", "structure"]
+LOSS_NAMES = ("hybrid", "dice", "focal", "bce", "structure")
 
-__all__ = ["LOSS_NAMES", "DiceLoss", "FocalLoss", "HybridLoss", "LossConfig", "build_loss"]
+__all__ = [
+    "LOSS_NAMES",
+    "DiceLoss",
+    "EdgeLoss",
+    "FocalLoss",
+    "HybridLoss",
+    "LossConfig",
+    "StructureLoss",
+    "boundary_weights",
+    "build_loss",
+    "mask_edges",
+    "structure_per_sample",
+]
 
 
 def _check(field: str, value, low: float, high: float | None = None) -> None:
@@ -33,6 +53,12 @@ def _check(field: str, value, low: float, high: float | None = None) -> None:
     if not ok:
         where = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
         raise ConfigError(f"loss.{field}: {value!r} must be a number {where}")
+
+
+def _check_odd(field: str, value, low: int) -> None:
+    """ConfigError ``loss.{field}: ...`` unless `value` is an odd integer >= low (a window centred on a pixel)."""
+    if not (is_int(value) and value >= low and value % 2 == 1):
+        raise ConfigError(f"loss.{field}: {value!r} must be an odd integer >= {low}")
 
 
 def _prepare(y_true, y_pred):
@@ -147,17 +173,190 @@ class HybridLoss(keras.losses.Loss):
         }
 
 
+# ------------------------------------------------------------------------------- Inf-Net: structure and edges
+
+
+def _to_nhwc(x):
+    """`x` as ``[B, H, W, C]`` (pooling needs both axes) and the function that restores its rank.
+
+    Rank 2 is one ``[H, W]`` mask, rank 3 one ``[H, W, C]`` image (a tf.data element), rank 4 a batch.
+    """
+    rank = len(x.shape)
+    if rank == 4:
+        return x, lambda y: y
+    if rank == 3:
+        return ops.expand_dims(x, 0), lambda y: y[0]
+    if rank == 2:
+        return x[None, :, :, None], lambda y: y[0, :, :, 0]
+    raise DataError(f"mask: expected [H, W], [H, W, C] or [B, H, W, C], got shape {tuple(x.shape)}")
+
+
+def _binary_crossentropy(y_true, y_pred, from_logits: bool):
+    """Per-pixel BCE; probabilities are clipped to [eps, 1 - eps] so log stays finite at p = 0 and 1."""
+    if from_logits:  # max(x, 0) - x y + log(1 + exp(-|x|)): no overflow for large |x|
+        return ops.relu(y_pred) - y_pred * y_true + ops.log1p(ops.exp(-ops.abs(y_pred)))
+    eps = keras.backend.epsilon()
+    p = ops.clip(y_pred, eps, 1.0 - eps)
+    return -(y_true * ops.log(p) + (1.0 - y_true) * ops.log(1.0 - p))
+
+
+def boundary_weights(mask, kernel_size: int = 31, weight: float = 5.0):
+    """Inf-Net's pixel weights ``1 + weight * |avgpool_k(mask) - mask|`` (k x k mean, stride 1, same size).
+
+    Pixels far from the boundary get 1; near it the local mean departs from the pixel's own label and the
+    weight rises, to at most ``1 + weight``. Beyond the image border the mask counts as 0 and the padding is
+    counted in the mean (PyTorch's zero padding with ``count_include_pad``, as in the reference): a plain
+    window sum / k^2, so a mask touching the border is weighted as if background lay beyond it.
+    """
+    _check_odd("boundary_kernel", kernel_size, 1)
+    _check("boundary_weight", weight, 0.0)
+    mask, restore = _to_nhwc(ops.cast(mask, "float32"))
+    pad = kernel_size // 2
+    padded = ops.pad(mask, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    # the box mean is separable: k + k additions per pixel instead of k^2; 'valid' on the zero-padded map
+    # divides every window by k^2, padding included
+    local = ops.average_pool(padded, (kernel_size, 1), strides=1, padding="valid")
+    local = ops.average_pool(local, (1, kernel_size), strides=1, padding="valid")
+    return restore(1.0 + weight * ops.abs(local - mask))
+
+
+def mask_edges(mask, size: int = 3):
+    """The edges of a mask: its morphological gradient, dilation - erosion with a ``size`` x ``size`` square.
+
+    For a binary mask and size 3 this is a 2 px band: the object's outermost pixels and the background
+    pixels touching them (8-connectivity). Pixels beyond the image border are ignored (max-pooling's 'same'
+    padding), so an object cut by the border has no edge along it. Shapes as `_to_nhwc`; float32 out. Only
+    ``keras.ops``: it runs inside a tf.data map on the TensorFlow backend and in the losses on any backend.
+    """
+    _check_odd("edge_size", size, 3)
+    mask, restore = _to_nhwc(ops.cast(mask, "float32"))
+    dilation = ops.max_pool(mask, size, strides=1, padding="same")
+    erosion = -ops.max_pool(-mask, size, strides=1, padding="same")
+    return restore(dilation - erosion)
+
+
+def _prepare_maps(y_true, y_pred):
+    """`_prepare`, then both ``[B, H, W, C]``: the boundary weights pool over H and W."""
+    y_true, y_pred = _prepare(y_true, y_pred)
+    if len(y_pred.shape) == 3:
+        y_true, y_pred = ops.expand_dims(y_true, -1), ops.expand_dims(y_pred, -1)
+    known = zip(y_true.shape[1:], y_pred.shape[1:], strict=False)  # None: a size known only at run time
+    if len(y_pred.shape) != 4 or any(a is not None and b is not None and a != b for a, b in known):
+        raise DataError(
+            f"loss: y_true {tuple(y_true.shape)} and y_pred {tuple(y_pred.shape)} must both be "
+            "maps [B, H, W, 1] of one size (resize side outputs to the mask first)"
+        )
+    return y_true, y_pred
+
+
+def structure_per_sample(
+    y_true, y_pred, kernel_size: int = 31, weight: float = 5.0, from_logits: bool = False
+):
+    """Inf-Net's ``L_seg`` per sample: boundary-weighted BCE + boundary-weighted IoU.
+
+    With w = `boundary_weights` of the mask m and p the probability (``sigmoid(y_pred)`` if `from_logits`):
+    ``wbce = sum(w bce) / sum(w)`` and ``wiou = 1 - (sum(p m w) + 1) / (sum((p + m) w) - sum(p m w) + 1)``,
+    sums over each sample's pixels. The IoU uses the unclipped p: its +1 terms keep it finite and a
+    prediction of exactly 0 or 1 still gets its gradient.
+    """
+    y_true, y_pred = _prepare_maps(y_true, y_pred)
+    w = boundary_weights(y_true, kernel_size, weight)
+    p = ops.sigmoid(y_pred) if from_logits else y_pred
+    axes = _non_batch_axes(y_pred)
+    bce = _binary_crossentropy(y_true, y_pred, from_logits)
+    wbce = ops.sum(w * bce, axis=axes) / ops.sum(w, axis=axes)
+    inter = ops.sum(p * y_true * w, axis=axes)
+    union = ops.sum((p + y_true) * w, axis=axes)
+    wiou = 1.0 - (inter + 1.0) / (union - inter + 1.0)
+    return wbce + wiou
+
+
+@keras.saving.register_keras_serializable(package="lungnet")
+class StructureLoss(keras.losses.Loss):
+    """Inf-Net's segmentation loss (`structure_per_sample`) per sample, then the Keras reduction (batch mean).
+
+    Deep supervision applies it to each map (Inf-Net: its three reverse-attention outputs and the PPD's
+    global map, each against the full-size mask) and sums; the edge branch takes `EdgeLoss`.
+    """
+
+    def __init__(
+        self,
+        kernel_size: int = 31,
+        weight: float = 5.0,
+        from_logits: bool = False,
+        name: str = "structure_loss",
+        **kwargs,
+    ):
+        _check_odd("boundary_kernel", kernel_size, 1)
+        _check("boundary_weight", weight, 0.0)
+        super().__init__(name=name, **kwargs)
+        self.kernel_size = int(kernel_size)
+        self.weight = float(weight)
+        self.from_logits = bool(from_logits)
+
+    def call(self, y_true, y_pred):
+        return structure_per_sample(y_true, y_pred, self.kernel_size, self.weight, self.from_logits)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "kernel_size": self.kernel_size,
+            "weight": self.weight,
+            "from_logits": self.from_logits,
+        }
+
+
+@keras.saving.register_keras_serializable(package="lungnet")
+class EdgeLoss(keras.losses.Loss):
+    """Inf-Net's ``L_edge``: BCE, the mean over pixels, between the predicted edge map and the true edges.
+
+    With `from_mask` (default) ``y_true`` is the segmentation mask and its edges are `mask_edges` of it, so
+    the edge output takes the same target as every other output; otherwise ``y_true`` is the edge map.
+    """
+
+    def __init__(
+        self,
+        size: int = 3,
+        from_mask: bool = True,
+        from_logits: bool = False,
+        name: str = "edge_loss",
+        **kwargs,
+    ):
+        _check_odd("edge_size", size, 3)
+        super().__init__(name=name, **kwargs)
+        self.size = int(size)
+        self.from_mask = bool(from_mask)
+        self.from_logits = bool(from_logits)
+
+    def call(self, y_true, y_pred):
+        y_true, y_pred = _prepare_maps(y_true, y_pred)
+        edges = mask_edges(y_true, self.size) if self.from_mask else y_true
+        bce = _binary_crossentropy(edges, y_pred, self.from_logits)
+        return ops.mean(bce, axis=_non_batch_axes(bce))
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "size": self.size,
+            "from_mask": self.from_mask,
+            "from_logits": self.from_logits,
+        }
+
+
 @dataclass(frozen=True)
 class LossConfig:
     """The segmentation loss (YAML: the ``loss:`` mapping). ``lam`` weights Dice against focal (hybrid);
-    ``alpha`` and ``gamma`` are the focal parameters, ``smooth`` Dice's smoothing term. Keys a loss does not
-    use are ignored (bce uses none)."""
+    ``alpha`` and ``gamma`` are the focal parameters, ``smooth`` Dice's smoothing term; ``boundary_kernel``
+    and ``boundary_weight`` are the structure loss's pooling window and weight factor (`boundary_weights`).
+    Keys a loss does not use are ignored (bce uses none)."""
 
     name: LossName = "hybrid"
     lam: float = 0.5
     alpha: float = 0.25
     gamma: float = 2.0
     smooth: float = 1.0
+    boundary_kernel: int = 31
+    boundary_weight: float = 5.0
 
     def __post_init__(self) -> None:
         if self.name not in LOSS_NAMES:
@@ -166,6 +365,8 @@ class LossConfig:
         _check("alpha", self.alpha, 0.0, 1.0)
         _check("gamma", self.gamma, 0.0)
         _check("smooth", self.smooth, 0.0)
+        _check_odd("boundary_kernel", self.boundary_kernel, 1)
+        _check("boundary_weight", self.boundary_weight, 0.0)
 
 
 def build_loss(config: LossConfig) -> keras.losses.Loss:
@@ -178,4 +379,6 @@ def build_loss(config: LossConfig) -> keras.losses.Loss:
         return DiceLoss(smooth=config.smooth)
     if config.name == "focal":
         return FocalLoss(alpha=config.alpha, gamma=config.gamma)
+    if config.name == "structure":
+        return StructureLoss(kernel_size=config.boundary_kernel, weight=config.boundary_weight)
     return keras.losses.BinaryCrossentropy()

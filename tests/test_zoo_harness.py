@@ -4,7 +4,8 @@ config and pinned parameter count here (a name without them fails `test_every_na
 Each classifier and segmenter: output names and shapes, the naming contract (``image``, ``probabilities``,
 ``embedding``, the declared explanation layer and side outputs), float32 outputs under mixed precision, one
 training step, a ``.keras`` round trip and a SavedModel export round trip. Each encoder: the declared
-pyramid keys, strides and channels. Tiny configs at 32 px, random weights (no network).
+pyramid keys, strides and channels. Tiny configs at 32 px, random weights (no network). The round trips of
+the largest classifiers are slow tests (`SLOW`).
 """
 
 from __future__ import annotations
@@ -28,10 +29,21 @@ TINY = {
         "efficientnet_b2": {"weights": None},
         "efficientnet_b3": {"weights": None},
         "resnet34_d": {"weights": None},
+        "resnet50": {"weights": None},
+        "resnet101": {"weights": None},
+        "res2net50": {"weights": None},
     },
     "segmentation": {
         "unet": {"depth": 2, "filters": 4, "batch_norm": True},
         "attention_res_unet": {"depth": 2, "filters": 4},
+        "inf_net": {
+            "encoder": "conv",
+            "depth": 5,
+            "filters": 2,
+            "rfb_channels": 4,
+            "edge_channels": 4,
+            "ra_channels": [6, 4, 4],
+        },
         "unet_plus_plus": {"depth": 2, "filters": 4, "deep_supervision": True},
     },
     "encoder": {
@@ -39,24 +51,48 @@ TINY = {
         "efficientnet_b2": {"weights": None},
         "efficientnet_b3": {"weights": None},
         "resnet34_d": {"weights": None},
+        "resnet50": {"weights": None},
+        "resnet101": {"weights": None},
+        "res2net50": {"weights": None, "layers": [1, 1, 1, 1]},  # the full [3, 4, 6, 3]: test_backbones
     },
 }
 # Parameter counts of the TINY configs (binary classifiers; 3 channels, segmenters 1): a changed
-# architecture shows here. EfficientNetB2 = its keras.applications base (7,768,569) + the 1,409-weight head.
+# architecture shows here. EfficientNetB2 = its keras.applications base (7,768,569) + the 1,409-weight head;
+# ResNets and Res2Net: base + 2,049. The tiny Res2Net encoder has [1, 1, 1, 1] blocks; its classifier (whose
+# config has no encoder fields) is the full Res2Net-50, whose count test_backbones.py derives by hand.
 PINNED = {
     "classification": {
         "custom_cnn": 1_485,  # by hand: convs 1,116 + BN 96 + dense 264 + output 9
         "efficientnet_b2": 7_769_978,
         "efficientnet_b3": 10_785_072,
         "resnet34_d": 21_325_921,
+        "resnet50": 23_589_761,
+        "resnet101": 42_660_225,
+        "res2net50": 23_731_021,
     },
-    "segmentation": {"unet": 7_637, "attention_res_unet": 8_375, "unet_plus_plus": 8_382},
+    "segmentation": {
+        "unet": 7_637,
+        "attention_res_unet": 8_375,
+        "unet_plus_plus": 8_382,
+        "inf_net": 92_129,
+    },
     "encoder": {
         "conv": 4_628,
         "efficientnet_b2": 7_768_569,
         "efficientnet_b3": 10_783_535,
         "resnet34_d": 21_325_408,
+        "resnet50": 23_587_712,
+        "resnet101": 42_658_176,
+        "res2net50": 7_778_884,
     },
+}
+# Tests of the largest classifiers that run with `make test-slow` (measured on 2 CPU cores): their round
+# trips take 20-55 s each (ResNet101's export alone ~25 s); the fast suite still round-trips what they add to
+# the zoo, Res2Net's blocks and the caffe input layer (tests/test_backbones.py), the ResNets' other layers
+# being Keras's own. ResNet101 repeats ResNet50's blocks: its training step (~12 s) adds nothing to ResNet50's.
+SLOW = {
+    "round_trip": {"resnet50", "resnet101", "res2net50"},
+    "training_step": {"resnet101"},
 }
 REGISTRY = {"classification": CLASSIFIERS, "segmentation": SEGMENTERS, "encoder": ENCODERS}
 CHANNELS = {"classification": 3, "segmentation": 1, "encoder": 3}
@@ -101,6 +137,11 @@ def test_every_name_is_covered(task):
 MODELS = [(task, name) for task in ("classification", "segmentation") for name in _names(task)]
 
 
+def _models(test: str) -> list:
+    """`MODELS`, those in ``SLOW[test]`` marked slow."""
+    return [pytest.param(*m, marks=pytest.mark.slow) if m[1] in SLOW[test] else m for m in MODELS]
+
+
 @pytest.mark.parametrize(("task", "name"), MODELS)
 def test_contract_shapes_and_declarations(task, name):
     entry = REGISTRY[task].get(name)
@@ -140,7 +181,7 @@ def test_float32_outputs_under_mixed_precision(task, name):
         keras.mixed_precision.set_global_policy("float32")
 
 
-@pytest.mark.parametrize(("task", "name"), MODELS)
+@pytest.mark.parametrize(("task", "name"), _models("training_step"))
 def test_one_training_step_moves_the_weights(task, name):
     model = _build(task, name)
     names = output_names(model)
@@ -159,7 +200,7 @@ def test_one_training_step_moves_the_weights(task, name):
     assert moved > 0.9 * len(before)
 
 
-@pytest.mark.parametrize(("task", "name"), MODELS)
+@pytest.mark.parametrize(("task", "name"), _models("round_trip"))
 def test_keras_and_saved_model_round_trips(task, name, tmp_path):
     model = inference_model(_build(task, name))
     x = _images(task)

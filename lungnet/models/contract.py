@@ -5,7 +5,8 @@
 - the output layer is ``probabilities``, computed in float32 even under mixed precision: one sigmoid unit
   ``[B, 1]`` for two classes, a softmax ``[B, K]`` otherwise, or a sigmoid map ``[B, H, W, 1]``;
 - side outputs (deep supervision) are named ``aux_*``; the model's outputs are then a dict, and the losses
-  read them; evaluation and serving use `inference_model`, which keeps ``probabilities`` only;
+  read them (``aux_edge`` against the mask's boundary, the others against the mask); evaluation and serving
+  use `inference_model`, which keeps ``probabilities`` only;
 - classifiers name their penultimate feature vector ``embedding`` (retrieval);
 - an encoder's trainable part starts at a layer named ``backbone_input``;
 - encoders return a `Pyramid`: feature maps keyed ``P{k}`` at stride ``2**k`` of the input (``P0`` is full
@@ -24,6 +25,7 @@ OUTPUT_NAME = "probabilities"
 EMBEDDING_NAME = "embedding"
 BACKBONE_INPUT_NAME = "backbone_input"
 AUX_PREFIX = "aux_"
+EDGE_OUTPUT = "aux_edge"  # a side output supervised by the mask's boundary, not the mask (Inf-Net)
 
 Pyramid = dict  # {"P0" | "P1" | ...: KerasTensor [B, H / 2**k, W / 2**k, C_k]}, shallowest first
 

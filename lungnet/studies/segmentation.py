@@ -41,9 +41,9 @@ from lungnet.evaluation.segmentation import (
 )
 from lungnet.experiment import SegmentationExperimentConfig
 from lungnet.fileio import write_csv, write_json
-from lungnet.losses import LossConfig, build_loss
+from lungnet.losses import EdgeLoss, LossConfig, build_loss
 from lungnet.models import build_segmenter, inference_model
-from lungnet.models.contract import output_names
+from lungnet.models.contract import EDGE_OUTPUT, output_names
 from lungnet.postprocess.crf import CRFConfig, dense_crf_batch, require_crf
 from lungnet.runs import load_run_config, save_config
 from lungnet.runs.artifacts import evaluation_dir, load_run_model, run_metrics, run_preprocess, save_run_model
@@ -122,10 +122,14 @@ def compile_segmentation(loss: LossConfig):
     def compile_fn(model: keras.Model, learning_rate: float, training) -> None:
         iou = keras.metrics.BinaryIoU(target_class_ids=[1], threshold=0.5, name="iou")
         names = output_names(model)
-        multi = len(names) > 1  # deep supervision: the same loss on every side output, summed
+        # deep supervision: the experiment's loss on every side output, summed; an edge output against the
+        # mask's boundary (derived from the mask inside the loss)
+        multi = len(names) > 1
         model.compile(
             optimizer=make_optimizer(learning_rate, training),
-            loss={name: build_loss(loss) for name in names} if multi else build_loss(loss),
+            loss={n: EdgeLoss() if n == EDGE_OUTPUT else build_loss(loss) for n in names}
+            if multi
+            else build_loss(loss),
             metrics={names[0]: [iou]} if multi else [iou],
             jit_compile=training.xla,
         )

@@ -1,7 +1,7 @@
 """Encoders: feature pyramids ``{"P0".."P5"}`` for classifier heads and segmentation decoders to read.
 
-Importing this package registers every encoder family: lungnet's own conv encoder (`conv`), keras.applications
-bases (`applications`), keras-hub backbones (`keras_hub`).
+Importing this package registers every encoder family: lungnet's own conv encoder (`conv`) and Res2Net
+(`res2net`), keras.applications bases (`applications`), keras-hub backbones (`keras_hub`).
 """
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from __future__ import annotations
 import keras
 
 from lungnet.models.contract import INPUT_NAME, check_input_shape
-from lungnet.models.encoders import applications, conv, keras_hub  # noqa: F401  (registers them)
+from lungnet.models.encoders import applications, conv, keras_hub, res2net  # noqa: F401  (registers them)
 from lungnet.models.encoders.pretrained import PretrainedEncoderConfig
 from lungnet.models.registry import ENCODERS
 
 
 def pretrained_encoder_names() -> list[str]:
     """Encoders that can start from pretrained weights (the ones a classifier head or pretraining can use)."""
-    return [n for n in ENCODERS.names() if ENCODERS.get(n).config_class is PretrainedEncoderConfig]
+    return [n for n in ENCODERS.names() if issubclass(ENCODERS.get(n).config_class, PretrainedEncoderConfig)]
 
 
 def build_encoder(config, input_shape: tuple[int, int, int]) -> keras.Model:

@@ -21,7 +21,7 @@ from keras import layers
 from lungnet.errors import ConfigError
 from lungnet.models.layers.conv import batch_norm, positive_int, static_channels
 
-__all__ = ["resnet_d_basic_block", "resnet_d_bottleneck_block", "resnet_d_stem"]
+__all__ = ["resnet_d_basic_block", "resnet_d_bottleneck_block", "resnet_d_shortcut", "resnet_d_stem"]
 
 
 def _check_stride(stride, block: str) -> int:
@@ -41,8 +41,13 @@ def _conv_bn(x, filters: int, kernel_size: int, stride: int, name: str, suffix: 
     return x
 
 
-def _shortcut(x, filters: int, stride: int, name: str):
-    """Identity if the block keeps the shape, else (2x2 average pool if strided) -> 1x1 conv -> BN."""
+def resnet_d_shortcut(x, filters: int, stride: int, name: str):
+    """Identity if the block keeps the shape, else (2x2 average pool if strided) -> 1x1 conv -> BN.
+
+    The pool averages only pixels inside the image, on every backend: an odd side gives ``ceil(H / 2)``
+    outputs, the last window half outside. Layers ``{name}_shortcut_pool``, ``_shortcut_conv``, ``_shortcut_bn``.
+    """
+    stride = _check_stride(stride, "resnet_d_shortcut")
     if stride == 1 and int(x.shape[-1]) == filters:
         return x
     if stride == 2:
@@ -71,7 +76,7 @@ def resnet_d_basic_block(x, filters: int, stride: int, name: str):
     stride = _check_stride(stride, "resnet_d_basic_block")
     y = _conv_bn(x, filters, 3, stride, name, "1", relu=True)
     y = _conv_bn(y, filters, 3, 1, name, "2", relu=False)
-    return _merge(y, _shortcut(x, filters, stride, name), name)
+    return _merge(y, resnet_d_shortcut(x, filters, stride, name), name)
 
 
 def resnet_d_bottleneck_block(x, filters: int, stride: int, name: str, expansion: int = 4):
@@ -89,7 +94,7 @@ def resnet_d_bottleneck_block(x, filters: int, stride: int, name: str, expansion
     y = _conv_bn(x, filters, 1, 1, name, "1", relu=True)
     y = _conv_bn(y, filters, 3, stride, name, "2", relu=True)
     y = _conv_bn(y, filters * expansion, 1, 1, name, "3", relu=False)
-    return _merge(y, _shortcut(x, filters * expansion, stride, name), name)
+    return _merge(y, resnet_d_shortcut(x, filters * expansion, stride, name), name)
 
 
 def resnet_d_stem(x, name: str, filters: tuple[int, int, int] = (32, 32, 64)):
