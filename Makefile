@@ -37,7 +37,7 @@ setup: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check lungnet tests benchmarks
-	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile tests
+	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile --durations=25 tests
 	$(PY) -m pytest --nbmake notebooks
 
 test-slow: $(STAMP)

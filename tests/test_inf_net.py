@@ -135,6 +135,7 @@ def test_the_study_compiles_the_edge_output_against_the_boundary(model):
     assert all(isinstance(losses[n], StructureLoss) for n in losses if n != EDGE_OUTPUT)
 
 
+@pytest.mark.slow  # ~100 s on 2 cores (tracing the graph); the compile and harness tests cover the rest
 def test_inf_net_trains_in_the_segmentation_study(tmp_path, tiny_phantom_config):
     import json
 

@@ -56,7 +56,7 @@ import pandas as pd
 
 from lungnet.config import is_int
 from lungnet.errors import ConfigError, DataError
-from lungnet.evaluation.segmentation import binarize, check_binary_masks, per_image_metrics
+from lungnet.evaluation.segmentation import as_maps, binarize, check_binary_masks, per_image_metrics
 
 EPS = np.finfo(np.float64).eps
 ALPHA = 0.5
@@ -66,19 +66,6 @@ SLICE_COLUMNS = ("has_nodule", "pred_pixels", "overlap_pixels", "iou", "flagged"
 
 
 # ----------------------------------------------------------------------------------------------------- inputs
-def _stack(a: np.ndarray, what: str) -> np.ndarray:
-    """``a`` as [N, H, W] (from [H, W] or [N, H, W, 1]); DataError naming ``what`` otherwise."""
-    if a.ndim == 4 and a.shape[-1] == 1:
-        a = a[..., 0]
-    elif a.ndim == 2:
-        a = a[np.newaxis]
-    if a.ndim != 3:
-        raise DataError(f"{what} must be maps [N, H, W], got shape {a.shape}")
-    if a.shape[0] == 0:
-        raise DataError(f"{what} is empty (no images to evaluate)")
-    return a
-
-
 def _minmax(p: np.ndarray) -> np.ndarray:
     low = p.min(axis=(1, 2), keepdims=True)
     span = p.max(axis=(1, 2), keepdims=True) - low
@@ -87,8 +74,8 @@ def _minmax(p: np.ndarray) -> np.ndarray:
 
 def _inputs(y_true, probs, minmax: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(truth as bool [N, H, W], probabilities as float64 [N, H, W]), checked."""
-    t = check_binary_masks(_stack(np.asarray(y_true), "y_true"), "y_true")
-    p = _stack(np.asarray(probs, dtype=np.float64), "probs")
+    t = check_binary_masks(as_maps(np.asarray(y_true), "y_true"), "y_true")
+    p = as_maps(np.asarray(probs, dtype=np.float64), "probs")
     if t.shape != p.shape:
         raise DataError(f"y_true has shape {t.shape} but probs has shape {p.shape}")
     bad = ~(np.isfinite(p) & (p >= 0) & (p <= 1))
@@ -189,8 +176,8 @@ def _e_from_counts(tp, fp, n_fg: int, n_bg: int) -> np.ndarray:
 
 def e_measure(y_true, y_pred) -> np.ndarray:
     """E-measure per image [N] of binary predicted masks ``y_pred`` (module docstring)."""
-    t = check_binary_masks(_stack(np.asarray(y_true), "y_true"), "y_true")
-    f = check_binary_masks(_stack(np.asarray(y_pred), "y_pred"), "y_pred")
+    t = check_binary_masks(as_maps(np.asarray(y_true), "y_true"), "y_true")
+    f = check_binary_masks(as_maps(np.asarray(y_pred), "y_pred"), "y_pred")
     if t.shape != f.shape:
         raise DataError(f"y_true has shape {t.shape} but y_pred has shape {f.shape}")
     out = []

@@ -91,17 +91,21 @@ def check_binary_masks(masks, what: str) -> np.ndarray:
     return a.astype(bool)
 
 
-def _as_masks(masks, what: str) -> np.ndarray:
-    a = np.asarray(masks)
+def as_maps(a: np.ndarray, what: str) -> np.ndarray:
+    """`a` as ``[N, H, W]`` (from ``[H, W]`` or ``[N, H, W, 1]``); a DataError naming `what` otherwise."""
     if a.ndim == 4 and a.shape[-1] == 1:
         a = a[..., 0]
     elif a.ndim == 2:
         a = a[np.newaxis]
     if a.ndim != 3:
-        raise DataError(f"{what} must be masks [N, H, W], got shape {a.shape}")
+        raise DataError(f"{what} must be maps [N, H, W], got shape {a.shape}")
     if a.shape[0] == 0:
         raise DataError(f"{what} is empty (no images to evaluate)")
-    return check_binary_masks(a, what)
+    return a
+
+
+def _as_masks(masks, what: str) -> np.ndarray:
+    return check_binary_masks(as_maps(np.asarray(masks), what), what)
 
 
 def _pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
