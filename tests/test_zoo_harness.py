@@ -29,6 +29,14 @@ TINY = {
         "efficientnet_b2": {"weights": None},
         "efficientnet_b3": {"weights": None},
         "resnet34_d": {"weights": None},
+        "genomic_fusion": {
+            "encoder": "conv",
+            "encoder_options": {"depth": 2, "filters": 4},
+            "genomic_features": 3,
+            "image_units": 4,
+            "genomic_units": 4,
+            "fusion_units": 4,
+        },
         "resnet50": {"weights": None},
         "resnet101": {"weights": None},
         "res2net50": {"weights": None},
@@ -66,6 +74,7 @@ PINNED = {
         "efficientnet_b2": 7_769_978,
         "efficientnet_b3": 10_785_072,
         "resnet34_d": 21_325_921,
+        "genomic_fusion": 4_753,  # conv encoder 4,628 + image 68 + genomic 16 + embedding 36 + output 5
         "resnet50": 23_589_761,
         "resnet101": 42_660_225,
         "res2net50": 23_731_021,
@@ -118,6 +127,17 @@ def _images(task: str, n: int = 2) -> np.ndarray:
     return np.random.default_rng(0).random((n, SIZE, SIZE, CHANNELS[task]), dtype=np.float32)
 
 
+def _inputs(task: str, model: keras.Model, n: int = 2):
+    """The images, or a dict of every named input (a second stream, such as ``genomics``, of its shape)."""
+    if len(model.inputs) == 1:
+        return _images(task, n)
+    rng = np.random.default_rng(1)
+    return {
+        t.name: _images(task, n) if t.name == INPUT_NAME else rng.random((n, *t.shape[1:]), dtype=np.float32)
+        for t in model.inputs
+    }
+
+
 def _targets(task: str, model: keras.Model, n: int = 2):
     if task == "classification":
         y = (np.arange(n) % 2).astype("float32")[:, None]
@@ -154,7 +174,7 @@ def test_contract_shapes_and_declarations(task, name):
     side = entry.side_outputs(config)
     assert output_names(model) == ([OUTPUT_NAME, *side] if side else [OUTPUT_NAME])
     assert all(s.startswith("aux_") for s in side)
-    outputs = model(_images(task))
+    outputs = model(_inputs(task, model))
     outputs = outputs if isinstance(outputs, dict) else {OUTPUT_NAME: outputs}
     expected = (2, 1) if task == "classification" else (2, SIZE, SIZE, 1)
     for value in outputs.values():
@@ -192,7 +212,7 @@ def test_one_training_step_moves_the_weights(task, name):
         run_eagerly=True,  # eager: tracing a train step of the larger bases takes far longer than running it
     )
     before = [w.numpy().copy() for w in model.trainable_weights]
-    history = model.fit(_images(task), _targets(task, model), batch_size=2, epochs=1, verbose=0)
+    history = model.fit(_inputs(task, model), _targets(task, model), batch_size=2, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
     moved = sum(
         not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights, strict=True)
@@ -203,7 +223,7 @@ def test_one_training_step_moves_the_weights(task, name):
 @pytest.mark.parametrize(("task", "name"), _models("round_trip"))
 def test_keras_and_saved_model_round_trips(task, name, tmp_path):
     model = inference_model(_build(task, name))
-    x = _images(task)
+    x = _inputs(task, model)
     expected = keras.ops.convert_to_numpy(model(x, training=False))
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras", compile=False)
@@ -211,14 +231,20 @@ def test_keras_and_saved_model_round_trips(task, name, tmp_path):
 
     archive = keras.export.ExportArchive()  # as lungnet.serving does: an endpoint with training=False
     archive.track(model)
+    specs = {t.name: tf.TensorSpec([None, *t.shape[1:]], tf.float32) for t in model.inputs}
     archive.add_endpoint(
         "serve",
-        lambda images: model(images, training=False),
-        [tf.TensorSpec([None, SIZE, SIZE, CHANNELS[task]], tf.float32)],
+        (lambda inputs: model(inputs, training=False))
+        if len(specs) > 1
+        else (lambda images: model(images, training=False)),
+        [specs] if len(specs) > 1 else list(specs.values()),
     )
     archive.write_out(str(tmp_path / "saved_model"), verbose=False)
     reloaded = tf.saved_model.load(str(tmp_path / "saved_model"))  # keep it alive: it owns the variables
-    np.testing.assert_allclose(reloaded.serve(tf.constant(x)).numpy(), expected, atol=1e-5)
+    served = reloaded.serve(
+        {k: tf.constant(v) for k, v in x.items()} if isinstance(x, dict) else tf.constant(x)
+    )
+    np.testing.assert_allclose(served.numpy(), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", _names("encoder"))

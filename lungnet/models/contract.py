@@ -21,6 +21,7 @@ from lungnet.config import is_int
 from lungnet.errors import ConfigError
 
 INPUT_NAME = "image"
+GENOMICS_INPUT_NAME = "genomics"  # the fusion classifiers' second stream: a patient's genomic vector
 OUTPUT_NAME = "probabilities"
 EMBEDDING_NAME = "embedding"
 BACKBONE_INPUT_NAME = "backbone_input"

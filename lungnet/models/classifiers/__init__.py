@@ -1,3 +1,4 @@
-"""Classifiers; importing this package registers every family (custom CNN, pretrained encoder + head)."""
+"""Classifiers; importing this package registers every family (custom CNN, pretrained encoder + head,
+CT + genomic fusion)."""
 
-from lungnet.models.classifiers import custom_cnn, pretrained  # noqa: F401  (registers them)
+from lungnet.models.classifiers import custom_cnn, fusion, pretrained  # noqa: F401  (registers them)
