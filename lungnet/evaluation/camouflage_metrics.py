@@ -56,7 +56,13 @@ import pandas as pd
 
 from lungnet.config import is_int
 from lungnet.errors import ConfigError, DataError
-from lungnet.evaluation.segmentation import as_maps, binarize, check_binary_masks, per_image_metrics
+from lungnet.evaluation.segmentation import (
+    as_maps,
+    binarize,
+    check_binary_masks,
+    check_per_image_table,
+    per_image_metrics,
+)
 
 EPS = np.finfo(np.float64).eps
 ALPHA = 0.5
@@ -233,11 +239,7 @@ def per_image_map_metrics(y_true, probs, threshold: float = 0.5, minmax: bool = 
 
 def map_metrics(per_image: pd.DataFrame) -> dict:
     """Means over images of `per_image_map_metrics`' scores (NaN skipped), with ``n_images``."""
-    missing = [c for c in MAP_COLUMNS if c not in per_image.columns]
-    if missing:
-        raise DataError(f"per-image table lacks column(s) {missing}; build it with per_image_map_metrics()")
-    if len(per_image) == 0:
-        raise DataError("per-image table is empty (no images to aggregate)")
+    check_per_image_table(per_image, MAP_COLUMNS, "per_image_map_metrics")
     out = {}
     for column in MAP_COLUMNS[:-1]:
         values = per_image[column].to_numpy(dtype=np.float64)

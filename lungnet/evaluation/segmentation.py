@@ -175,13 +175,18 @@ def _harmonic(a: float, b: float) -> float:
     return 2 * a * b / (a + b) if a + b > 0 else 0.0
 
 
-def aggregate_metrics(per_image: pd.DataFrame) -> dict:
-    """Means over images (NaN-skipping), pooled Dice/IoU, the study's F-score and counts; see the module docstring."""
-    missing = [c for c in PER_IMAGE_COLUMNS if c not in per_image.columns]
+def check_per_image_table(per_image: pd.DataFrame, columns, builder: str) -> None:
+    """A DataError unless `per_image` is a non-empty table with `columns` (as `builder` makes it)."""
+    missing = [c for c in columns if c not in per_image.columns]
     if missing:
-        raise DataError(f"per-image table lacks column(s) {missing}; build it with per_image_metrics()")
+        raise DataError(f"per-image table lacks column(s) {missing}; build it with {builder}()")
     if len(per_image) == 0:
         raise DataError("per-image table is empty (no images to aggregate)")
+
+
+def aggregate_metrics(per_image: pd.DataFrame) -> dict:
+    """Means over images (NaN-skipping), pooled Dice/IoU, the study's F-score and counts; see the module docstring."""
+    check_per_image_table(per_image, PER_IMAGE_COLUMNS, "per_image_metrics")
 
     def mean(col: str) -> float:
         values = per_image[col].to_numpy(dtype=np.float64)

@@ -24,6 +24,7 @@ from keras import layers
 from lungnet.config import check_rate, is_int
 from lungnet.errors import ConfigError
 from lungnet.models.classifiers.head import classification_head
+from lungnet.models.classifiers.pretrained import encoder_explanation_layer
 from lungnet.models.contract import (
     EMBEDDING_NAME,
     GENOMICS_INPUT_NAME,
@@ -71,17 +72,12 @@ class GenomicFusionConfig(ClassifierConfig):
         return getattr(self.encoder_config(), "weights", None)
 
 
-def _explanation_layer(config: GenomicFusionConfig) -> str | None:
-    encoder = config.encoder_config()
-    return ENCODERS.get(encoder.name).explanation_layer(encoder)
-
-
 @CLASSIFIERS.register(
     "genomic_fusion",
     GenomicFusionConfig,
     family="genomic_fusion",
     description="CT + genomic intermediate fusion: encoder features and a genomic vector joined before the output",
-    explanation_layer=_explanation_layer,
+    explanation_layer=encoder_explanation_layer,
     extra_inputs=(GENOMICS_INPUT_NAME,),
     input_scaling="image as its encoder expects ([0, 1]); genomics: GenomicEncoder's standardised vector",
 )

@@ -46,7 +46,8 @@ class PretrainedClassifierConfig(ClassifierConfig):
         return ENCODERS.parse({"name": self.name, "weights": self.weights}, "model")
 
 
-def _explanation_layer(config: PretrainedClassifierConfig) -> str | None:
+def encoder_explanation_layer(config) -> str | None:
+    """Grad-CAM's map of a classifier built on a registered encoder: the encoder's own declaration."""
     encoder = config.encoder_config()
     return ENCODERS.get(encoder.name).explanation_layer(encoder)
 
@@ -56,7 +57,7 @@ def _explanation_layer(config: PretrainedClassifierConfig) -> str | None:
     PretrainedClassifierConfig,
     family="pretrained_encoder_head",
     description="pretrained encoder + global average pooling + dropout; transfer learning, then fine-tuning",
-    explanation_layer=_explanation_layer,
+    explanation_layer=encoder_explanation_layer,
     input_scaling="[0, 1]; 3 channels for ImageNet weights",
 )
 def build_pretrained_classifier(
