@@ -12,7 +12,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: help setup test test-slow test-all lint format duplicates bench data-info clean \
 	reproduce-binary-nodule reproduce-binary-full reproduce-5class-nodule reproduce-5class-full reproduce-classification-all \
-	reproduce-attention-unet bench-segmentation
+	reproduce-attention-unet reproduce-semi-infnet bench-segmentation
 
 help:
 	@echo "make reproduce-binary-nodule   flagship study (DATA=lidc-phantom by default, or a manifest CSV)"
@@ -20,6 +20,7 @@ help:
 	@echo "   PROFILE=full for the study's own settings, PROFILE=cpu-real-2.5d for real CT on a CPU;"
 	@echo "   SET=\"data.grouping=exclude-indeterminate ...\" passes --set KEY=VALUE overrides)"
 	@echo "make reproduce-attention-unet  segmentation study: U-Net vs attention residual U-Net, Dice+Focal, dense CRF"
+	@echo "make reproduce-semi-infnet     Inf-Net study: Inf-Net, Semi-Inf-Net, U-Net, radiomics SVMs (SET=labels.fraction=0.1)"
 	@echo "make test                      fast tests + notebooks (sets up .venv)"
 	@echo "make test-slow                 the slow tests"
 	@echo "make bench                     benchmarks -> benchmarks/results/*.json"
@@ -84,6 +85,10 @@ reproduce-classification-all: reproduce-binary-nodule reproduce-binary-full repr
 
 reproduce-attention-unet: $(STAMP)
 	$(VENV)/bin/lungnet reproduce attention-unet --data $(DATA) --profile $(PROFILE) $(SET_ARGS)
+
+# Inf-Net, Semi-Inf-Net (pseudo-label rounds), U-Net and radiomics SVMs at a label budget (labels.fraction).
+reproduce-semi-infnet: $(STAMP)
+	$(VENV)/bin/lungnet reproduce inf-net --data $(DATA) --profile $(PROFILE) $(SET_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -101,6 +101,14 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_compare_budgets(args) -> int:
+    from lungnet.reports.label_budget import compare_budgets
+
+    csv, png = compare_budgets(args.runs, args.out)
+    print(f"{csv}\n{png}")
+    return 0
+
+
 def _cmd_reproduce(args) -> int:
     from lungnet.serving.export import export_run
     from lungnet.studies.runner import prepare_run, run_study, summary_line
@@ -276,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--seed", type=int, default=0, help="lidc-phantom rendering seed (default 0)")
     pretrain.add_argument("--quiet", action="store_true", help="no progress bars")
     pretrain.set_defaults(func=_cmd_pretrain, per_nodule=False)
+
+    budgets = commands.add_parser(
+        "compare-budgets", help="Inf-Net runs at several label budgets: a table and the label-budget curve"
+    )
+    budgets.add_argument("runs", nargs="+", metavar="RUN", help="finished inf-net run folders")
+    budgets.add_argument("--out", required=True, help="folder for label_budget.csv and label_budget.png")
+    budgets.set_defaults(func=_cmd_compare_budgets)
 
     models = commands.add_parser("models", help="the architectures lungnet has (registries)")
     models_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")

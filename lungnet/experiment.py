@@ -16,11 +16,13 @@ from lungnet.config import from_dict, load_yaml
 from lungnet.data.dataset import DataConfig
 from lungnet.data.segmentation import SegmentationDataConfig
 from lungnet.errors import ConfigError
+from lungnet.evaluation.radiomics_baseline import RadiomicsBaselineConfig
 from lungnet.losses import LossConfig
 from lungnet.models import ClassifierConfig, SegmenterConfig
 from lungnet.postprocess.crf import CRFConfig
 from lungnet.pretraining import PretrainConfig
 from lungnet.training.fit import TrainingConfig
+from lungnet.training.pseudo_labels import LabelBudgetConfig, SemiConfig
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -158,9 +160,77 @@ class SegmentationExperimentConfig:
         ExperimentConfig.__post_init__(self)
 
 
+@dataclass(frozen=True)
+class InfNetModelSpec:
+    """A model of the Inf-Net study. With ``semi``, Semi-Inf-Net: pseudo-label rounds on the unlabelled
+    patients, starting from the trained weights of the earlier model ``start_from`` (the same architecture,
+    trained on the labelled patients) or, without it, from its own training on the labelled patients."""
+
+    name: str
+    model: SegmenterConfig
+    semi: SemiConfig | None = None
+    start_from: str | None = None
+
+
+@dataclass(frozen=True)
+class InfNetBaselinesConfig:
+    radiomics: RadiomicsBaselineConfig = field(default_factory=RadiomicsBaselineConfig)
+
+
+@dataclass(frozen=True)
+class InfNetEvaluationConfig(SegmentationEvaluationConfig):
+    """The segmentation evaluation plus Inf-Net's map metrics and the slice detection criteria."""
+
+    intensity_test: bool = False
+    detection_min_iou: float = 0.0  # a nodule slice is detected when the predicted mask overlaps it this much
+    detection_min_area: int = 1  # pixels: a slice is flagged when the predicted mask has at least this many
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.detection_min_iou <= 1:
+            raise ConfigError(f"evaluation.detection_min_iou: {self.detection_min_iou} must be in [0, 1]")
+        if self.detection_min_area < 1:
+            raise ConfigError(f"evaluation.detection_min_area: {self.detection_min_area} must be >= 1")
+
+
+@dataclass(frozen=True)
+class InfNetExperimentConfig(SegmentationExperimentConfig):
+    """The Inf-Net study: segmenters at a label budget, Semi-Inf-Net's pseudo-label rounds, the radiomics
+    SVM baselines."""
+
+    task: Literal["inf_net"] = "inf_net"
+    models: tuple[InfNetModelSpec, ...] = ()
+    labels: LabelBudgetConfig = field(default_factory=LabelBudgetConfig)
+    baselines: InfNetBaselinesConfig = field(default_factory=InfNetBaselinesConfig)
+    evaluation: InfNetEvaluationConfig = field(default_factory=InfNetEvaluationConfig)
+
+    def __post_init__(self):
+        super().__post_init__()
+        earlier: dict[str, InfNetModelSpec] = {}
+        for spec in self.models:
+            if spec.start_from is not None:
+                if spec.semi is None:
+                    raise ConfigError(
+                        f"models[{spec.name}].start_from: only a model with 'semi' starts from another"
+                    )
+                source = earlier.get(spec.start_from)
+                if source is None:
+                    raise ConfigError(
+                        f"models[{spec.name}].start_from: {spec.start_from!r} is not an earlier model; "
+                        f"earlier: {sorted(earlier)}"
+                    )
+                if source.model != spec.model:
+                    raise ConfigError(
+                        f"models[{spec.name}].start_from: {spec.start_from!r} is another architecture; the "
+                        "pseudo-label rounds continue from its weights, so both need the same 'model'"
+                    )
+            earlier[spec.name] = spec
+
+
 EXPERIMENT_CONFIGS: dict[str, type] = {
     "classification": ExperimentConfig,
     "segmentation": SegmentationExperimentConfig,
+    "inf_net": InfNetExperimentConfig,
 }
 
 

@@ -378,7 +378,7 @@ def _study_config(tiny_phantom_config, tmp_path, models):
 
 
 def test_offline_study_starts_the_encoder_from_its_own_genesis_base(
-    tmp_path, tiny_phantom_config, monkeypatch, capsys
+    tmp_path, tiny_phantom_config, monkeypatch
 ):
     from lungnet.studies.classification import run_classification_study
 
@@ -408,6 +408,16 @@ def test_offline_study_starts_the_encoder_from_its_own_genesis_base(
     test_patients = set(pd.read_csv(tmp_path / "run" / "predictions.csv")["patient_id"].astype(str))
     base_patients = set(info["pretraining_patients"]) | set(info["held_out_patients"])
     assert base_patients and not base_patients & test_patients  # training-split patients only
+
+
+@pytest.mark.slow  # two more study runs (~60 s); the cache hit itself is tested above on a tiny encoder
+def test_weights_genesis_reuses_the_fallbacks_base(tmp_path, tiny_phantom_config, monkeypatch, capsys):
+    from lungnet.studies.classification import run_classification_study
+
+    _offline(monkeypatch)
+    resnet = {"name": "resnet34_d", "model": {"name": "resnet34_d", "weights": "imagenet"}}
+    config = _study_config(tiny_phantom_config, tmp_path, [{**resnet, "if_weights_unavailable": "genesis"}])
+    run_classification_study(config, tmp_path / "run", progress=False)
     capsys.readouterr()
     # weights: genesis asks for the same base directly: a cache hit
     config = _study_config(

@@ -98,9 +98,9 @@ PINNED = {
 # Tests of the largest classifiers that run with `make test-slow` (measured on 2 CPU cores): their round
 # trips take 20-55 s each (ResNet101's export alone ~25 s); the fast suite still round-trips what they add to
 # the zoo, Res2Net's blocks and the caffe input layer (tests/test_backbones.py), the ResNets' other layers
-# being Keras's own. ResNet101 repeats ResNet50's blocks: its training step (~12 s) adds nothing to ResNet50's.
+# being Keras's own; EfficientNetB3 has EfficientNetB2's blocks (B2 stays in the fast suite). ResNet101 repeats ResNet50's blocks: its training step (~12 s) adds nothing to ResNet50's.
 SLOW = {
-    "round_trip": {"resnet50", "resnet101", "res2net50"},
+    "round_trip": {"resnet50", "resnet101", "res2net50", "efficientnet_b3"},
     "training_step": {"resnet101"},
 }
 REGISTRY = {"classification": CLASSIFIERS, "segmentation": SEGMENTERS, "encoder": ENCODERS}

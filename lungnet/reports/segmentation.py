@@ -82,11 +82,26 @@ def attention_maps(model: keras.Model, image: np.ndarray) -> list[np.ndarray]:
 def write_segmentation_report(
     run_dir: Path, config, data, results: list, selected, summary: dict, reader_table: pd.DataFrame | None
 ) -> Path:
+    report = segmentation_report(run_dir, config, data, results, selected, summary, reader_table)
+    return report.save(run_dir / "report.html")
+
+
+def segmentation_report(
+    run_dir: Path,
+    config,
+    data,
+    results: list,
+    selected,
+    summary: dict,
+    reader_table: pd.DataFrame | None,
+    title: str = "nodule segmentation",
+) -> HtmlReport:
+    """The segmentation report's sections (the Inf-Net study adds its own after them)."""
     figures_dir = run_dir / "figures"
     threshold = config.postprocess.threshold
     data_label = "lidc-phantom" if data.source.is_phantom else data.source.spec
     test = data.split("test")
-    report = HtmlReport(f"{config.name}: nodule segmentation")
+    report = HtmlReport(f"{config.name}: {title}")
     # `view` only picks between the phantom's crops and full slices; other sources hold one kind of image
     view = f"view '{config.data.view}', " if "crop_image" in data.manifest.columns else ""
     if data.source.is_phantom:
@@ -98,8 +113,8 @@ def write_segmentation_report(
         f"({test.patient_id.nunique()} test patients). Intensities: {data.intensity}; "
         f"{'dataset' if data.preprocess.zscore_mean is not None else 'per-image'} z-score"
         f"{f' after clipping to {list(config.data.hu_clip)} HU' if data.intensity == 'ct' else ''}. "
-        f"Empty masks: {data.n_empty_masks} ({config.data.empty_masks}). Loss: {config.loss.name} "
-        f"(lambda {config.loss.lam}, alpha {config.loss.alpha}, gamma {config.loss.gamma}). Profile: {config.profile}."
+        f"Empty masks: {data.n_empty_masks} ({config.data.empty_masks}). Loss: {loss_description(config.loss)}. "
+        f"Profile: {config.profile}."
         + (
             " Predictions: mean over flips and quarter turns (test-time augmentation)."
             if config.evaluation.tta
@@ -216,7 +231,18 @@ def write_segmentation_report(
     if curves is not None:
         report.image(curves, CAPTION)
     report.table(training, "Training (phases: epochs run, best epoch, best validation loss)")
-    return report.save(run_dir / "report.html")
+    return report
+
+
+def loss_description(loss) -> str:
+    if loss.name == "hybrid":
+        return f"hybrid (lambda {loss.lam}, alpha {loss.alpha}, gamma {loss.gamma})"
+    if loss.name == "structure":
+        return (
+            f"structure (weighted IoU + weighted BCE, pixel weights 1 + {loss.boundary_weight:g} x |avgpool"
+            f"{loss.boundary_kernel}(mask) - mask|) on every side output, BCE on the mask's edges for the edge map"
+        )
+    return loss.name
 
 
 def levels_table(summary: dict) -> pd.DataFrame:

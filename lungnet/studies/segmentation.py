@@ -272,12 +272,17 @@ def evaluate_predictions(
     return metrics, per_image, lesions, refined
 
 
+def build_study_segmenter(model_config, config: SegmentationExperimentConfig, data: PreparedSegmentationData):
+    """A segmenter for the study's preprocessed input, under the training strategy's scope."""
+    pre = data.preprocess
+    with distribution_scope(config.training):
+        return build_segmenter(model_config, (pre.image_size, pre.image_size, pre.channels))
+
+
 def train_and_evaluate(
     spec, config: SegmentationExperimentConfig, data: PreparedSegmentationData, run_dir: Path, progress: bool
 ) -> SegmentationResult:
-    pre = data.preprocess
-    with distribution_scope(config.training):
-        training_model = build_segmenter(spec.model, (pre.image_size, pre.image_size, pre.channels))
+    training_model = build_study_segmenter(spec.model, config, data)
     summary = train_phase(
         training_model,
         data.train,
@@ -289,7 +294,21 @@ def train_and_evaluate(
         config=config.training,
         compile_fn=compile_segmentation(config.loss),
     )
-    path = save_run_model(run_dir, spec.name, training_model)
+    return evaluate_segmenter(spec.name, training_model, summary, config, data, run_dir, progress)
+
+
+def evaluate_segmenter(
+    name: str,
+    training_model: keras.Model,
+    summary: dict,
+    config: SegmentationExperimentConfig,
+    data: PreparedSegmentationData,
+    run_dir: Path,
+    progress: bool,
+) -> SegmentationResult:
+    """Save a trained segmenter to the run and score it: validation Dice, the CRF search, the test metrics
+    (raw and CRF-refined) and the intensity test."""
+    path = save_run_model(run_dir, name, training_model)
     model = inference_model(training_model)  # probabilities only: side outputs are for the loss
     tta = config.evaluation.tta
     val = predict_split(model, data.val, tta=tta)
@@ -308,7 +327,7 @@ def train_and_evaluate(
     if tuning is not None:
         metrics["crf_tuning"] = tuning
     return SegmentationResult(
-        spec.name, model, path, summary, val_dice, test, refined, metrics, per_image, lesions
+        name, model, path, summary, val_dice, test, refined, metrics, per_image, lesions
     )
 
 
@@ -392,6 +411,17 @@ def run_segmentation_study(
         raw = result.metrics["raw"]
         print(f"{spec.name}: validation Dice {result.val_dice:.3f}, test Dice {raw['dice']:.3f}")
         results.append(result)
+    selected, summary, reader_table = finish_study(config, data, results, run_dir, progress)
+    write_json(run_dir / "metrics.json", summary)
+    write_segmentation_report(run_dir, config, data, results, selected, summary, reader_table)
+    return summary
+
+
+def finish_study(
+    config, data: PreparedSegmentationData, results: list[SegmentationResult], run_dir: Path, progress
+):
+    """(selected result, metrics summary, reader table) of trained and scored models: the predictions and the
+    readers' agreement written to the run."""
     selected = max(results, key=lambda r: r.val_dice)
     test_frame = data.split("test")
     write_predictions(run_dir, test_frame, results, config.postprocess.threshold)
@@ -404,7 +434,7 @@ def run_segmentation_study(
         "levels": selected.metrics["raw"]["levels"],  # readers' slices, per nodule, per patient
         "selected_model": selected.name,
         "selection": "best validation Dice (thresholded at postprocess.threshold, no CRF)",
-        "task": "segmentation",
+        "task": config.task,
         "split": "test",
         "data": data.source.description,
         "n_test": int(len(test_frame)),
@@ -415,9 +445,7 @@ def run_segmentation_study(
         "models": {r.name: {"val_dice": r.val_dice, "training": r.training, **r.metrics} for r in results},
         "reader_agreement": readers,
     }
-    write_json(run_dir / "metrics.json", summary)
-    write_segmentation_report(run_dir, config, data, results, selected, summary, reader_table)
-    return summary
+    return selected, summary, reader_table
 
 
 def definitions(config: SegmentationExperimentConfig) -> dict[str, str]:
