@@ -116,6 +116,15 @@ def test_start_from_needs_the_same_architecture():
         load_experiment(resolve_experiment_path("inf-net"), profile="smoke", overrides={"models": models})
 
 
+def test_a_side_output_models_final_metric_answers_to_its_plain_name():
+    from lungnet.training.checkpoints import monitored_value
+
+    logs = {"val_probabilities_iou": 0.7, "val_loss": 1.0, "val_aux_edge_loss": 2.0}
+    assert monitored_value(logs, "val_iou") == 0.7
+    assert monitored_value(logs, "val_loss") == 1.0
+    assert monitored_value(logs, "val_auc") is None
+
+
 def test_every_profile_loads():
     for profile in ("default", "cpu-real", "full", "smoke"):
         config = load_experiment(resolve_experiment_path("inf-net"), profile=profile)

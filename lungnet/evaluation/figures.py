@@ -348,6 +348,21 @@ def metric_comparison_figure(
 
 
 # ------------------------------------------------------------------------------------------- learning curves
+def _final_output_metrics(log: pd.DataFrame) -> pd.DataFrame:
+    """A log of a model with side outputs, its final output's metrics also under their plain names
+    (``val_probabilities_iou`` -> ``val_iou``), as `lungnet.training.checkpoints.monitored_value` reads them."""
+    prefix = "probabilities_"
+    aliases = {}
+    for column in log.columns:
+        split = "val_" if column.startswith("val_") else ""
+        rest = column[len(split) :]
+        if rest.startswith(prefix) and not rest.endswith("loss"):
+            alias = split + rest[len(prefix) :]
+            if alias not in log.columns:
+                aliases[alias] = log[column]
+    return log.assign(**aliases) if aliases else log
+
+
 def learning_curve_figure(
     logs: Mapping[str, pd.DataFrame],
     steps_per_epoch: Mapping[str, int | None] | None = None,
@@ -373,6 +388,7 @@ def learning_curve_figure(
         candidates = (monitor, *candidates)
     offset, previous = 0, None
     for i, (name, log) in enumerate(logs.items()):
+        log = _final_output_metrics(log)
         color = _COLORS[i % len(_COLORS)]
         per = steps_per_epoch.get(name) or 1
         start = offset if previous is not None and name.startswith(f"{previous}_") else 0

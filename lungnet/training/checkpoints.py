@@ -25,6 +25,7 @@ import keras
 
 from lungnet.errors import ConfigError, LungnetError
 from lungnet.fileio import atomic_path, write_json
+from lungnet.models.contract import OUTPUT_NAME
 
 STATE_FILE = "state.json"
 # Stop with a clear error, before writing, when less than this many checkpoint sizes are free: libhdf5
@@ -65,6 +66,14 @@ def _copy_atomically(source: Path, target: Path) -> None:
         shutil.copyfile(source, tmp)
 
 
+def monitored_value(logs: dict, monitor: str):
+    """``logs[monitor]``; for a model with side outputs, whose metrics Keras names per output, a metric of
+    the final output answers to its plain name (``val_iou`` reads ``val_probabilities_iou``)."""
+    if monitor in logs:
+        return logs[monitor]
+    return logs.get(f"val_{OUTPUT_NAME}_{monitor.removeprefix('val_')}")
+
+
 class PhaseCheckpoint(keras.callbacks.Callback):
     """Checkpoint, resume state and early stopping on ``monitor`` for one phase.
 
@@ -100,7 +109,7 @@ class PhaseCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._check_free_space()  # once, before this epoch writes anything
-        current = (logs or {}).get(self.monitor)
+        current = monitored_value(logs or {}, self.monitor)
         if current is None and logs:  # a misspelt or absent metric would silently turn early stopping off
             available = sorted(k for k in logs if k.startswith("val_"))
             raise ConfigError(
