@@ -54,11 +54,15 @@ class RadiomicsBaselineConfig:
 
 
 def _svm(config: RadiomicsBaselineConfig):
+    from sklearn.impute import SimpleImputer
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
     return make_pipeline(
+        # a feature undefined for a region (the skewness of a constant one, a one-pixel shape) is NaN: it
+        # takes the training slices' median
+        SimpleImputer(strategy="median"),
         StandardScaler(),
         SVC(
             C=config.C,
