@@ -92,5 +92,7 @@ def test_shipped_experiment_files_load():
         for profile in ["base", *raw.get("profiles", {}), *inherited]:
             config = load_experiment(path, profile=profile)
             data = config.data
-            size = data.image_size if config.task == "segmentation" else data.preprocess.image_size
+            size = (
+                data.image_size if config.task in ("segmentation", "inf_net") else data.preprocess.image_size
+            )
             assert size > 0 and config.models

@@ -267,6 +267,9 @@ def test_radiomics_svm_with_one_class_is_refused(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- the study, end to end
+# The smoke run takes about 4 minutes on 2 cores (each phase of a deeply supervised model traces its graph):
+# its tests run with `make test-slow`. The fast suite covers its parts: rounds, confidence, radiomics, the
+# Inf-Net wiring (tests/test_inf_net.py) and its export round trip (tests/test_zoo_harness.py).
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, tiny_phantom_config):
     out = tmp_path_factory.mktemp("infnet") / "run"
@@ -276,6 +279,7 @@ def smoke_run(tmp_path_factory, tiny_phantom_config):
     return out
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_every_artefact(smoke_run):
     metrics = json.loads((smoke_run / "metrics.json").read_text())
     assert set(metrics["models"]) == {"inf_net", "semi_inf_net"}
@@ -298,6 +302,7 @@ def test_smoke_run_writes_every_artefact(smoke_run):
     assert "Inf-Net&#x27;s evaluation set" in html and "Semi-Inf-Net: pseudo-label rounds" in html
 
 
+@pytest.mark.slow
 def test_export_serves_the_final_map(smoke_run):
     saved = tf.saved_model.load(str(smoke_run / "saved_model"))
     images = np.random.default_rng(0).uniform(-1000, 400, (2, 48, 48)).astype(np.float32)
@@ -333,6 +338,7 @@ def test_a_full_label_budget_skips_semi_inf_net(tmp_path, tiny_phantom_config):
     assert Path(out / "report.html").is_file()
 
 
+@pytest.mark.slow
 def test_compare_budgets_tabulates_runs_at_two_budgets(smoke_run, tmp_path):
     import shutil
 

@@ -140,6 +140,8 @@ def radiomics_baselines(
     out: dict = {}
     for region, (x_test, more) in variants.items():
         problems += more
+        if x_test.empty:  # e.g. every predicted mask empty: nothing to describe in that region
+            continue
         rows = test_rows.iloc[x_test.index]
         y_test = rows["target"].to_numpy()
         for name, model in models.items():

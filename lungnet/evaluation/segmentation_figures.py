@@ -172,8 +172,10 @@ def attention_maps_figure(
     maps: Sequence[np.ndarray],
     level_names: Sequence[str] | None = None,
     mask: np.ndarray | None = None,
+    what: str = "attention coefficient α",
 ) -> Figure:
     """The image, then each attention-coefficient map (up-sampled to the image size) as a 0-1 heat map on it.
+    `what` names the maps' values (colour bar and title): other 0-1 maps, such as probabilities, fit too.
 
     ``maps`` are the gates' coefficients α in [0, 1], any resolution ([h, w] or [h, w, 1]); each is resized
     bilinearly to the image. ``mask`` (the ground truth, 0/1, image size) is outlined on every panel. The
@@ -211,9 +213,9 @@ def attention_maps_figure(
     for ax in axes:
         if outline is not None:
             _draw_mask(ax, outline, REFERENCE_COLOR, fill=False, linewidth=1.0)
-    fig.colorbar(heat, ax=axes[1:], shrink=0.8, label="attention coefficient α")
+    fig.colorbar(heat, ax=axes[1:], shrink=0.8, label=what)
     fig.suptitle(
-        "Attention coefficients" + (" (green: ground-truth outline)" if outline is not None else ""),
+        what[:1].upper() + what[1:] + (" (green: ground-truth outline)" if outline is not None else ""),
         fontsize=10,
     )
     return fig

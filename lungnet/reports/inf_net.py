@@ -156,7 +156,10 @@ def write_inf_net_report(
                 if not maps:
                     continue
                 path = figures_dir / f"{kind}_{result.name}_{k}.png"
-                figure = attention_maps_figure(result.test.images[i], maps, names, mask=result.test.masks[i])
+                what = "probability" if kind == "side_outputs" else "reverse-attention weight"
+                figure = attention_maps_figure(
+                    result.test.images[i], maps, names, mask=result.test.masks[i], what=what
+                )
                 caption = (
                     "every supervised output (probabilities)"
                     if kind == "side_outputs"
