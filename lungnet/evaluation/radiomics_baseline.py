@@ -85,8 +85,7 @@ def features(frame: pd.DataFrame, masks=None, progress: bool = False) -> tuple[p
             mask = read_mask(str(frame["mask_ref"].iloc[i])) if masks is None else masks[i]
             yield i, image, mask, spacing[i]
 
-    table, problems = radiomics_table(samples(), progress=progress)
-    return table, problems
+    return radiomics_table(samples(), progress=progress)
 
 
 def native_spacing(frame: pd.DataFrame) -> np.ndarray:

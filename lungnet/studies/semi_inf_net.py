@@ -101,6 +101,20 @@ def pseudo_label_rounds(
     groups = round_groups(unlabelled, semi, seed=config.labels.seed + 1)
     kept_frames, records, phases = [], [], []
     log = Path(run_dir) / "logs" / f"{spec.name}_rounds.csv"
+
+    def fit(frame: pd.DataFrame, phase: str, epochs: int) -> dict:
+        return train_phase(
+            model,
+            data.pipeline(frame, training=True),
+            data.val,
+            run_dir=run_dir,
+            phase=f"{spec.name}_{phase}",
+            epochs=epochs,
+            learning_rate=learning_rate,
+            config=config.training,
+            compile_fn=compile_fn,
+        )
+
     for index, group in enumerate(tqdm(groups, desc=f"{spec.name} rounds", disable=not progress), start=1):
         group = group.reset_index(drop=True)
         table = round_table(model, group, index, folder, semi, data, threshold)
@@ -109,17 +123,7 @@ def pseudo_label_rounds(
             group.iloc[kept["position"].to_numpy()].assign(mask_ref=kept["pseudo_mask"].to_numpy())
         )
         train_frame = pd.concat([labelled, *kept_frames], ignore_index=True)
-        summary = train_phase(
-            model,
-            data.pipeline(train_frame, training=True),
-            data.val,
-            run_dir=run_dir,
-            phase=f"{spec.name}_round{index:03d}",
-            epochs=semi.epochs_per_round,
-            learning_rate=learning_rate,
-            config=config.training,
-            compile_fn=compile_fn,
-        )
+        summary = fit(train_frame, f"round{index:03d}", semi.epochs_per_round)
         phases.append(summary)
         records.append(
             {
@@ -142,19 +146,7 @@ def pseudo_label_rounds(
             f"{last['all_dice_vs_hidden']:.3f}), training on {last['training_images']} images"
         )
     if semi.final_epochs:
-        phases.append(
-            train_phase(
-                model,
-                data.pipeline(labelled, training=True),
-                data.val,
-                run_dir=run_dir,
-                phase=f"{spec.name}_final",
-                epochs=semi.final_epochs,
-                learning_rate=learning_rate,
-                config=config.training,
-                compile_fn=compile_fn,
-            )
-        )
+        phases.append(fit(labelled, "final", semi.final_epochs))
     rounds = pd.DataFrame(records)
     summary = {
         "phases": len(phases),
