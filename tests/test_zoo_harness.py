@@ -203,6 +203,9 @@ def test_float32_outputs_under_mixed_precision(task, name):
 
 @pytest.mark.parametrize(("task", "name"), _models("training_step"))
 def test_one_training_step_moves_the_weights(task, name):
+    # seeded: an unlucky initialisation of a tiny head (every ReLU unit dead, so equal outputs for the two
+    # balanced targets) gives exactly zero gradients and made this test flaky
+    keras.utils.set_random_seed(0)
     model = _build(task, name)
     names = output_names(model)
     loss = "binary_crossentropy"

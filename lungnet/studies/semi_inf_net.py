@@ -71,7 +71,7 @@ def round_table(
             "position": np.arange(len(group)),
             "pseudo_mask": paths,
             "confidence": confidence,
-            "kept": (confidence > 0) & (confidence >= semi.confidence_threshold),
+            "kept": (confidence > 0) & (confidence >= semi.confidence_threshold) & semi.pseudo_labels,
             "dice_vs_hidden": dice,
         }
     )

@@ -47,7 +47,8 @@ class LabelBudgetConfig:
 class SemiConfig:
     """Semi-Inf-Net's pseudo-label rounds (module docstring). ``rounds``: at most this many groups (null: until
     the unlabelled images are used up); ``learning_rate``: of the rounds and the final fine-tuning (null: the
-    training learning rate)."""
+    training learning rate). ``pseudo_labels: false`` is the compute-matched control: the same rounds, epochs
+    and steps, each group still predicted and logged, but no pseudo-label is ever added to the training set."""
 
     confidence_threshold: float = 0.0
     group_size: int = 5
@@ -55,8 +56,11 @@ class SemiConfig:
     epochs_per_round: int = 1
     final_epochs: int = 1
     learning_rate: float | None = None
+    pseudo_labels: bool = True
 
     def __post_init__(self):
+        if not isinstance(self.pseudo_labels, bool):
+            raise ConfigError(f"semi.pseudo_labels: {self.pseudo_labels!r} must be true or false")
         if isinstance(self.confidence_threshold, bool) or not 0 <= self.confidence_threshold < 1:
             raise ConfigError(
                 f"semi.confidence_threshold: {self.confidence_threshold!r} must be in [0, 1) (0 keeps every "
