@@ -22,6 +22,7 @@ from lungnet.models import ClassifierConfig, SegmenterConfig
 from lungnet.postprocess.crf import CRFConfig
 from lungnet.pretraining import PretrainConfig
 from lungnet.training.fit import TrainingConfig
+from lungnet.training.multiscale import check_rates
 from lungnet.training.pseudo_labels import LabelBudgetConfig, SemiConfig
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
@@ -164,12 +165,25 @@ class SegmentationExperimentConfig:
 class InfNetModelSpec:
     """A model of the Inf-Net study. With ``semi``, Semi-Inf-Net: pseudo-label rounds on the unlabelled
     patients, starting from the trained weights of the earlier model ``start_from`` (the same architecture,
-    trained on the labelled patients) or, without it, from its own training on the labelled patients."""
+    trained on the labelled patients) or, without it, from its own training on the labelled patients.
+    ``multiscale_rates`` (Inf-Net models only): the paper's multi-scale training, each training batch
+    resized to one of these rates times the input size (`lungnet.training.multiscale`)."""
 
     name: str
     model: SegmenterConfig
     semi: SemiConfig | None = None
     start_from: str | None = None
+    multiscale_rates: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        field_name = f"models[{self.name}].multiscale_rates"
+        rates = check_rates(self.multiscale_rates, field_name)
+        object.__setattr__(self, "multiscale_rates", rates)
+        if rates and self.model.name != "inf_net":
+            raise ConfigError(
+                f"{field_name}: only Inf-Net models train at several sizes (their resizes follow the "
+                f"batch's size); {self.model.name!r} is built for one input size"
+            )
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,7 @@ def test_confidence_is_the_mean_probability_over_predicted_nodule_pixels():
         ({"group_size": 0}, "group_size"),
         ({"rounds": 0}, "rounds"),
         ({"final_epochs": -1}, "final_epochs"),
+        ({"pseudo_labels": "no"}, "pseudo_labels"),
     ],
 )
 def test_bad_semi_settings_are_named(semi, match):
@@ -217,6 +218,11 @@ def test_a_confidence_threshold_keeps_only_confident_pseudo_labels(png_data, tmp
     # no nodule pixel at all: confidence 0, never kept, even at threshold 0
     table = round_table(_constant_map_model(0.2), group, 2, tmp_path, SemiConfig(), png_data, 0.5)
     assert (table["confidence"] == 0).all() and not table["kept"].any()
+    # the compute-matched control: the same confident maps are predicted and logged, none is kept
+    control = SemiConfig(confidence_threshold=threshold, pseudo_labels=False)
+    table = round_table(_constant_map_model(0.9), group, 3, tmp_path, control, png_data, 0.5)
+    np.testing.assert_allclose(table["confidence"], 0.9, atol=1e-5)
+    assert not table["kept"].any()
 
 
 # ------------------------------------------------------------------------------------------------ radiomics SVM

@@ -39,6 +39,7 @@ from lungnet.studies.segmentation import (
 )
 from lungnet.studies.semi_inf_net import native_masks, pseudo_label_rounds
 from lungnet.training.fit import set_global_options, train_phase
+from lungnet.training.multiscale import multiscale_training
 from lungnet.training.pseudo_labels import split_label_budget
 
 DETECTION_DEFINITION = (
@@ -105,9 +106,12 @@ def run_inf_net_study(config, run_dir: Path, progress: bool = True) -> dict:
         if spec.start_from is not None:
             model.set_weights(trained[spec.start_from].get_weights())
         else:
+            fit_model, batches = multiscale_training(
+                model, labelled_train, spec.multiscale_rates, data.preprocess.image_size, config.data.seed
+            )
             phase_summary = train_phase(
-                model,
-                labelled_train,
+                fit_model,
+                batches,
                 data.val,
                 run_dir=run_dir,
                 phase=spec.name if spec.semi is None else f"{spec.name}_labelled",

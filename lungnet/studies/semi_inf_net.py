@@ -22,6 +22,7 @@ from lungnet.fileio import atomic_path, write_csv
 from lungnet.models import inference_model
 from lungnet.studies.segmentation import compile_segmentation, predict_split
 from lungnet.training.fit import train_phase
+from lungnet.training.multiscale import multiscale_training
 from lungnet.training.pseudo_labels import SemiConfig, pseudo_label_confidence, round_groups
 
 PSEUDO_DIR = "pseudo_labels"
@@ -103,9 +104,16 @@ def pseudo_label_rounds(
     log = Path(run_dir) / "logs" / f"{spec.name}_rounds.csv"
 
     def fit(frame: pd.DataFrame, phase: str, epochs: int) -> dict:
-        return train_phase(
+        fit_model, batches = multiscale_training(
             model,
             data.pipeline(frame, training=True),
+            spec.multiscale_rates,
+            data.preprocess.image_size,
+            config.data.seed,
+        )
+        return train_phase(
+            fit_model,
+            batches,
             data.val,
             run_dir=run_dir,
             phase=f"{spec.name}_{phase}",

@@ -43,8 +43,10 @@ def receptive_field_block(x, filters: int, name: str):
     return layers.Activation("relu", name=f"{name}_relu")(layers.Add(name=f"{name}_add")([fused, shortcut]))
 
 
-def _up2(x, name: str):
-    return layers.UpSampling2D(2, interpolation="bilinear", name=name)(x)
+def _up_to(x, reference, name: str):
+    """2x bilinear up-sampling, as the size of `reference`: unlike UpSampling2D, it also runs on batches whose
+    size is only known at run time (multi-scale training)."""
+    return ResizeTo(name=name)([x, reference])
 
 
 def parallel_partial_decoder(deep, middle, shallow, name: str):
@@ -56,21 +58,21 @@ def parallel_partial_decoder(deep, middle, shallow, name: str):
     3x3 convs, a 1x1 conv to one channel (with a bias: it is a logit).
     """
     c = int(deep.shape[-1])
-    deep_up = _up2(deep, f"{name}_deep_up")
-    deep_up2 = _up2(deep_up, f"{name}_deep_up2")
+    deep_up = _up_to(deep, middle, f"{name}_deep_up")
+    deep_up2 = _up_to(deep_up, shallow, f"{name}_deep_up2")
     middle_gated = layers.Multiply(name=f"{name}_middle_gate")(
         [basic_conv(deep_up, c, 3, f"{name}_up1"), middle]
     )
     shallow_gated = layers.Multiply(name=f"{name}_shallow_gate")(
         [
             basic_conv(deep_up2, c, 3, f"{name}_up2"),
-            basic_conv(_up2(middle, f"{name}_middle_up"), c, 3, f"{name}_up3"),
+            basic_conv(_up_to(middle, shallow, f"{name}_middle_up"), c, 3, f"{name}_up3"),
             shallow,
         ]
     )
     m = layers.Concatenate(name=f"{name}_concat2")([middle_gated, basic_conv(deep_up, c, 3, f"{name}_up4")])
     m = basic_conv(m, 2 * c, 3, f"{name}_concat2_fuse")
-    s = basic_conv(_up2(m, f"{name}_concat2_up"), 2 * c, 3, f"{name}_up5")
+    s = basic_conv(_up_to(m, shallow, f"{name}_concat2_up"), 2 * c, 3, f"{name}_up5")
     s = basic_conv(
         layers.Concatenate(name=f"{name}_concat3")([shallow_gated, s]), 3 * c, 3, f"{name}_concat3_fuse"
     )
@@ -104,7 +106,13 @@ class ResizeTo(layers.Layer):
     def call(self, inputs):
         x, reference = inputs
         size = keras.ops.shape(reference)[1:3]
-        return keras.ops.image.resize(x, size, interpolation="bilinear", antialias=False)
+        if all(isinstance(s, int) for s in size):
+            return keras.ops.image.resize(x, size, interpolation="bilinear", antialias=False)
+        # a size known only at run time (a TensorFlow graph of multi-scale training): keras.ops.image.resize
+        # checks it in Python, so call the op its TensorFlow backend calls (JAX always has static sizes)
+        import tensorflow as tf
+
+        return tf.cast(tf.image.resize(x, size, method="bilinear", antialias=False), x.dtype)
 
     def compute_output_shape(self, input_shapes):
         x, reference = input_shapes
