@@ -316,6 +316,17 @@ def test_export_serves_the_final_map(smoke_run):
     assert out.shape == (2, 48, 48) and np.all((out >= 0) & (out <= 1))
 
 
+@pytest.mark.slow
+def test_evaluate_adds_inf_nets_evaluation_set(smoke_run, tmp_path):
+    out = tmp_path / "evaluation"
+    assert main(["evaluate", str(smoke_run), "--data", "lidc-phantom", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    scores = metrics["inf_net"]
+    assert {"s_measure", "e_measure", "mae"} <= set(scores) and 0 <= scores["s_measure"] <= 1
+    assert scores["detection"]["n_slices"] == metrics["n_images"]
+    assert "detection accuracy" in (out / "report.html").read_text()
+
+
 @pytest.mark.slow  # a second study run (~1 min); the skipping rule is one line of run_inf_net_study
 def test_a_full_label_budget_skips_semi_inf_net(tmp_path, tiny_phantom_config):
     out = tmp_path / "run"

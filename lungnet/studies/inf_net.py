@@ -50,18 +50,26 @@ DETECTION_DEFINITION = (
 )
 
 
-def map_scores(result, config) -> dict:
-    """Inf-Net's evaluation set of one scored model: map metrics and the slice detection accuracy."""
+def map_scores(masks, probs, config) -> dict:
+    """Inf-Net's evaluation set of one model's maps: map metrics and the slice detection accuracy."""
     ev, threshold = config.evaluation, config.postprocess.threshold
-    scores = map_metrics(per_image_map_metrics(result.test.masks, result.test.probs, threshold))
+    scores = map_metrics(per_image_map_metrics(masks, probs, threshold))
     slices = slice_detections(
-        result.test.masks,
-        result.test.probs,
-        threshold,
-        min_iou=ev.detection_min_iou,
-        min_area=ev.detection_min_area,
+        masks, probs, threshold, min_iou=ev.detection_min_iou, min_area=ev.detection_min_area
     )
     return {**scores, "detection": detection_accuracy(slices)}
+
+
+def evaluate_inf_net_run(run_dir, source_spec: str, out=None, model_name=None, progress: bool = True) -> Path:
+    """`lungnet evaluate` of an Inf-Net study run: the segmentation scores plus Inf-Net's evaluation set."""
+    return evaluate_segmentation_run(
+        run_dir,
+        source_spec,
+        out,
+        model_name,
+        progress,
+        extra_scores=lambda masks, probs, config: ("inf_net", map_scores(masks, probs, config)),
+    )
 
 
 def label_budget_record(config, labelled, unlabelled) -> dict:
@@ -132,7 +140,7 @@ def run_inf_net_study(config, run_dir: Path, progress: bool = True) -> dict:
             }
         trained[spec.name] = model
         result = evaluate_segmenter(spec.name, model, summary, config, data, run_dir, progress)
-        result.metrics["inf_net"] = map_scores(result, config)
+        result.metrics["inf_net"] = map_scores(result.test.masks, result.test.probs, config)
         print(
             f"{spec.name}: validation Dice {result.val_dice:.3f}, test Dice {result.metrics['raw']['dice']:.3f}, "
             f"S-measure {result.metrics['inf_net']['s_measure']:.3f}"
@@ -176,7 +184,7 @@ register_study(
     Study(
         task="inf_net",
         run=run_inf_net_study,
-        evaluate=evaluate_segmentation_run,
+        evaluate=evaluate_inf_net_run,
         summary_line=inf_net_summary_line,
     )
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -73,9 +74,14 @@ class Predictions:
     probs: np.ndarray
 
 
+def _identity(x):
+    return x
+
+
 # (transform, its inverse) on [B, H, W, C]: exact, no resampling, so the mapped-back maps align pixel for pixel
+# (named functions where a line would hold two equal lambdas: AutoGraph cannot tell them apart and warns)
 TTA_PAIRS = (
-    (lambda x: x, lambda x: x),
+    (_identity, _identity),
     (lambda x: tf.reverse(x, axis=[2]), lambda x: tf.reverse(x, axis=[2])),
     (lambda x: tf.reverse(x, axis=[1]), lambda x: tf.reverse(x, axis=[1])),
     (lambda x: tf.image.rot90(x, k=1), lambda x: tf.image.rot90(x, k=3)),
@@ -468,9 +474,16 @@ def definitions(config: SegmentationExperimentConfig) -> dict[str, str]:
 
 
 def evaluate_segmentation_run(
-    run_dir, source_spec: str, out=None, model_name: str | None = None, progress: bool = True
+    run_dir,
+    source_spec: str,
+    out=None,
+    model_name: str | None = None,
+    progress: bool = True,
+    extra_scores: Callable | None = None,
 ) -> Path:
-    """A trained segmentation run on every sample (with a mask) of another source, the run's preprocessing."""
+    """A trained segmentation run on every sample (with a mask) of another source, the run's preprocessing.
+    ``extra_scores(masks, probs, config) -> (key, scores)``: a study's own metrics, added to metrics.json
+    under ``key`` and to the report."""
     from lungnet.data.registry import load_source
     from lungnet.data.segmentation import detect_intensity, segmentation_frame, segmentation_pipeline
     from lungnet.evaluation.figures import save_figure
@@ -499,6 +512,7 @@ def evaluate_segmentation_run(
     ds = segmentation_pipeline(frame, preprocess, config.data, training=False)
     pred = predict_split(model, ds, progress=progress, tta=config.evaluation.tta)
     metrics, per_image, lesions, refined = evaluate_predictions(pred, frame, config, progress)
+    extra_key, extra = extra_scores(pred.masks, pred.probs, config) if extra_scores else (None, None)
     out = evaluation_dir(run_dir, source.spec, out)
     result = SegmentationResult(
         name, model, Path(), {}, float("nan"), pred, refined, metrics, per_image, lesions
@@ -518,12 +532,19 @@ def evaluate_segmentation_run(
             "n_images": int(len(frame)),
             "n_empty_masks": n_empty,
             "definitions": definitions(config),
+            **({extra_key: extra} if extra_key else {}),
         },
     )
     report = HtmlReport(f"External evaluation of {name} ({run_dir.name}) on {source.spec}")
     report.paragraph(f"Data: {source.description}; every sample with a mask ({len(frame)} images).")
     rows = {"raw": metrics["raw"], **({"+ CRF": metrics["crf"]} if "crf" in metrics else {})}
     report.table(pd.DataFrame({k: headline(v) for k, v in rows.items()}).T.rename_axis(name))
+    if extra_key:
+        flat = {}
+        for key, value in extra.items():  # one level of nesting, e.g. {"detection": {"accuracy": ...}}
+            items = value.items() if isinstance(value, dict) else [("", value)]
+            flat.update({f"{key} {k}".strip(): v for k, v in items if not isinstance(v, dict | list)})
+        report.table(pd.DataFrame({name: flat}).T.rename_axis(extra_key))
     report.image(
         save_figure(
             dice_distribution_figure({name: per_image["raw"]["dice"].dropna().tolist()}),
