@@ -3,6 +3,7 @@ folders, evaluate/export guards, resume options, config values checked on load, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -261,6 +262,26 @@ def test_a_run_stopped_before_it_began_leaves_no_folder(tmp_path, tiny_phantom_c
     )
     err = capsys.readouterr().err
     assert "removed" in err and not out.exists()
+
+
+def test_an_unexpected_crash_marks_the_run_failed(tmp_path, monkeypatch):
+    from lungnet.studies import registry
+    from lungnet.studies.runner import run_study
+
+    def crash(config, run_dir, progress=True):
+        (run_dir / "partial.txt").write_text("work done before the crash")
+        raise RuntimeError("a library failed\nwith details")
+
+    study = registry.get_study("segmentation")
+    monkeypatch.setitem(registry.STUDIES, "segmentation", dataclasses.replace(study, run=crash))
+    config = load_experiment(resolve_experiment_path("attention_unet"), profile="smoke")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(RuntimeError):
+        run_study(config, run_dir, progress=False)
+    status = run_status(run_dir)
+    assert status["status"] == "failed" and status["error"] == "RuntimeError: a library failed"
+    assert (run_dir / "partial.txt").is_file()  # nothing already written is lost
 
 
 @pytest.mark.parametrize(

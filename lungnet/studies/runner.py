@@ -86,7 +86,8 @@ def run_study(config, run_dir: Path, progress: bool = True) -> dict:
     """Run the study an experiment describes (by its ``task``); returns its metrics summary.
 
     ``run.json`` says ``running`` from the start and ``finished`` only after the last artefact (the report);
-    a run stopped by an error before it wrote anything but its config is removed, any other is ``failed``.
+    a run stopped by an error before it wrote anything but its config is removed, any other is ``failed``
+    (an unexpected exception too, with its type; Ctrl-C and kills leave ``running``: ``--resume`` continues).
     """
     mark_status(run_dir, "running", **({"command": command_line()} if command_line() else {}))
     started = time.monotonic()
@@ -97,6 +98,10 @@ def run_study(config, run_dir: Path, progress: bool = True) -> dict:
             print(f"note: {run_dir} removed: the run stopped before it began", file=sys.stderr)
         else:
             mark_status(run_dir, "failed", error=str(exc).splitlines()[0])
+        raise
+    except Exception as exc:  # a bug, or a library's own error: the folder must not claim to be running
+        first_line = (str(exc).splitlines() or [""])[0]
+        mark_status(run_dir, "failed", error=f"{type(exc).__name__}: {first_line}".rstrip(": "))
         raise
     seconds = time.monotonic() - started
     mark_status(run_dir, "finished", wall_seconds=round(seconds, 1))  # this process's share, if resumed
