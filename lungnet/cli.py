@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import warnings
+from pathlib import Path
 
 from lungnet.errors import ConfigError, LungnetError
 
@@ -106,6 +107,19 @@ def _cmd_compare_budgets(args) -> int:
 
     csv, png = compare_budgets(args.runs, args.out)
     print(f"{csv}\n{png}")
+    return 0
+
+
+def _cmd_compare_models(args) -> int:
+    from lungnet.evaluation.paired import compare_run_models, describe
+    from lungnet.fileio import write_json
+
+    result = compare_run_models(
+        args.run, args.model_a, args.model_b, metric=args.metric, samples=args.samples
+    )
+    print(describe(result))
+    if args.out:
+        write_json(Path(args.out), result)
     return 0
 
 
@@ -291,6 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
     budgets.add_argument("runs", nargs="+", metavar="RUN", help="finished inf-net run folders")
     budgets.add_argument("--out", required=True, help="folder for label_budget.csv and label_budget.png")
     budgets.set_defaults(func=_cmd_compare_budgets)
+
+    paired = commands.add_parser(
+        "compare-models", help="two models of one run on the same test images: a paired patient bootstrap"
+    )
+    paired.add_argument("run", metavar="RUN", help="a finished segmentation or Inf-Net run folder")
+    paired.add_argument("model_a", metavar="MODEL_A")
+    paired.add_argument("model_b", metavar="MODEL_B")
+    paired.add_argument("--metric", default="dice", help="a per-image column of predictions.csv (dice, iou)")
+    paired.add_argument("--samples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    paired.add_argument("--out", help="also write the result as JSON here")
+    paired.set_defaults(func=_cmd_compare_models)
 
     models = commands.add_parser("models", help="the architectures lungnet has (registries)")
     models_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")

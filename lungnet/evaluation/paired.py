@@ -1,0 +1,90 @@
+"""Is one model really better than another on the same test images? A paired bootstrap over patients.
+
+The per-image scores of both models (a run's ``predictions.csv``: one row per image and model) are paired by
+image; the mean difference ``a - b`` is the statistic. Patients, not images, are resampled with replacement
+(slices of one patient are not independent), and the 95 % interval is the 2.5th to 97.5th percentile of the
+resampled mean differences, each the image-weighted mean over the drawn patients' images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lungnet.errors import DataError
+
+PREDICTIONS = "predictions.csv"
+
+
+def paired_bootstrap(
+    table: pd.DataFrame,
+    model_a: str,
+    model_b: str,
+    metric: str = "dice",
+    samples: int = 2000,
+    seed: int = 0,
+    image: str = "image",
+    group: str = "patient_id",
+) -> dict:
+    """The mean paired difference of `metric` (a - b) with its patient-bootstrap 95 % interval."""
+    for column in (image, group, "model", metric):
+        if column not in table.columns:
+            raise DataError(f"paired comparison: no column {column!r}; columns: {list(table.columns)}")
+    models = sorted(table["model"].astype(str).unique())
+    for name in (model_a, model_b):
+        if name not in models:
+            raise DataError(f"paired comparison: no model {name!r}; the predictions hold {models}")
+    if model_a == model_b:
+        raise DataError(f"paired comparison: {model_a!r} against itself")
+    if samples < 100:
+        raise DataError(f"paired comparison: samples {samples} must be >= 100")
+    wide = table.pivot_table(index=[image, group], columns="model", values=metric).reset_index()
+    wide = wide.dropna(subset=[model_a, model_b])  # images one model has no score for cannot be paired
+    if wide.empty:
+        raise DataError(f"paired comparison: {model_a!r} and {model_b!r} share no scored image")
+    per_patient = (
+        wide.assign(difference=wide[model_a] - wide[model_b])
+        .groupby(group)["difference"]
+        .agg(["sum", "count"])
+    )
+    sums, counts = per_patient["sum"].to_numpy(), per_patient["count"].to_numpy()
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(per_patient), size=(samples, len(per_patient)))
+    means = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {
+        "model_a": model_a,
+        "model_b": model_b,
+        "metric": metric,
+        "mean_a": float(wide[model_a].mean()),
+        "mean_b": float(wide[model_b].mean()),
+        "mean_difference": float(sums.sum() / counts.sum()),
+        "ci95": [float(low), float(high)],
+        "share_of_resamples_a_better": float((means > 0).mean()),
+        "n_images": int(len(wide)),
+        "n_patients": int(len(per_patient)),
+        "samples": int(samples),
+        "seed": int(seed),
+    }
+
+
+def compare_run_models(
+    run_dir, model_a: str, model_b: str, metric: str = "dice", samples: int = 2000
+) -> dict:
+    """`paired_bootstrap` on a finished run's test predictions."""
+    path = Path(run_dir) / PREDICTIONS
+    if not path.is_file():
+        raise DataError(f"{path}: not found; a finished segmentation or Inf-Net run writes it")
+    return paired_bootstrap(pd.read_csv(path), model_a, model_b, metric=metric, samples=samples)
+
+
+def describe(result: dict) -> str:
+    low, high = result["ci95"]
+    verdict = "a difference" if low > 0 or high < 0 else "no clear difference"
+    return (
+        f"{result['model_a']} - {result['model_b']}: mean {result['metric']} difference "
+        f"{result['mean_difference']:+.4f} (95 % CI {low:+.4f} .. {high:+.4f}, patient bootstrap, "
+        f"{result['n_patients']} patients, {result['n_images']} images): {verdict}"
+    )
