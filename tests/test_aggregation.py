@@ -61,7 +61,9 @@ def test_learning_curve_figure_marks_the_kept_epoch():
     loss_ax, metric_ax = fig.axes
     circles = [line for line in loss_ax.lines if line.get_marker() == "o"]
     assert [tuple(c.get_xdata()) for c in circles] == [(20,), (50,)]  # steps: best epoch 2, then 30 + 20
-    assert loss_ax.get_xlabel() == "training steps" and len(metric_ax.lines) == 2
+    curves = [line for line in metric_ax.lines if line.get_gid() != "phase boundary"]
+    assert loss_ax.get_xlabel() == "training steps" and len(curves) == 2
+    assert len(metric_ax.lines) == 3  # and the boundary where fine-tuning starts
 
 
 def test_learning_curves_circle_the_monitor_and_start_members_at_zero():
@@ -95,3 +97,25 @@ def test_segmentation_levels_readers_slices_nodules_patients():
     # nodules: A/0 0.7, A/1 0.7, B/0 0.1 (its NaN slice skipped)
     assert levels["nodule"]["n"] == 3 and levels["nodule"]["dice"] == pytest.approx(1.5 / 3)
     assert levels["patient"]["n"] == 2 and levels["patient"]["dice"] == pytest.approx((0.7 + 0.1) / 2)
+
+
+def test_learning_curves_chain_the_phases_of_one_model():
+    from lungnet.evaluation.figures import learning_curve_figure
+
+    log = pd.DataFrame({"loss": [1.0, 0.8], "val_loss": [0.9, 0.7], "val_iou": [0.3, 0.4]})
+    # as a run folder lists them, by name: "final" before "round001", "inf_net_x" beside "inf_net"
+    phases = [
+        "inf_net",
+        "inf_net_x_final",
+        "inf_net_x_round001",
+        "semi_final",
+        "semi_round001",
+        "semi_round002",
+    ]
+    fig = learning_curve_figure({p: log for p in phases}, {p: 10 for p in phases}, monitor="val_iou")
+    loss_ax, metric_ax = fig.axes
+    circles = [tuple(line.get_xdata()) for line in metric_ax.lines if line.get_marker() == "o"]
+    # each model's rounds, then its final tuning, follow one another; another model starts at zero
+    assert circles == [(20,), (20,), (40,), (20,), (40,), (60,)]
+    labels = [t.get_text() for t in metric_ax.get_legend().get_texts()]
+    assert labels == ["inf_net: validation iou", "inf_net_x: validation iou", "semi: validation iou"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -363,6 +364,31 @@ def _final_output_metrics(log: pd.DataFrame) -> pd.DataFrame:
     return log.assign(**aliases) if aliases else log
 
 
+PHASE_SUFFIX = re.compile(r"_(labelled|finetuned|round(\d+)|final)$")
+
+
+def _phase_model(phase: str) -> str:
+    """The model a training phase belongs to: ``semi_round002`` -> ``semi``, ``cnn_finetuned`` -> ``cnn``."""
+    return PHASE_SUFFIX.sub("", phase)
+
+
+def _phase_rank(phase: str) -> int:
+    """A phase's place in its model's training: first phase, fine-tuning, rounds in order, final."""
+    match = PHASE_SUFFIX.search(phase)
+    if match is None or match.group(1) == "labelled":
+        return 0
+    if match.group(1) == "finetuned":
+        return 1
+    return int(match.group(2)) + 1 if match.group(2) else 10**6
+
+
+def training_order(phases) -> list[str]:
+    """`phases` grouped by model (in the order models first appear) and in training order within each (run
+    folders list phases by name, where ``final`` sorts before ``round001``)."""
+    models = list(dict.fromkeys(_phase_model(p) for p in phases))
+    return sorted(phases, key=lambda p: (models.index(_phase_model(p)), _phase_rank(p)))
+
+
 def learning_curve_figure(
     logs: Mapping[str, pd.DataFrame],
     steps_per_epoch: Mapping[str, int | None] | None = None,
@@ -374,8 +400,10 @@ def learning_curve_figure(
     else ``val_auc``, ``val_f1_macro``, ``val_iou`` or ``val_accuracy``). The x axis is training steps when a
     phase's steps per epoch are known, else epochs. The epoch whose weights were kept (best `monitor`) is
     circled, so whether training had converged, or stopped while still improving, can be seen at a glance.
-    A phase that continues the one before it (``<name>_finetuned`` after ``<name>``: transfer, then
-    fine-tune) follows it on the x axis; every other phase (another model, an ensemble member) starts at zero.
+    The phases of one model follow one another on the x axis (`training_order`), in one colour under one
+    legend entry, each boundary a thin vertical line: ``<name>_finetuned`` after ``<name>`` (transfer, then
+    fine-tune), ``<model>_labelled``, ``<model>_round001``.., ``<model>_final`` (Semi-Inf-Net's rounds).
+    Every other phase (another model, an ensemble member) starts at zero.
     """
     if not logs:
         raise DataError("no training logs to plot")
@@ -386,20 +414,33 @@ def learning_curve_figure(
     candidates = ("val_auc", "val_f1_macro", "val_iou", "val_accuracy")
     if monitor != "val_loss":
         candidates = (monitor, *candidates)
-    offset, previous = 0, None
-    for i, (name, log) in enumerate(logs.items()):
-        log = _final_output_metrics(log)
-        color = _COLORS[i % len(_COLORS)]
+    offset, previous, models = 0, None, []
+    for name in training_order(logs):
+        log = _final_output_metrics(logs[name])
+        model = _phase_model(name)
+        continues = previous is not None and model == _phase_model(previous)
+        if not continues:
+            models.append(model)
+        first = not continues  # one legend entry per model
+        color = _COLORS[(len(models) - 1) % len(_COLORS)]
         per = steps_per_epoch.get(name) or 1
-        start = offset if previous is not None and name.startswith(f"{previous}_") else 0
+        start = offset if continues else 0
+        if continues:
+            for ax in (loss_ax, metric_ax):
+                ax.axvline(start, color=color, lw=0.5, alpha=0.4, gid="phase boundary")
         previous = name
         x = start + (np.arange(len(log)) + 1) * (per if in_steps else 1)
-        loss_ax.plot(x, log["loss"], ".-", color=color, alpha=0.5, label=f"{name}: training")
+        loss_ax.plot(
+            x, log["loss"], ".-", color=color, alpha=0.5, label=f"{model}: training" if first else None
+        )
         if "val_loss" in log:
-            loss_ax.plot(x, log["val_loss"], ".-", color=color, label=f"{name}: validation")
+            loss_ax.plot(
+                x, log["val_loss"], ".-", color=color, label=f"{model}: validation" if first else None
+            )
         metric = next((m for m in candidates if m in log), None)
         if metric is not None:
-            metric_ax.plot(x, log[metric], ".-", color=color, label=f"{name}: validation {metric[4:]}")
+            metric_label = f"{model}: validation {metric[4:]}" if first else None
+            metric_ax.plot(x, log[metric], ".-", color=color, label=metric_label)
             train = metric[4:]
             if train in log:
                 metric_ax.plot(x, log[train], color=color, alpha=0.5, ls="--")
