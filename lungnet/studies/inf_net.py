@@ -115,7 +115,7 @@ def run_inf_net_study(config, run_dir: Path, progress: bool = True) -> dict:
             model.set_weights(trained[spec.start_from].get_weights())
         else:
             fit_model, batches = multiscale_training(
-                model, labelled_train, spec.multiscale_rates, data.preprocess.image_size, config.data.seed
+                model, labelled_train, spec.multiscale_rates, data.preprocess.image_size
             )
             phase_summary = train_phase(
                 fit_model,

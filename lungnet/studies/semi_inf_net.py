@@ -109,7 +109,6 @@ def pseudo_label_rounds(
             data.pipeline(frame, training=True),
             spec.multiscale_rates,
             data.preprocess.image_size,
-            config.data.seed,
         )
         return train_phase(
             fit_model,

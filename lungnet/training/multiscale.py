@@ -1,10 +1,10 @@
-"""Multi-scale training, as Inf-Net's reference does it: every training batch is resized to one of ``rates``
-times the input size, rounded to a multiple of the network's deepest stride (the reference:
-``round(352 * rate / 32) * 32``, so 256 / 352 / 448 px for rates 0.75 / 1 / 1.25).
+"""Multi-scale training, as Inf-Net's reference does it: every training batch is trained once at each of
+``rates`` times the input size, in that order, rounded to a multiple of the network's deepest stride (the
+reference: ``round(352 * rate / 32) * 32``, so 256 / 352 / 448 px for rates 0.75 / 1 / 1.25). A batch
+therefore gives one optimiser step per rate: ``steps_per_epoch`` counts these steps.
 
 Images are resized bilinearly; masks bilinearly too, then thresholded at 0.5 so that the loss still sees
-binary masks (the reference trains on the interpolated values). The rate of each batch is drawn from the
-batch's index with a stateless seed, so a run repeats itself. The model trains through a wrapper that takes
+binary masks (the reference trains on the interpolated values). The model trains through a wrapper that takes
 any spatial size and shares every layer and weight with the model itself, which keeps its fixed input size
 for evaluation, explanation and export.
 """
@@ -34,31 +34,31 @@ def check_rates(rates, field: str) -> tuple[float, ...] | None:
 
 
 def scaled_sizes(size: int, rates, stride: int = DEEPEST_STRIDE) -> tuple[int, ...]:
-    """The training sizes for an input of `size` px: ``round(size * rate / stride) * stride``, at least one
-    stride, without repeats, in the order of `rates`."""
+    """The training size of each rate for an input of `size` px: ``round(size * rate / stride) * stride``, at
+    least one stride, in the order of `rates` (equal sizes kept: each rate is one step)."""
     if not is_int(size) or size < 1:
         raise ConfigError(f"multi-scale training: image size {size!r} must be a positive integer")
-    sizes = [max(stride, int(round(size * rate / stride)) * stride) for rate in rates]
-    return tuple(dict.fromkeys(sizes))
+    return tuple(max(stride, int(round(size * rate / stride)) * stride) for rate in rates)
 
 
 def multiscale_batches(
-    dataset: tf.data.Dataset, size: int, rates, seed: int, stride: int = DEEPEST_STRIDE
+    dataset: tf.data.Dataset, size: int, rates, stride: int = DEEPEST_STRIDE
 ) -> tf.data.Dataset:
-    """Batches of (image, mask), each batch resized to one of the `rates`' sizes."""
-    sizes = tf.constant(scaled_sizes(size, rates, stride), tf.int32)
+    """Batches of (image, mask), each batch repeated at every size of `rates`, in order."""
+    sizes = scaled_sizes(size, rates, stride)
 
-    def resize(index, batch):
-        image, mask = batch
-        pick = tf.random.stateless_uniform(
-            [], seed=tf.stack([tf.cast(seed, tf.int64), index]), maxval=tf.size(sizes), dtype=tf.int32
-        )
-        target = tf.stack([sizes[pick], sizes[pick]])
-        image = tf.cast(tf.image.resize(image, target, method="bilinear"), image.dtype)
-        scaled = tf.image.resize(tf.cast(mask, tf.float32), target, method="bilinear")
+    def resized(image, mask, target: int):
+        image = tf.cast(tf.image.resize(image, [target, target], method="bilinear"), image.dtype)
+        scaled = tf.image.resize(tf.cast(mask, tf.float32), [target, target], method="bilinear")
         return image, tf.cast(scaled >= 0.5, mask.dtype)
 
-    return dataset.enumerate().map(resize, num_parallel_calls=tf.data.AUTOTUNE)
+    def at_every_size(image, mask):
+        steps = tf.data.Dataset.from_tensors(resized(image, mask, sizes[0]))
+        for target in sizes[1:]:
+            steps = steps.concatenate(tf.data.Dataset.from_tensors(resized(image, mask, target)))
+        return steps
+
+    return dataset.flat_map(at_every_size).prefetch(tf.data.AUTOTUNE)
 
 
 def any_size_model(model: keras.Model) -> keras.Model:
@@ -72,9 +72,9 @@ def any_size_model(model: keras.Model) -> keras.Model:
     return wrapper
 
 
-def multiscale_training(model: keras.Model, dataset: tf.data.Dataset, rates, size: int, seed: int):
+def multiscale_training(model: keras.Model, dataset: tf.data.Dataset, rates, size: int):
     """(the model to fit, its training batches): the wrapper and resized batches when `rates` are set,
     `model` and `dataset` unchanged otherwise."""
     if not rates:
         return model, dataset
-    return any_size_model(model), multiscale_batches(dataset, size, rates, seed)
+    return any_size_model(model), multiscale_batches(dataset, size, rates)
