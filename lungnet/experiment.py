@@ -167,7 +167,7 @@ class InfNetModelSpec:
     patients, starting from the trained weights of the earlier model ``start_from`` (the same architecture,
     trained on the labelled patients) or, without it, from its own training on the labelled patients.
     ``multiscale_rates`` (Inf-Net models only): the paper's multi-scale training, each training batch
-    resized to one of these rates times the input size (`lungnet.training.multiscale`)."""
+    trained once at each of these rates times the input size (`lungnet.training.multiscale`)."""
 
     name: str
     model: SegmenterConfig
