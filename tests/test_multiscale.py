@@ -17,16 +17,7 @@ from lungnet.training.multiscale import (
     multiscale_training,
     scaled_sizes,
 )
-
-TINY_INF_NET = {
-    "name": "inf_net",
-    "encoder": "conv",
-    "depth": 5,
-    "filters": 2,
-    "rfb_channels": 4,
-    "edge_channels": 4,
-    "ra_channels": [4, 4, 4],
-}
+from tests.test_inf_net import TINY
 
 
 def test_sizes_are_the_references_rounding():
@@ -45,7 +36,7 @@ def test_bad_rates_are_named(rates):
 
 def test_no_rates_is_single_scale():
     assert check_rates(None, "x") is None and check_rates([], "x") is None
-    model = build_segmenter(TINY_INF_NET, (64, 64, 1))
+    model = build_segmenter(TINY, (64, 64, 1))
     dataset = tf.data.Dataset.from_tensor_slices(np.zeros((2, 64, 64, 1), "float32")).batch(2)
     assert multiscale_training(model, dataset, None, 64) == (model, dataset)
 
@@ -73,7 +64,7 @@ def test_every_batch_is_trained_at_every_size_in_order_and_masks_stay_binary():
 
 def test_the_wrapper_trains_the_model_at_several_sizes():
     keras.utils.set_random_seed(0)
-    model = build_segmenter(TINY_INF_NET, (64, 64, 1))
+    model = build_segmenter(TINY, (64, 64, 1))
     wrapper = any_size_model(model)
     assert wrapper.count_params() == model.count_params()
     names = list(model.output)
@@ -98,7 +89,7 @@ def test_only_inf_net_models_take_rates():
     unet = SEGMENTERS.parse({"name": "unet", "depth": 2, "filters": 4}, "model")
     with pytest.raises(ConfigError, match="models\\[u\\].multiscale_rates: only Inf-Net"):
         InfNetModelSpec(name="u", model=unet, multiscale_rates=(0.75, 1.0))
-    inf_net = SEGMENTERS.parse(TINY_INF_NET, "model")
+    inf_net = SEGMENTERS.parse(TINY, "model")
     assert InfNetModelSpec(name="i", model=inf_net, multiscale_rates=[0.75, 1]).multiscale_rates == (
         0.75,
         1.0,

@@ -109,10 +109,13 @@ class ResizeTo(layers.Layer):
         if all(isinstance(s, int) for s in size):
             return keras.ops.image.resize(x, size, interpolation="bilinear", antialias=False)
         # a size known only at run time (a TensorFlow graph of multi-scale training): keras.ops.image.resize
-        # checks it in Python, so call the op its TensorFlow backend calls (JAX always has static sizes)
-        import tensorflow as tf
+        # compares it with 0 in Python, so go to the backend's own resize, which that op calls after the check
+        # (JAX always has static sizes and never reaches this line)
+        from keras.src.backend import image as backend_image
 
-        return tf.cast(tf.image.resize(x, size, method="bilinear", antialias=False), x.dtype)
+        return keras.ops.cast(
+            backend_image.resize(x, size, interpolation="bilinear", antialias=False), x.dtype
+        )
 
     def compute_output_shape(self, input_shapes):
         x, reference = input_shapes
