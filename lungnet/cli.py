@@ -27,6 +27,13 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--max-patients", type=int, help="only the first N patients (quick looks)")
     group.add_argument(
+        "--negative-slices",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add N nodule-free slices per scan (>= 20 mm from every contour), for slice detection",
+    )
+    group.add_argument(
         "--exclude-patients", metavar="FILE", help="file with one LIDC patient id a line to leave out"
     )
 
@@ -38,6 +45,7 @@ def _phantom_config(args):
         seed=args.seed,
         one_per_nodule=args.per_nodule,
         max_patients=args.max_patients,
+        negative_slices=getattr(args, "negative_slices", 0),
         exclude_patients_file=args.exclude_patients,
         cache_dir=args.cache_dir,
     )

@@ -97,6 +97,14 @@ def test_segmentation_levels_readers_slices_nodules_patients():
     # nodules: A/0 0.7, A/1 0.7, B/0 0.1 (its NaN slice skipped)
     assert levels["nodule"]["n"] == 3 and levels["nodule"]["dice"] == pytest.approx(1.5 / 3)
     assert levels["patient"]["n"] == 2 and levels["patient"]["dice"] == pytest.approx((0.7 + 0.1) / 2)
+    # a nodule-free slice (no nodule id, a phantom negative) counts for its patient, not as a nodule
+    extra = pd.DataFrame({"patient_id": ["B"], "nodule_id": [np.nan], "is_central": [0], "n_readers": [0]})
+    levels = level_summaries(
+        pd.concat([per_image, pd.DataFrame({"dice": [1.0], "iou": [1.0]})], ignore_index=True),
+        pd.concat([frame, extra], ignore_index=True),
+    )
+    assert levels["nodule"]["n"] == 3 and levels["nodule"]["dice"] == pytest.approx(1.5 / 3)
+    assert levels["patient"]["dice"] == pytest.approx((0.7 + (0.1 + 1.0) / 2) / 2)
 
 
 def test_learning_curves_chain_the_phases_of_one_model():

@@ -176,3 +176,26 @@ def test_config_validation():
         PhantomConfig(image_size=100)
     with pytest.raises(ConfigError, match="max_patients"):
         PhantomConfig(max_patients=0)
+
+
+def test_nodule_free_slices_are_far_from_every_contour(tmp_path):
+    config = PhantomConfig(max_patients=3, one_per_nodule=True, negative_slices=2, cache_dir=str(tmp_path))
+    plain = dataclasses.replace(config, negative_slices=0, negative_margin_mm=5.0)
+    # Without negatives the margin is not a rendering parameter, so existing caches keep their keys.
+    assert plain.cache_key() == PhantomConfig(max_patients=3, one_per_nodule=True).cache_key()
+    assert config.cache_key() != plain.cache_key()
+    manifest = load_phantom(config, progress=False)
+    negatives = manifest[manifest["nodule_free"]]
+    nodules = manifest[~manifest["nodule_free"]]
+    assert len(nodules) == len(load_phantom(plain, progress=False))
+    scans = {s.scan_id: s for s in load_scans()}
+    assert 0 < len(negatives) <= 2 * manifest["scan_id"].nunique()
+    for row in negatives.itertuples():
+        contour_z = [c.z for a in scans[row.scan_id].annotations for c in a.contours]
+        assert min(abs(z - row.z_mm) for z in contour_z) >= config.negative_margin_mm
+        assert read_mask(row.mask).sum() == 0 and read_mask(row.crop_mask).sum() == 0
+        assert read_image(row.crop_image).std() > 0  # a rendered chest, not padding
+    assert negatives["nodule_id"].isna().all() and negatives["malignancy"].isna().all()
+    assert (negatives["n_readers"] == 0).all() and nodules["nodule_id"].notna().all()
+    with pytest.raises(ConfigError, match="negative_slices"):
+        PhantomConfig(negative_slices=-1)

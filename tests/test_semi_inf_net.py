@@ -293,6 +293,8 @@ def test_smoke_run_writes_every_artefact(smoke_run):
         scores = metrics["models"][name]["inf_net"]
         assert {"s_measure", "e_measure", "mae", "dice", "sensitivity", "specificity"} <= set(scores)
         assert 0 <= scores["s_measure"] <= 1 and scores["detection"]["n_slices"] == metrics["n_test"]
+        # the study's phantom has nodule-free slices, so both halves of the accuracy are measured
+        assert scores["detection"]["accuracy_covers"] == "positives and negatives"
     assert metrics["label_budget"]["fraction"] == 0.5 and metrics["label_budget"]["unlabelled_images"] > 0
     rounds = metrics["semi_rounds"]["semi_inf_net"]
     assert [r["round"] for r in rounds] == [1] and rounds[0]["group_images"] == 2

@@ -118,6 +118,8 @@ def radiomics_baselines(
     models = {"radiomics SVM (labelled only)": _svm(config).fit(x_train.to_numpy(), y_train)}
 
     x_unlabelled = pd.DataFrame(columns=columns)
+    if "nodule_free" in train_unlabelled.columns:  # a phantom's negatives: no nodule region to describe
+        train_unlabelled = train_unlabelled[~train_unlabelled["nodule_free"].astype(bool)]
     if len(train_unlabelled):  # masks of unlabelled patients are hidden: their features use them only as the
         # region, as a reader's outline would be at inference; their labels are never read
         x_unlabelled, more = features(train_unlabelled.reset_index(drop=True), progress=progress)

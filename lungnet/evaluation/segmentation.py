@@ -304,7 +304,8 @@ def level_summaries(per_image: pd.DataFrame, frame: pd.DataFrame) -> dict:
     """Mean Dice and IoU on the radiologists' slices, per nodule and per patient, beside all slices.
 
     ``readers_slices``: `READERS_SLICES` (needs ``is_central`` and ``n_readers``); ``nodule``: the mean over
-    nodules of each nodule's mean over its slices; ``patient``: the same over patients. Each has ``n``.
+    nodules of each nodule's mean over its slices (slices without a nodule id left out); ``patient``: the same
+    over patients. Each has ``n``.
     """
     table = per_image[["dice", "iou"]].reset_index(drop=True)
     frame = frame.reset_index(drop=True)
@@ -324,6 +325,8 @@ def level_summaries(per_image: pd.DataFrame, frame: pd.DataFrame) -> dict:
             out["readers_slices"] = {**summary(table[central.to_numpy()]), "definition": READERS_SLICES}
     for level, column in (("nodule", "nodule_id"), ("patient", "patient_id")):
         if column in frame.columns:
-            means = table.groupby(frame[column].astype(str).to_numpy()).mean()
-            out[level] = summary(means)
+            ids = frame[column]
+            known = ids.notna().to_numpy()  # nodule-free slices have no nodule id
+            if known.any():
+                out[level] = summary(table[known].groupby(ids[known].astype(str).to_numpy()).mean())
     return out

@@ -384,7 +384,7 @@ def readers_on_test(data: PreparedSegmentationData, config: SegmentationExperime
         return None, None
     from lungnet.evaluation.reader_agreement import reader_agreement, summarize_agreement
 
-    nodules = test[["series_uid", "nodule_id"]].drop_duplicates("nodule_id").astype(str)
+    nodules = test[["series_uid", "nodule_id"]].dropna().drop_duplicates("nodule_id").astype(str)
     try:  # LIDC has four readers: larger clusters are pylidc clustering artefacts, left out
         agreement = reader_agreement(nodules, progress=progress, max_readers=4)
     except (DataError, LungnetError) as exc:

@@ -11,9 +11,10 @@ round's pseudo-labels, and fine-tunes on the union. After the last round the mod
 labelled set alone.
 
 Confidence of one pseudo-label: the mean predicted probability over the pixels it calls nodule
-(``p >= 0.5``); an image with no such pixel has confidence 0 and is never kept (every slice of these
-sources is drawn around a nodule, so an empty prediction is a miss, not a negative). The reference keeps
-every pseudo-label: ``confidence_threshold: 0``.
+(``p >= 0.5``); an image with no such pixel has confidence 0 and is never kept (nearly every slice of these
+sources is drawn around a nodule, so an empty prediction is far more often a miss than a true negative; the
+phantom's nodule-free slices are therefore never pseudo-labelled). The reference keeps every pseudo-label:
+``confidence_threshold: 0``.
 """
 
 from __future__ import annotations

@@ -61,6 +61,10 @@ class PhantomConfig:
     crop_size: int = 128
     noise_hu: float = 18.0
     max_patients: int | None = None  # the first N patients by id, for demos and tests
+    # Nodule-free slices per scan (negatives for slice detection): slices at least `negative_margin_mm`
+    # from every contour of the scan, cropped where one of its nodules lies on its own slice.
+    negative_slices: int = 0
+    negative_margin_mm: float = 20.0
     exclude_patients: tuple[str, ...] = ()
     exclude_patients_file: str | None = None  # one LIDC patient id a line
     cache_dir: str | None = None  # default: the user cache dir, or $LUNGNET_CACHE
@@ -72,9 +76,15 @@ class PhantomConfig:
             raise ConfigError("phantom.crop_size must be >= 8 and phantom.crop_fov_mm > 0")
         if self.max_patients is not None and self.max_patients < 1:
             raise ConfigError(f"phantom.max_patients: {self.max_patients} must be >= 1")
+        if self.negative_slices < 0:
+            raise ConfigError(f"phantom.negative_slices: {self.negative_slices} must be >= 0")
+        if self.negative_margin_mm <= 0:
+            raise ConfigError(f"phantom.negative_margin_mm: {self.negative_margin_mm} must be > 0")
 
     def cache_key(self) -> str:
         keyed = {k: v for k, v in dataclasses.asdict(self).items() if not k.startswith(("exclude", "cache"))}
+        if not self.negative_slices:  # phantoms without negatives keep the keys they had before them
+            keyed = {k: v for k, v in keyed.items() if not k.startswith("negative")}
         keyed["render_version"] = RENDER_VERSION
         return render.stable_seed(json.dumps(keyed, sort_keys=True)).to_bytes(8, "little").hex()
 
@@ -237,8 +247,43 @@ def _plan_scan(scan: Scan, config: PhantomConfig) -> tuple[list[float], list[dic
                         "diameter_mm": round(ann.diameter_mm(scan.pixel_spacing), 3),
                     }
                 )
+    samples += _negative_samples(scan, config, samples)
     zs = sorted({s["z_mm"] for s in samples})
     return zs, samples
+
+
+def _negative_samples(scan: Scan, config: PhantomConfig, nodule_samples: list[dict]) -> list[dict]:
+    """Up to `negative_slices` nodule-free slices of the scan (none when no slice is far enough from every
+    contour). Each is cropped at one of the scan's nodules' centres in turn: the same place, no nodule."""
+    if not config.negative_slices or not nodule_samples or not len(scan.zvals):
+        return []
+    contour_z = np.array([c.z for a in scan.annotations for c in a.contours])
+    far = np.abs(scan.zvals[:, None] - contour_z[None, :]).min(axis=1) >= config.negative_margin_mm
+    candidates = scan.zvals[far]
+    rng = np.random.default_rng(render.stable_seed("negatives", scan.scan_id, config.seed))
+    picked = np.sort(rng.choice(candidates, size=min(config.negative_slices, len(candidates)), replace=False))
+    centres = [np.argwhere(s["mask"]).mean(axis=0)[::-1] for s in nodule_samples if s["mask"].any()]
+    first = nodule_samples[0]
+    out = []
+    for k, z in enumerate(picked):
+        out.append(
+            {
+                **{key: first[key] for key in ("patient_id", "scan_id", "series_uid")},
+                "nodule_id": None,  # not a nodule: left out of per-nodule results and reader agreement
+                "n_readers": 0,
+                "pixel_spacing_mm": scan.pixel_spacing,
+                "slice_thickness_mm": scan.slice_thickness,
+                "annotation_id": -1,
+                "reader_index": -1,
+                "z_mm": float(z),
+                "mask": np.zeros((config.image_size, config.image_size), bool),
+                "centre_px": tuple(centres[k % len(centres)]) if centres else None,
+                **{r: np.nan for r in RATINGS},
+                "diameter_mm": np.nan,
+                "nodule_free": True,
+            }
+        )
+    return out
 
 
 def _consensus(nodule, size: int) -> tuple[float, np.ndarray]:
@@ -309,7 +354,9 @@ def _render_scan(task) -> int:
         arrays["slices"][slice_offset + k] = np.round(hu).astype(np.int16)
     for i, sample in enumerate(samples):
         mask = sample["mask"]
-        center = np.argwhere(mask).mean(axis=0)[::-1] if mask.any() else (size / 2, size / 2)
+        center = np.argwhere(mask).mean(axis=0)[::-1] if mask.any() else sample.get("centre_px")
+        if center is None:
+            center = (size / 2, size / 2)
         arrays["full_masks.bits"][sample_offset + i] = np.packbits(mask, axis=-1)
         crop = render.crop_around(
             slices[sample["z_mm"]],
@@ -379,7 +426,9 @@ def build_phantom(
                 for i, sample in enumerate(samples):
                     k = slice_offset + zs.index(sample["z_mm"])
                     n = sample_offset + i
-                    record = {key: value for key, value in sample.items() if key != "mask"}
+                    record = {k: v for k, v in sample.items() if k not in ("mask", "centre_px")}
+                    if config.negative_slices:
+                        record.setdefault("nodule_free", False)
                     rows.append(
                         {
                             "image": f"slices.npy#{k}",
