@@ -72,8 +72,38 @@ def _cmd_data_info(args) -> int:
     if args.split_seed < 0:
         raise ConfigError(f"--split-seed: {args.split_seed} must be >= 0")
     source = load_source(args.source, _phantom_config(args), progress=not args.json)
+    if "paper_split" in source.manifest.columns and not args.json:
+        from lungnet.data.harmonize import paper_table
+
+        print("the paper's split (patient level, 64 / 16 / 20; column paper_split):")
+        print(paper_table(source.manifest).to_string(index=False) + "\n")
     info = summarize(source, args.grouping, fractions=fractions, seed=args.split_seed, progress=not args.json)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def _cmd_data_harmonize(args) -> int:
+    from lungnet.data.harmonize import harmonize, paper_table
+
+    result = harmonize(
+        args.sources,
+        args.out,
+        workers=args.workers,
+        cluster=args.cluster,
+        unify_patient_labels=args.unify_patient_labels,
+        split_seed=args.split_seed,
+        progress=not args.quiet,
+    )
+    print(
+        f"{len(result.manifest)} slices in {result.out / 'manifest.csv'} ({result.built} volumes built, "
+        f"{result.reused} reused from an earlier build, {len(result.skipped)} skipped)"
+    )
+    print(result.summary.to_string(index=False))
+    for row in result.skipped.head(10).itertuples():
+        print(f"skipped {row.dataset} {row.item}: {row.reason}")
+    if len(result.skipped) > 10:
+        print(f"... {len(result.skipped) - 10} more in {result.out / 'skipped.csv'}")
+    print("\n" + paper_table(result.manifest).to_string(index=False))
     return 0
 
 
@@ -228,6 +258,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_options(build)
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     build.set_defaults(func=_cmd_data_build)
+
+    harmonize = data_commands.add_parser(
+        "harmonize",
+        help="CT collections (NAME:ROOT) -> lung-window PNG slices, masks and one manifest.csv",
+    )
+    harmonize.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="NAME:ROOT with NAME one of luna16, msd-lung, lndb, lungct-diagnosis, lung-pet-ct-dx",
+    )
+    harmonize.add_argument("--out", required=True, help="output folder (finished volumes are reused)")
+    harmonize.add_argument("--workers", type=int, help="local worker processes (default: CPUs, at most 8)")
+    harmonize.add_argument("--cluster", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786")
+    harmonize.add_argument(
+        "--unify-patient-labels",
+        action="store_true",
+        help="the paper's rule: a patient with a malignant slice is malignant on every slice",
+    )
+    harmonize.add_argument("--split-seed", type=int, default=0, help="seed of the paper's split (default 0)")
+    harmonize.add_argument("--quiet", action="store_true", help="no progress bar")
+    harmonize.set_defaults(func=_cmd_data_harmonize)
 
     info = data_commands.add_parser(
         "info", help="counts per class and split, patients, image sizes and ranges"
