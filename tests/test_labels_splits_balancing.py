@@ -120,3 +120,14 @@ def test_manifest_validation_names_row_and_column():
         validate_manifest(pd.DataFrame({"image": ["a"]}))
     with pytest.raises(DataError, match="row 0 has an empty 'patient_id'"):
         validate_manifest(pd.DataFrame({"image": ["a"], "patient_id": [""]}))
+
+
+def test_weighted_sampler_draws_every_class_equally_often():
+    from lungnet.data.balancing import weighted_resample
+
+    df = pd.DataFrame({"image": [f"i{i}" for i in range(1000)], "target": [0] * 900 + [1] * 100})
+    out = weighted_resample(df, seed=0, size=20000)
+    share = out["target"].mean()
+    assert abs(share - 0.5) < 0.02  # inverse frequency: each class drawn half the time
+    assert out["augment_copy"].sum() == 20000 - out["image"].nunique()
+    assert len(weighted_resample(df, seed=0)) == len(df)

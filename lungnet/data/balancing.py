@@ -1,4 +1,5 @@
-"""Class balancing for the training split: oversampling with augmented copies, or class weights."""
+"""Class balancing for the training split: oversampling with augmented copies, a weighted random draw
+(inverse class frequency, the multi-dataset study's sampler), or class weights."""
 
 from __future__ import annotations
 
@@ -34,3 +35,15 @@ def class_weights(targets, num_classes: int) -> dict[int, float]:
     counts = np.bincount(np.asarray(targets, dtype=int), minlength=num_classes).astype(float)
     total = counts.sum()
     return {c: (total / (num_classes * counts[c]) if counts[c] else 0.0) for c in range(num_classes)}
+
+
+def weighted_resample(train: pd.DataFrame, seed: int = 0, size: int | None = None) -> pd.DataFrame:
+    """`size` rows (default: as many as `train`) drawn with replacement, each with probability proportional to
+    1 / (its class's row count), so every class is drawn equally often in expectation (a weighted random
+    sampler, drawn once per run). Repeats are marked ``augment_copy`` so the pipeline augments them."""
+    rng = np.random.default_rng(seed)
+    counts = train["target"].map(train["target"].value_counts()).to_numpy(dtype=float)
+    p = (1.0 / counts) / (1.0 / counts).sum()
+    picks = rng.choice(len(train), size=size or len(train), replace=True, p=p)
+    out = train.iloc[picks].reset_index(drop=True)
+    return out.assign(augment_copy=pd.Series(picks).duplicated().to_numpy())

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from lungnet.config import from_dict, load_yaml
 from lungnet.data.augmentation import AugmentConfig
-from lungnet.data.balancing import class_weights, oversample
+from lungnet.data.balancing import class_weights, oversample, weighted_resample
 from lungnet.data.labels import assign_labels, class_names
 from lungnet.data.manifest import check_images
 from lungnet.data.neighbours import NEIGHBOUR_COLUMNS, add_neighbour_columns
@@ -42,7 +42,8 @@ class DataConfig:
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     split_level: Literal["patient", "row"] = "patient"
     split_seed: int = 0
-    balance: Literal["oversample", "class_weight", "none"] = "oversample"
+    # oversample: every class to largest + oversample_extra; weighted_sampler: a draw with p ~ 1 / class size
+    balance: Literal["oversample", "weighted_sampler", "class_weight", "none"] = "oversample"
     oversample_extra: int = 200  # every class is brought to (largest class + this)
     batch_size: int = 32
     seed: int = 0
@@ -177,6 +178,8 @@ def prepare_data(config: DataConfig, progress: bool = True) -> PreparedData:
     weights = None
     if config.balance == "oversample":
         train = oversample(train, extra=config.oversample_extra, seed=config.seed)
+    elif config.balance == "weighted_sampler":
+        train = weighted_resample(train, seed=config.seed)
     elif config.balance == "class_weight":
         weights = class_weights(train["target"], len(names))
 
