@@ -23,17 +23,22 @@ def write_ct_slice(
     spacing=0.7,
     thickness=None,
     origin=(0.0, 0.0),
+    sop_uid=None,
+    modality="CT",
 ):
-    """A CT slice with `stored` (uint16) pixels; HU = stored * slope + intercept. `pixels=False`: header only."""
+    """A CT slice with `stored` (uint16) pixels; HU = stored * slope + intercept. `pixels=False`: header only.
+
+    `sop_uid` fixes the SOPInstanceUID (generated when None); `modality` writes another Modality (a PET
+    slice, "PT") into the same image format."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = pydicom.Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = CTImageStorage
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
+    ds.Modality = modality
     if patient_id is not None:
         ds.PatientID = patient_id
     ds.StudyInstanceUID = study_uid
