@@ -21,6 +21,7 @@ from lungnet.models import CLASSIFIERS, ENCODERS, SEGMENTERS, build_encoder, inf
 from lungnet.models.contract import EMBEDDING_NAME, INPUT_NAME, OUTPUT_NAME, level_stride, output_names
 
 SIZE = 32
+SIZES = {"segformer": 64}  # keras-hub's Mix Transformer fails to build below 64 px
 
 # name -> the smallest config that exercises it (weights off: nothing is downloaded)
 TINY = {
@@ -29,6 +30,7 @@ TINY = {
         "efficientnet_b2": {"weights": None},
         "efficientnet_b3": {"weights": None},
         "resnet34_d": {"weights": None},
+        "resnet34": {"weights": None},
         "genomic_fusion": {
             "encoder": "conv",
             "encoder_options": {"depth": 2, "filters": 4},
@@ -53,12 +55,18 @@ TINY = {
             "ra_channels": [6, 4, 4],
         },
         "unet_plus_plus": {"depth": 2, "filters": 4, "deep_supervision": True},
+        "unar": {},  # the ResNet34-D encoder is fixed
+        "res34_unet_v2": {},
+        "light_unet": {"depth": 2, "filters": 4},
+        "deeplab_v3_plus": {},
+        "segformer": {},
     },
     "encoder": {
         "conv": {"depth": 2, "filters": 4},
         "efficientnet_b2": {"weights": None},
         "efficientnet_b3": {"weights": None},
         "resnet34_d": {"weights": None},
+        "resnet34": {"weights": None},
         "resnet50": {"weights": None},
         "resnet101": {"weights": None},
         "res2net50": {"weights": None, "layers": [1, 1, 1, 1]},  # the full [3, 4, 6, 3]: test_backbones
@@ -74,6 +82,7 @@ PINNED = {
         "efficientnet_b2": 7_769_978,
         "efficientnet_b3": 10_785_072,
         "resnet34_d": 21_325_921,
+        "resnet34": 21_302_209,
         "genomic_fusion": 4_753,  # conv encoder 4,628 + image 68 + genomic 16 + embedding 36 + output 5
         "resnet50": 23_589_761,
         "resnet101": 42_660_225,
@@ -84,12 +93,18 @@ PINNED = {
         "attention_res_unet": 8_375,
         "unet_plus_plus": 8_382,
         "inf_net": 92_129,
+        "unar": 26_009_895,
+        "res34_unet_v2": 24_343_745,
+        "light_unet": 2_410,
+        "deeplab_v3_plus": 25_512_704,
+        "segformer": 3_711_777,
     },
     "encoder": {
         "conv": 4_628,
         "efficientnet_b2": 7_768_569,
         "efficientnet_b3": 10_783_535,
         "resnet34_d": 21_325_408,
+        "resnet34": 21_301_696,
         "resnet50": 23_587_712,
         "resnet101": 42_658_176,
         "res2net50": 7_778_884,
@@ -99,9 +114,11 @@ PINNED = {
 # trips take 20-55 s each (ResNet101's export alone ~25 s); the fast suite still round-trips what they add to
 # the zoo, Res2Net's blocks and the caffe input layer (tests/test_backbones.py), the ResNets' other layers
 # being Keras's own; EfficientNetB3 has EfficientNetB2's blocks (B2 stays in the fast suite). ResNet101 repeats ResNet50's blocks: its training step (~12 s) adds nothing to ResNet50's.
+# ResNet34 is ResNet34-D's basic blocks with a plain stem, and Res34UNetV2 is that encoder under the U-Net
+# decoder the fast suite round-trips.
 SLOW = {
-    "round_trip": {"resnet50", "resnet101", "res2net50", "efficientnet_b3"},
-    "training_step": {"resnet101"},
+    "round_trip": {"resnet50", "resnet101", "res2net50", "efficientnet_b3", "resnet34", "res34_unet_v2"},
+    "training_step": {"resnet101", "resnet34"},
 }
 REGISTRY = {"classification": CLASSIFIERS, "segmentation": SEGMENTERS, "encoder": ENCODERS}
 CHANNELS = {"classification": 3, "segmentation": 1, "encoder": 3}
@@ -115,25 +132,32 @@ def _config(task: str, name: str):
     return REGISTRY[task].parse({"name": name, **TINY[task].get(name, {})}, "model")
 
 
+def _size(task: str, name: str) -> int:
+    return SIZES.get(name, SIZE) if task != "encoder" else SIZE
+
+
 def _build(task: str, name: str) -> keras.Model:
-    shape = (SIZE, SIZE, CHANNELS[task])
+    shape = (_size(task, name), _size(task, name), CHANNELS[task])
     config = _config(task, name)
     if task == "encoder":
         return build_encoder(config, shape)
     return REGISTRY[task].build(config, shape, *((2,) if task == "classification" else ()))
 
 
-def _images(task: str, n: int = 2) -> np.ndarray:
-    return np.random.default_rng(0).random((n, SIZE, SIZE, CHANNELS[task]), dtype=np.float32)
+def _images(task: str, n: int = 2, size: int = SIZE) -> np.ndarray:
+    return np.random.default_rng(0).random((n, size, size, CHANNELS[task]), dtype=np.float32)
 
 
 def _inputs(task: str, model: keras.Model, n: int = 2):
     """The images, or a dict of every named input (a second stream, such as ``genomics``, of its shape)."""
+    size = int(model.inputs[0].shape[1])
     if len(model.inputs) == 1:
-        return _images(task, n)
+        return _images(task, n, size)
     rng = np.random.default_rng(1)
     return {
-        t.name: _images(task, n) if t.name == INPUT_NAME else rng.random((n, *t.shape[1:]), dtype=np.float32)
+        t.name: _images(task, n, size)
+        if t.name == INPUT_NAME
+        else rng.random((n, *t.shape[1:]), dtype=np.float32)
         for t in model.inputs
     }
 
@@ -142,7 +166,8 @@ def _targets(task: str, model: keras.Model, n: int = 2):
     if task == "classification":
         y = (np.arange(n) % 2).astype("float32")[:, None]
     else:
-        y = np.zeros((n, SIZE, SIZE, 1), "float32")
+        size = int(model.inputs[0].shape[1])
+        y = np.zeros((n, size, size, 1), "float32")
         y[:, 8:20, 10:22] = 1
     names = output_names(model)
     return {k: y for k in names} if len(names) > 1 else y
@@ -176,7 +201,7 @@ def test_contract_shapes_and_declarations(task, name):
     assert all(s.startswith("aux_") for s in side)
     outputs = model(_inputs(task, model))
     outputs = outputs if isinstance(outputs, dict) else {OUTPUT_NAME: outputs}
-    expected = (2, 1) if task == "classification" else (2, SIZE, SIZE, 1)
+    expected = (2, 1) if task == "classification" else (2, _size(task, name), _size(task, name), 1)
     for value in outputs.values():
         value = keras.ops.convert_to_numpy(value)
         assert value.shape == expected and np.all((value >= 0) & (value <= 1))

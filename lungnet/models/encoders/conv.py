@@ -6,7 +6,7 @@
     bottleneck:            block(filters * 2**depth)       -> P{depth}
 
 ``block: plain`` is two 3x3 conv (+ BN if ``batch_norm``) + ReLU; ``block: residual`` the residual block
-(always with batch norm). Layers ``enc{l+1}_*``, ``enc{l+1}_pool``, ``bottleneck_*``.
+(always with batch norm); ``block: separable`` two depthwise-separable 3x3 convs (LightUNet's). Layers ``enc{l+1}_*``, ``enc{l+1}_pool``, ``bottleneck_*``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from keras import layers
 from lungnet.config import is_int
 from lungnet.errors import ConfigError
 from lungnet.models.contract import Pyramid, check_input_shape, level_key
-from lungnet.models.layers.conv import unet_block
+from lungnet.models.layers.conv import BLOCKS, unet_block
 from lungnet.models.registry import ENCODERS, EncoderConfig
 
 
@@ -30,7 +30,7 @@ class ConvEncoderConfig(EncoderConfig):
     name: str = "conv"
     depth: int = 4
     filters: int = 32
-    block: Literal["plain", "residual"] = "plain"
+    block: Literal["plain", "residual", "separable"] = "plain"
     batch_norm: bool = False
 
     def __post_init__(self) -> None:
@@ -38,8 +38,8 @@ class ConvEncoderConfig(EncoderConfig):
             raise ConfigError(f"model.depth: {self.depth!r} must be an integer >= 1")
         if not is_int(self.filters) or self.filters < 1:
             raise ConfigError(f"model.filters: {self.filters!r} must be an integer >= 1")
-        if self.block not in ("plain", "residual"):
-            raise ConfigError(f"model.block: {self.block!r} is not one of ['plain', 'residual']")
+        if self.block not in BLOCKS:
+            raise ConfigError(f"model.block: {self.block!r} is not one of {list(BLOCKS)}")
         if not isinstance(self.batch_norm, bool):
             raise ConfigError(f"model.batch_norm: {self.batch_norm!r} must be true or false")
 
@@ -50,6 +50,7 @@ class ConvEncoderConfig(EncoderConfig):
     family="conv",
     description="the U-Net contracting path: plain (2x conv3x3 + ReLU) or residual blocks, max-pooling",
     explanation_layer=lambda c: "bottleneck_relu" if c.block == "residual" else "bottleneck_2_relu",
+    # (plain and separable blocks both end in a layer named {name}_2_relu)
     input_scaling="any scaling (trained from scratch); H and W divisible by 2**depth",
     pyramid_keys=lambda c: tuple(level_key(k) for k in range(c.depth + 1)),
 )

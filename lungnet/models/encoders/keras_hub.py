@@ -50,6 +50,19 @@ BACKBONES = {
         },
         preset="resnet_vd_34_imagenet",
     ),
+    # ResNet34 (He et al. 2016): 7x7 stem, basic blocks; Res34UNetV2's encoder. keras-hub has no ImageNet
+    # preset of it, so it is built with random weights (or from a weights file).
+    "resnet34": Backbone(
+        "ResNetBackbone",
+        {
+            "input_conv_filters": [64],
+            "input_conv_kernel_sizes": [7],
+            "stackwise_num_filters": [64, 128, 256, 512],
+            "stackwise_num_blocks": [3, 4, 6, 3],
+            "stackwise_num_strides": [1, 2, 2, 2],
+            "block_type": "basic_block",
+        },
+    ),
 }
 
 
@@ -61,7 +74,7 @@ def _explanation_layer(config: PretrainedEncoderConfig) -> str:
     tuple(BACKBONES),
     PretrainedEncoderConfig,
     family="keras_hub",
-    description="keras-hub backbone (ResNet-D), nested; ImageNet preset when it can be downloaded",
+    description="keras-hub backbone (ResNet34, ResNet34-D), nested; ImageNet preset where one exists and downloads",
     explanation_layer=_explanation_layer,
     input_scaling="[0, 1], 3 channels for ImageNet weights (ImageNet mean/std inside)",
     pyramid_keys=lambda c: BACKBONES[c.name].levels,
@@ -87,6 +100,11 @@ def _backbone(config: PretrainedEncoderConfig, spec: Backbone, shape):
 
     constructor = getattr(keras_hub.models, spec.constructor)
     if config.weights == "imagenet":
+        if not spec.preset:
+            raise WeightsUnavailableError(
+                f"{config.name}: keras-hub has no ImageNet preset of this backbone; set `model.weights: null` "
+                "(random initialisation) or a path to a weights file of this backbone"
+            )
         try:
             return constructor.from_preset(spec.preset, image_shape=shape)
         except Exception as exc:  # no network (kagglehub raises its own errors): the caller decides

@@ -98,6 +98,48 @@ def build_attention_res_unet(config: AttentionResUNetConfig, input_shape=(256, 2
     return _build(config, input_shape, "residual", True, attention=True)
 
 
+@dataclass(frozen=True)
+class LightUNetConfig(EncoderDecoderConfig):
+    """LightUNet as lungnet builds it: the U-Net with depthwise-separable blocks (two 3x3 separable convs
+    + BN + ReLU each) in encoder and decoder, 16 filters at the top: about 1/25 of the study's U-Net."""
+
+    name: str = "light_unet"
+    filters: int = 16
+    batch_norm: bool = True
+
+
+@dataclass(frozen=True)
+class Res34UNetV2Config(EncoderDecoderConfig):
+    """Res34UNetV2: the U-Net decoder (with batch norm) on a ResNet34 encoder (keras-hub, basic blocks
+    [3, 4, 6, 3], 7x7 stem); the decoder goes on up-sampling from P2 to full size."""
+
+    name: str = "res34_unet_v2"
+    encoder: str = "resnet34"
+    batch_norm: bool = True
+
+
+@SEGMENTERS.register(
+    "light_unet",
+    LightUNetConfig,
+    family="unet",
+    description="LightUNet: the U-Net with depthwise-separable conv blocks, 16 filters at the top",
+    input_scaling="standardised intensities (the segmentation study's z-score), any channels",
+)
+def build_light_unet(config: LightUNetConfig, input_shape=(256, 256, 1)) -> keras.Model:
+    return _build(config, input_shape, "separable", config.batch_norm, attention=False)
+
+
+@SEGMENTERS.register(
+    "res34_unet_v2",
+    Res34UNetV2Config,
+    family="unet",
+    description="Res34UNetV2: U-Net decoder with batch norm on a ResNet34 encoder (keras-hub)",
+    input_scaling="[0, 1] (ImageNet mean/std inside the encoder), any channels",
+)
+def build_res34_unet_v2(config: Res34UNetV2Config, input_shape=(256, 256, 1)) -> keras.Model:
+    return _build(config, input_shape, "plain", config.batch_norm, attention=False)
+
+
 def attention_layer_names(model: keras.Model) -> list[str]:
     """Names of the layers whose outputs are the attention coefficients, top level (level 1) first.
 
