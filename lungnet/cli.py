@@ -82,6 +82,22 @@ def _cmd_data_info(args) -> int:
     return 0
 
 
+def _collection_options(assignments: list[str]) -> dict[str, dict]:
+    """``NAME.KEY=VALUE`` strings -> {NAME: {KEY: VALUE}} with YAML scalars (numbers, booleans)."""
+    import yaml
+
+    out: dict[str, dict] = {}
+    for item in assignments or []:
+        key, sep, value = item.partition("=")
+        name, dot, option = key.partition(".")
+        if not sep or not dot or not name or not option:
+            raise ConfigError(
+                f"--option {item!r}: expected NAME.KEY=VALUE, e.g. luna16.malignancy_rule=median"
+            )
+        out.setdefault(name, {})[option] = yaml.safe_load(value) if value else value
+    return out
+
+
 def _cmd_data_harmonize(args) -> int:
     from lungnet.data.harmonize import harmonize, paper_table
 
@@ -92,6 +108,7 @@ def _cmd_data_harmonize(args) -> int:
         cluster=args.cluster,
         unify_patient_labels=args.unify_patient_labels,
         split_seed=args.split_seed,
+        options=_collection_options(args.options),
         progress=not args.quiet,
     )
     print(
@@ -278,6 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the paper's rule: a patient with a malignant slice is malignant on every slice",
     )
     harmonize.add_argument("--split-seed", type=int, default=0, help="seed of the paper's split (default 0)")
+    harmonize.add_argument(
+        "--option",
+        action="append",
+        dest="options",
+        metavar="NAME.KEY=VALUE",
+        help="a collection's option, e.g. luna16.malignancy_rule=median, lndb.label_rule=texture-solid, "
+        "lungct-diagnosis.slice_step=2, lung-pet-ct-dx.annotations=/data/Annotation (repeatable)",
+    )
     harmonize.add_argument("--quiet", action="store_true", help="no progress bar")
     harmonize.set_defaults(func=_cmd_data_harmonize)
 

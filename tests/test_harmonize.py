@@ -149,3 +149,19 @@ def test_a_collection_is_a_data_source_everywhere(tmp_path):
     assert len(source.manifest) == 10 and "a fake collection" in source.description
     assert (tmp_path / "cache" / "harmonized").is_dir()
     assert source.manifest["mask"].str.endswith("_mask.png").all()
+
+
+def test_collection_options_reach_list_volumes_and_bad_ones_are_named(tmp_path):
+    from lungnet.cli import _collection_options
+
+    assert _collection_options(["luna16.malignancy_rule=median", "lungct-diagnosis.slice_step=2"]) == {
+        "luna16": {"malignancy_rule": "median"},
+        "lungct-diagnosis": {"slice_step": 2},
+    }
+    with pytest.raises(ConfigError, match="NAME.KEY=VALUE"):
+        _collection_options(["malignancy_rule=median"])
+    spec = _collection(tmp_path / "fake", n=2)
+    with pytest.raises(ConfigError, match="unknown option"):
+        harmonize([spec], tmp_path / "out", options={"fake-ct": {"nope": 1}}, progress=False)
+    with pytest.raises(ConfigError, match="no source names"):
+        harmonize([spec], tmp_path / "out", options={"luna16": {"malignancy_rule": "median"}}, progress=False)

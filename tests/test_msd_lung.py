@@ -139,3 +139,22 @@ def test_missing_image_is_skipped(tmp_path):
     tasks, skipped = msd_lung.list_volumes(tmp_path)
     assert tasks == [] and [s.item for s in skipped] == ["lung_004"]
     assert "imagesTr/lung_004.nii.gz not found" in skipped[0].reason
+
+
+def test_harmonized_in_worker_processes_with_the_lung_window(tmp_path):
+    from lungnet.data.harmonize import harmonize, paper_table
+    from lungnet.data.io import read_image, read_mask
+    from lungnet.data.sources.volumes import lung_window_8bit
+
+    cases = {f"lung_{i:03d}": (ct_array(i), lesion_label()) for i in range(1, 7)}
+    make_task(tmp_path, cases)
+    result = harmonize([f"msd-lung:{tmp_path}"], tmp_path / "out", workers=2, progress=False)
+    manifest = result.manifest
+    assert len(manifest) == 6 * 4 and set(manifest["label"]) == {"malignant"}
+    row = manifest[(manifest["volume_id"] == "lung_003") & (manifest["slice_index"] == 5)].iloc[0]
+    image = read_image(str(tmp_path / "out" / row["image"]))
+    expected = lung_window_8bit(ct_array(3)[5].astype(np.float32))
+    np.testing.assert_array_equal(image.astype(np.uint8), expected)
+    assert read_mask(str(tmp_path / "out" / row["mask"])).sum() == 6 * 7
+    table = paper_table(manifest)
+    assert table["patients"].sum() == 6 and table["slices"].sum() == 24

@@ -22,6 +22,7 @@ stops the build.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
 import shutil
@@ -139,8 +140,17 @@ def remove_partials(out: Path) -> int:
     return removed
 
 
-def list_tasks(specs: Iterable[str]) -> tuple[list[VolumeTask], list[Skipped]]:
-    """Every volume task of the `NAME:ROOT` specs, and what their indexes already skip."""
+def list_tasks(
+    specs: Iterable[str], options: dict[str, dict] | None = None
+) -> tuple[list[VolumeTask], list[Skipped]]:
+    """Every volume task of the `NAME:ROOT` specs, and what their indexes already skip. `options`: per
+    collection name, keyword arguments of its ``list_volumes`` (e.g. ``{"luna16": {"malignancy_rule":
+    "median"}}``)."""
+    options = dict(options or {})
+    names = [spec.partition(":")[0] for spec in specs]
+    unused = sorted(set(options) - set(names))
+    if unused:
+        raise ConfigError(f"harmonize: options for {unused}, which no source names (sources: {names})")
     tasks, skipped = [], []
     for spec in specs:
         parsed = parse_collection_spec(spec)
@@ -150,7 +160,13 @@ def list_tasks(specs: Iterable[str]) -> tuple[list[VolumeTask], list[Skipped]]:
                 "luna16, msd-lung, lndb, lungct-diagnosis, lung-pet-ct-dx"
             )
         name, root = parsed
-        found, skip = get_collection(name).list_volumes(root)
+        list_volumes = get_collection(name).list_volumes
+        given = options.get(name, {})
+        accepted = list(inspect.signature(list_volumes).parameters)[1:]
+        unknown = sorted(set(given) - set(accepted))
+        if unknown:
+            raise ConfigError(f"{name}: unknown option(s) {unknown}; it takes {accepted or 'none'}")
+        found, skip = list_volumes(root, **given)
         tasks += found
         skipped += skip
     ids = pd.Series([(t.dataset, t.volume_id) for t in tasks])
@@ -168,6 +184,7 @@ def harmonize(
     cluster: str | None = None,
     unify_patient_labels: bool = False,
     split_seed: int = 0,
+    options: dict[str, dict] | None = None,
     progress: bool = True,
 ) -> HarmonizeResult:
     """Harmonise the collections into `out` (see the module docstring) and return the result."""
@@ -179,7 +196,7 @@ def harmonize(
         raise ConfigError(f"{out}: the output path is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     remove_partials(out)
-    tasks, skipped = list_tasks(specs)
+    tasks, skipped = list_tasks(specs, options)
     todo = [t for t in tasks if not _is_complete(volume_folder(out, t))]
     reused = len(tasks) - len(todo)
     bar = tqdm(total=len(todo), unit="volume", desc="harmonizing", disable=not progress)
