@@ -31,6 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lungnet.data import elastic_augment
 from lungnet.errors import ConfigError
 
 FillMode = Literal["reflect", "constant", "nearest", "wrap"]
@@ -59,6 +60,17 @@ class AugmentConfig:
     randaugment_factor: float = 0.5  # magnitude, 0-1
     augmix: bool = False
     augmix_factor: float = 0.3  # severity, 0-1
+    # Segmentation only (`lungnet.data.elastic_augment`; each on a random half of a batch): quarter turns,
+    # elastic and grid distortion (displacement as a fraction of the side), gamma / brightness / contrast
+    # ranges, and coarse dropout (up to N holes of up to `coarse_dropout_size` x the side).
+    rotate90: bool = False
+    elastic: float = 0.0
+    grid_distortion: float = 0.0
+    gamma: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    coarse_dropout: int = 0
+    coarse_dropout_size: float = 0.1
     seed: int | None = None  # None: the dataset's seed
 
     def __post_init__(self) -> None:
@@ -79,6 +91,32 @@ class AugmentConfig:
             raise bad("randaugment_factor", "must be in (0, 1]")
         if not 0 < self.augmix_factor <= 1:
             raise bad("augmix_factor", "must be in (0, 1]")
+        for name in ("elastic", "grid_distortion"):
+            if not 0 <= getattr(self, name) <= 0.25:
+                raise bad(name, "must be a fraction of the image side in [0, 0.25]")
+        for name in ("gamma", "contrast"):
+            if not 0 <= getattr(self, name) < 1:
+                raise bad(name, "must be in [0, 1)")
+        if not self.brightness >= 0:
+            raise bad("brightness", "must be >= 0")
+        if not (isinstance(self.coarse_dropout, int) and 0 <= self.coarse_dropout <= 16):
+            raise bad("coarse_dropout", "must be a number of holes in 0..16")
+        if not 0 < self.coarse_dropout_size <= 0.5:
+            raise bad("coarse_dropout_size", "must be in (0, 0.5]")
+
+    @property
+    def segmentation_extras(self) -> list[str]:
+        """The segmentation-only transforms this config turns on."""
+        names = (
+            "rotate90",
+            "elastic",
+            "grid_distortion",
+            "gamma",
+            "brightness",
+            "contrast",
+            "coarse_dropout",
+        )
+        return [n for n in names if getattr(self, n)]
 
     @property
     def geometric_only(self) -> bool:
@@ -519,18 +557,52 @@ def build_joint_augmenter(
             "move the image but not the mask); use rotation/flips/translation/zoom"
         )
     affine = build_geometric_augmenter(cfg, seed, resampler)
+    extras = cfg.segmentation_extras
+    warps = cfg.rotate90 or cfg.elastic or cfg.grid_distortion
 
     def augment(images, masks, seed=None) -> tuple[tf.Tensor, tf.Tensor]:
         images = tf.convert_to_tensor(images, tf.float32)
         masks = tf.cast(masks, images.dtype)
-        if affine is None:
+        if affine is None and not extras:
             return images, masks
         channels = images.shape[-1]
         if channels is None:
             raise ValueError("build_joint_augmenter: the image channel count must be static")
-        stacked = affine(tf.concat([images, masks], axis=-1), training=True, seed=seed)
+        if extras and seed is None:
+            raise ValueError("build_joint_augmenter: the segmentation extras need the batch's seed")
+        stacked = tf.concat([images, masks], axis=-1)
+        if affine is not None:
+            stacked = affine(stacked, training=True, seed=seed)
+        if warps:
+            stacked = _extra_warps(stacked, seed, cfg)
         out_images = stacked[..., :channels]
         out_masks = tf.cast(stacked[..., channels:] > 0.5, images.dtype)
+        if cfg.gamma or cfg.brightness or cfg.contrast:
+            out_images = elastic_augment.photometric(
+                out_images, seed, cfg.brightness, cfg.contrast, cfg.gamma
+            )
+        if cfg.coarse_dropout:
+            out_images = elastic_augment.coarse_dropout(
+                out_images, seed, cfg.coarse_dropout, cfg.coarse_dropout_size
+            )
         return out_images, out_masks
 
     return augment
+
+
+def _extra_warps(stacked, seed, cfg: AugmentConfig) -> tf.Tensor:
+    if cfg.rotate90:  # a quarter-turn count 0..3 per image (square images: the study's crops)
+        sub = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 10)
+        turns = tf.random.stateless_uniform([tf.shape(stacked)[0]], sub, maxval=4, dtype=tf.int32)
+        rotated = [stacked] + [tf.image.rot90(stacked, k) for k in (1, 2, 3)]
+        stacked = _select_turns(rotated, turns)
+    if cfg.elastic or cfg.grid_distortion:
+        stacked = elastic_augment.warp_jointly(stacked, seed, cfg.elastic, cfg.grid_distortion)
+    return stacked
+
+
+def _select_turns(rotated: list[tf.Tensor], turns: tf.Tensor) -> tf.Tensor:
+    out = rotated[0]
+    for k in (1, 2, 3):
+        out = tf.where((turns == k)[:, None, None, None], rotated[k], out)
+    return out

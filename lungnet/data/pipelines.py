@@ -214,6 +214,11 @@ def classification_dataset(
     geometric, photometric, augment_seed = None, [], seed
     if augment_all or augment_some:
         cfg = augment if augment is not None else AugmentConfig()
+        if cfg.segmentation_extras:
+            raise ConfigError(
+                f"augment: {', '.join(cfg.segmentation_extras)} are segmentation transforms; the "
+                "classification pipelines do not apply them (turn them off for classification)"
+            )
         if not cfg.geometric_only and not preprocess.output_in_unit_range:
             raise ConfigError(
                 "augment: randaugment/augmix need images in [0, 1]; use preprocess.normalize 'minmax' or "

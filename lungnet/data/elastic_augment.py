@@ -1,0 +1,123 @@
+"""The segmentation zoo's extra augmentations (the multi-dataset paper's table), on batches in tf.data.
+
+Geometric ones move image and mask together (the mask rides along as a channel, as in
+`lungnet.data.augmentation.build_joint_augmenter`); photometric ones touch the image only. Each transform is
+applied to a random half of the batch, drawn from the batch's stateless seed, so batches still repeat
+exactly. The images are the segmentation study's z-scores, not [0, 1] intensities, so:
+
+- ``elastic`` / ``grid_distortion``: a random displacement field, uniform in [-m, m] x the image side at the
+  nodes of a coarse grid (8 x 8 cells for elastic, smoothed bicubically; 5 x 5 for grid distortion,
+  bilinear), up-sampled to every pixel; each output pixel reads the input there, bilinearly, with the
+  borders clamped (the mask re-thresholded at 0.5 afterwards);
+- ``brightness``: adds a uniform offset in [-b, b] (in the image's std units); ``contrast``: scales about
+  the image's mean by a factor in [1 - c, 1 + c];
+- ``gamma``: on the image's own min-max range, ``x' = lo + (hi - lo) * ((x - lo) / (hi - lo)) ** g`` with
+  ``g`` in [1 - gamma, 1 + gamma] (the paper's 80-120 gamma limit is ``gamma: 0.2``);
+- ``coarse_dropout``: up to N rectangles of up to ``coarse_dropout_size`` x the side set to the image's
+  mean; the mask is left as it is (the nodule is still there, only hidden).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+ELASTIC_GRID = 8
+DISTORTION_GRID = 5
+
+
+def _half(seed, batch_size, k: int) -> tf.Tensor:
+    """A [B] float 0/1 coin per image from sub-seed `k` of the batch seed."""
+    sub = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), k)
+    return tf.cast(tf.random.stateless_uniform([batch_size], sub) < 0.5, tf.float32)
+
+
+def _uniform(seed, shape, k: int, low: float, high: float) -> tf.Tensor:
+    sub = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), k)
+    return tf.random.stateless_uniform(shape, sub, minval=low, maxval=high)
+
+
+def displacement_field(batch_size, height, width, seed, magnitude: float, grid: int, method: str, k: int):
+    """[B, H, W, 2] (dy, dx) pixels: uniform nodes on a grid x grid lattice, resized to every pixel."""
+    side = tf.cast(tf.minimum(height, width), tf.float32)
+    nodes = _uniform(seed, [batch_size, grid + 1, grid + 1, 2], k, -magnitude, magnitude) * side
+    return tf.image.resize(nodes, [height, width], method=method)
+
+
+def dense_warp(images, flow) -> tf.Tensor:
+    """out[b, y, x] = bilinear images[b, y + dy, x + dx], coordinates clamped to the image."""
+    shape = tf.shape(images)
+    batch, height, width = shape[0], shape[1], shape[2]
+    gy, gx = tf.meshgrid(tf.range(height, dtype=tf.float32), tf.range(width, dtype=tf.float32), indexing="ij")
+    y = tf.clip_by_value(gy[None] + flow[..., 0], 0.0, tf.cast(height - 1, tf.float32))
+    x = tf.clip_by_value(gx[None] + flow[..., 1], 0.0, tf.cast(width - 1, tf.float32))
+    y0, x0 = tf.floor(y), tf.floor(x)
+    wy, wx = (y - y0)[..., None], (x - x0)[..., None]
+    y0i, x0i = tf.cast(y0, tf.int32), tf.cast(x0, tf.int32)
+    y1i, x1i = tf.minimum(y0i + 1, height - 1), tf.minimum(x0i + 1, width - 1)
+    b = tf.broadcast_to(tf.range(batch)[:, None, None], tf.shape(y0i))
+
+    def at(yy, xx):
+        return tf.gather_nd(images, tf.stack([b, yy, xx], axis=-1))
+
+    top = at(y0i, x0i) * (1 - wx) + at(y0i, x1i) * wx
+    bottom = at(y1i, x0i) * (1 - wx) + at(y1i, x1i) * wx
+    return top * (1 - wy) + bottom * wy
+
+
+def warp_jointly(stacked, seed, elastic: float, grid_distortion: float) -> tf.Tensor:
+    """Elastic and grid distortion (each on a random half of the batch) of an image+mask stack."""
+    shape = tf.shape(stacked)
+    batch, height, width = shape[0], shape[1], shape[2]
+    flow = tf.zeros([batch, height, width, 2])
+    if elastic:
+        field = displacement_field(batch, height, width, seed, elastic, ELASTIC_GRID, "bicubic", 11)
+        flow += field * _half(seed, batch, 12)[:, None, None, None]
+    if grid_distortion:
+        field = displacement_field(
+            batch, height, width, seed, grid_distortion, DISTORTION_GRID, "bilinear", 13
+        )
+        flow += field * _half(seed, batch, 14)[:, None, None, None]
+    return dense_warp(stacked, flow)
+
+
+def photometric(images, seed, brightness: float, contrast: float, gamma: float) -> tf.Tensor:
+    """Brightness, contrast and gamma (each on a random half of the batch) of z-scored images."""
+    batch = tf.shape(images)[0]
+
+    def per_image(k: int, low: float, high: float) -> tf.Tensor:
+        return _uniform(seed, [batch], k, low, high)[:, None, None, None]
+
+    if gamma:
+        lo = tf.reduce_min(images, axis=[1, 2, 3], keepdims=True)
+        hi = tf.reduce_max(images, axis=[1, 2, 3], keepdims=True)
+        span = tf.maximum(hi - lo, 1e-6)
+        g = per_image(21, 1.0 - gamma, 1.0 + gamma)
+        gammaed = lo + span * tf.pow((images - lo) / span, g)
+        on = _half(seed, batch, 22)[:, None, None, None]
+        images = on * gammaed + (1 - on) * images
+    if contrast:
+        mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+        factor = 1.0 + (per_image(23, -contrast, contrast)) * _half(seed, batch, 24)[:, None, None, None]
+        images = mean + (images - mean) * factor
+    if brightness:
+        images = images + per_image(25, -brightness, brightness) * _half(seed, batch, 26)[:, None, None, None]
+    return images
+
+
+def coarse_dropout(images, seed, holes: int, size: float) -> tf.Tensor:
+    """Up to `holes` rectangles per image (a random half of the batch) filled with the image's mean."""
+    shape = tf.shape(images)
+    batch, height, width = shape[0], shape[1], shape[2]
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    gy, gx = tf.meshgrid(tf.range(h), tf.range(w), indexing="ij")
+    hidden = tf.zeros([batch, height, width], tf.bool)
+    for i in range(holes):
+        cy = _uniform(seed, [batch], 31 + 4 * i, 0.0, 1.0)[:, None, None] * h
+        cx = _uniform(seed, [batch], 32 + 4 * i, 0.0, 1.0)[:, None, None] * w
+        half_h = _uniform(seed, [batch], 33 + 4 * i, 0.25, 0.5)[:, None, None] * size * h
+        half_w = _uniform(seed, [batch], 34 + 4 * i, 0.25, 0.5)[:, None, None] * size * w
+        box = (tf.abs(gy[None] - cy) <= half_h) & (tf.abs(gx[None] - cx) <= half_w)
+        hidden = hidden | box
+    hidden = hidden & (_half(seed, batch, 30)[:, None, None] > 0)
+    mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
+    return tf.where(hidden[..., None], mean, images)
