@@ -107,6 +107,11 @@ class ExperimentConfig:
 class SegmentationModelSpec:
     name: str
     model: SegmenterConfig  # a registered segmenter, chosen by the mapping's ``name``
+    learning_rate: float | None = None  # this model's own rate (the zoo's); None: training.learning_rate
+
+    def __post_init__(self):
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ConfigError(f"models[{self.name}].learning_rate: {self.learning_rate} must be > 0")
 
 
 @dataclass(frozen=True)

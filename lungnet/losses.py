@@ -1,5 +1,6 @@
-"""Segmentation losses on sigmoid probabilities: Dice, binary focal, their weighted sum (hybrid), and Inf-Net's
-boundary-weighted BCE + IoU (structure) with its edge loss.
+"""Segmentation losses on sigmoid probabilities: Dice, binary focal, their weighted sum (hybrid), BCE + soft
+Dice (the multi-dataset study's 0.52 / 0.48), and Inf-Net's boundary-weighted BCE + IoU (structure) with its
+edge loss.
 
 Each loss returns one value per sample (Dice over the whole mask, focal as a mean over pixels) and leaves the
 reduction over the batch to Keras (``reduction``, default the batch mean). They compute in float32 whatever
@@ -28,8 +29,8 @@ from keras import ops
 from lungnet.config import is_int
 from lungnet.errors import ConfigError, DataError
 
-LossName = Literal["hybrid", "dice", "focal", "bce", "structure"]
-LOSS_NAMES = ("hybrid", "dice", "focal", "bce", "structure")
+LossName = Literal["hybrid", "dice", "focal", "bce", "bce_dice", "structure"]
+LOSS_NAMES = ("hybrid", "dice", "focal", "bce", "bce_dice", "structure")
 
 __all__ = [
     "LOSS_NAMES",
@@ -115,6 +116,27 @@ class DiceLoss(keras.losses.Loss):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "smooth": self.smooth}
+
+
+@keras.saving.register_keras_serializable(package="lungnet")
+class BCEDiceLoss(keras.losses.Loss):
+    """``bce_weight * BCE + (1 - bce_weight) * soft Dice`` per sample (BCE: the mean over pixels); the
+    multi-dataset study weights them 0.52 / 0.48."""
+
+    def __init__(self, bce_weight: float = 0.52, smooth: float = 1.0, name: str = "bce_dice_loss", **kwargs):
+        _check("bce_weight", bce_weight, 0.0, 1.0)
+        _check("smooth", smooth, 0.0)
+        super().__init__(name=name, **kwargs)
+        self.bce_weight = float(bce_weight)
+        self.smooth = float(smooth)
+
+    def call(self, y_true, y_pred):
+        y_true, y_pred = ops.cast(y_true, "float32"), ops.cast(y_pred, "float32")
+        bce = ops.mean(_binary_crossentropy(y_true, y_pred, False), axis=tuple(range(1, len(y_pred.shape))))
+        return self.bce_weight * bce + (1.0 - self.bce_weight) * dice_per_sample(y_true, y_pred, self.smooth)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "bce_weight": self.bce_weight, "smooth": self.smooth}
 
 
 @keras.saving.register_keras_serializable(package="lungnet")
@@ -357,6 +379,7 @@ class LossConfig:
     smooth: float = 1.0
     boundary_kernel: int = 31
     boundary_weight: float = 5.0
+    bce_weight: float = 0.52  # bce_dice: the BCE share (the multi-dataset study's)
 
     def __post_init__(self) -> None:
         if self.name not in LOSS_NAMES:
@@ -367,6 +390,7 @@ class LossConfig:
         _check("smooth", self.smooth, 0.0)
         _check_odd("boundary_kernel", self.boundary_kernel, 1)
         _check("boundary_weight", self.boundary_weight, 0.0)
+        _check("bce_weight", self.bce_weight, 0.0, 1.0)
 
 
 def build_loss(config: LossConfig) -> keras.losses.Loss:
@@ -381,4 +405,6 @@ def build_loss(config: LossConfig) -> keras.losses.Loss:
         return FocalLoss(alpha=config.alpha, gamma=config.gamma)
     if config.name == "structure":
         return StructureLoss(kernel_size=config.boundary_kernel, weight=config.boundary_weight)
+    if config.name == "bce_dice":
+        return BCEDiceLoss(bce_weight=config.bce_weight, smooth=config.smooth)
     return keras.losses.BinaryCrossentropy()

@@ -198,3 +198,17 @@ def test_serialisation_round_trip(loss):
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
     assert type(restored) is type(loss) and restored.get_config() == config
     assert _value(restored, Y, P) == pytest.approx(_value(loss, Y, P), rel=1e-6)
+
+
+def test_bce_dice_against_hand_worked_values():
+    from lungnet.losses import BCEDiceLoss, LossConfig, build_loss
+
+    y_true = np.array([[[[1.0], [0.0]]]], np.float32)  # one 1x2 image
+    y_pred = np.array([[[[0.8], [0.2]]]], np.float32)
+    bce = -np.log(0.8)  # both pixels are 0.8 right
+    dice = 1 - (2 * 0.8 + 1) / (1 + 1.0 + 1)
+    expected = 0.52 * bce + 0.48 * dice
+    assert float(BCEDiceLoss()(y_true, y_pred)) == pytest.approx(expected, rel=1e-5)
+    assert float(build_loss(LossConfig(name="bce_dice", bce_weight=1.0))(y_true, y_pred)) == pytest.approx(
+        bce
+    )

@@ -184,3 +184,19 @@ def test_runs_record_their_command_and_wall_time(monkeypatch):
     monkeypatch.setattr("sys.argv", ["pytest"])
     assert command_line() is None
     assert format_duration(4229) == "70 min 29 s" and format_duration(58) == "58 s"
+
+
+def test_plateau_schedule_halves_the_rate_when_the_monitor_stalls(tmp_path):
+    ds = tiny_data()
+    # a rate so small that val_loss moves less than ReduceLROnPlateau's min_delta: every epoch stalls
+    config = TrainingConfig(
+        verbose=0, lr_schedule="plateau", plateau_patience=1, plateau_factor=0.5, early_stopping_patience=10
+    )
+    model = tiny_model()
+    train_phase(model, ds, ds, run_dir=tmp_path, phase="p", epochs=4, learning_rate=1e-7, config=config)
+    log = __import__("pandas").read_csv(tmp_path / "logs" / "p.csv")
+    assert log["learning_rate"].iloc[0] == pytest.approx(1e-7)
+    halvings = np.log2(1e-7 / log["learning_rate"].to_numpy())
+    assert halvings[-1] >= 1 and np.allclose(halvings, np.round(halvings), atol=1e-3)  # cut by 0.5 steps
+    with pytest.raises(ConfigError, match="plateau_factor"):
+        TrainingConfig(lr_schedule="plateau", plateau_factor=1.5)

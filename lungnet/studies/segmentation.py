@@ -296,7 +296,7 @@ def train_and_evaluate(
         run_dir=run_dir,
         phase=spec.name,
         epochs=config.training.epochs,
-        learning_rate=config.training.learning_rate,
+        learning_rate=spec.learning_rate or config.training.learning_rate,
         config=config.training,
         compile_fn=compile_segmentation(config.loss),
     )

@@ -52,9 +52,14 @@ class TrainingConfig:
     monitor: str = "val_loss"
     # Learning rate per epoch: constant, or cosine decay to `min_learning_rate_ratio` x the phase's rate after
     # `warmup_epochs` of linear warm-up (both count the phase's own epochs, so a resume continues the curve).
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    # plateau: ReduceLROnPlateau on `monitor` (x plateau_factor after plateau_patience epochs without a
+    # better value; the multi-dataset study's 0.5 / 7). Its state is not checkpointed: a resumed phase
+    # starts again at the phase's rate.
+    lr_schedule: Literal["constant", "cosine", "plateau"] = "constant"
     warmup_epochs: int = 0
     min_learning_rate_ratio: float = 0.0
+    plateau_patience: int = 7
+    plateau_factor: float = 0.5
     fine_tune_epochs: int = 20
     fine_tune_learning_rate: float = 1e-5
     steps_per_epoch: int | None = None  # cap per epoch (quick profiles); None = the whole training split
@@ -91,6 +96,11 @@ class TrainingConfig:
         if not self.monitor.startswith("val_"):
             raise ConfigError(
                 f"training.monitor: {self.monitor!r} must be a validation value, e.g. val_loss, val_auc"
+            )
+        if self.plateau_patience < 1 or not 0 < self.plateau_factor < 1:
+            raise ConfigError(
+                f"training.plateau_patience {self.plateau_patience} must be >= 1 and plateau_factor "
+                f"{self.plateau_factor} in (0, 1)"
             )
         if self.warmup_epochs < 0:
             raise ConfigError(f"training.warmup_epochs: {self.warmup_epochs} must be >= 0")
@@ -145,7 +155,7 @@ def classifier_side_outputs(model: keras.Model) -> list[str]:
 
 def scheduled_learning_rate(epoch: int, base: float, epochs: int, config: TrainingConfig) -> float:
     """The learning rate of (0-based) `epoch` of a phase of `epochs` starting at `base`."""
-    if config.lr_schedule == "constant":
+    if config.lr_schedule in ("constant", "plateau"):  # plateau: the callback lowers it as it goes
         return base
     warmup = min(config.warmup_epochs, epochs)
     if epoch < warmup:
@@ -334,7 +344,18 @@ def train_phase(
         checkpoint,
         keras.callbacks.TensorBoard(str(logs / "tensorboard" / phase), write_graph=False, profile_batch=0),
     ]
-    if config.lr_schedule != "constant":
+    if config.lr_schedule == "plateau":
+        callbacks.insert(
+            0,
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=config.monitor,
+                mode="min" if config.monitor.endswith("loss") else "max",
+                factor=config.plateau_factor,
+                patience=config.plateau_patience,
+                verbose=0,
+            ),
+        )
+    elif config.lr_schedule != "constant":
         callbacks.insert(
             0,
             keras.callbacks.LearningRateScheduler(
