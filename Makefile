@@ -12,7 +12,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: help setup test test-slow test-all lint format duplicates bench data-info clean \
 	reproduce-binary-nodule reproduce-binary-full reproduce-5class-nodule reproduce-5class-full reproduce-classification-all \
-	reproduce-attention-unet reproduce-semi-infnet bench-segmentation
+	reproduce-attention-unet reproduce-semi-infnet reproduce-segmentation-zoo bench-segmentation
 
 help:
 	@echo "make reproduce-binary-nodule   flagship study (DATA=lidc-phantom by default, or a manifest CSV)"
@@ -21,6 +21,7 @@ help:
 	@echo "   SET=\"data.grouping=exclude-indeterminate ...\" passes --set KEY=VALUE overrides)"
 	@echo "make reproduce-attention-unet  segmentation study: U-Net vs attention residual U-Net, Dice+Focal, dense CRF"
 	@echo "make reproduce-semi-infnet     Inf-Net study: Inf-Net, Semi-Inf-Net, U-Net, radiomics SVMs (SET=labels.fraction=0.1)"
+	@echo "make reproduce-segmentation-zoo multi-dataset study's zoo: UNAR, Res34UNetV2, UNet++, DeepLabV3+, SegFormer, LightUNet, U-Net"
 	@echo "make test                      fast tests + notebooks (sets up .venv)"
 	@echo "make test-slow                 the slow tests"
 	@echo "make bench                     benchmarks -> benchmarks/results/*.json"
@@ -89,6 +90,11 @@ reproduce-attention-unet: $(STAMP)
 # Inf-Net, Semi-Inf-Net (pseudo-label rounds), U-Net and radiomics SVMs at a label budget (labels.fraction).
 reproduce-semi-infnet: $(STAMP)
 	$(VENV)/bin/lungnet reproduce inf-net --data $(DATA) --profile $(PROFILE) $(SET_ARGS)
+
+# The multi-dataset study's segmentation zoo (leaderboard, curves, overlays). Harmonise collections first with
+# `lungnet data harmonize luna16:ROOT msd-lung:ROOT ... --out DIR`, then DATA=DIR.
+reproduce-segmentation-zoo: $(STAMP)
+	$(VENV)/bin/lungnet reproduce segmentation-zoo --data $(DATA) --profile $(PROFILE) $(SET_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

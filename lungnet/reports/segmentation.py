@@ -133,6 +133,10 @@ def segmentation_report(
     )
     report.table(comparison_table(config, summary, data_label))
     report.table(
+        leaderboard_table(results, summary),
+        "Leaderboard, by validation Dice (the selection rule; test Dice is never used to choose)",
+    )
+    report.table(
         levels_table(summary), "Test Dice by level: " + READERS_SLICES + " ; per nodule; per patient"
     )
     for result in results:
@@ -232,6 +236,32 @@ def segmentation_report(
         report.image(curves, CAPTION)
     report.table(training, "Training (phases: epochs run, best epoch, best validation loss)")
     return report
+
+
+def leaderboard_table(results: list, summary: dict) -> pd.DataFrame:
+    """One row per model: parameters, validation and test Dice, test IoU, Dice on the readers' slices, epochs
+    and training minutes, best validation Dice first."""
+    rows = []
+    for result in results:
+        entry = summary["models"][result.name]
+        raw, training = entry["raw"], entry.get("training", {})
+        readers = raw.get("levels", {}).get("readers_slices", {})
+        rows.append(
+            {
+                "model": result.name,
+                "parameters": f"{result.model.count_params():,}",
+                "validation Dice": entry.get("val_dice"),
+                "test Dice": raw.get("dice"),
+                "test IoU": raw.get("iou"),
+                "test Dice, readers' slices": readers.get("dice"),
+                "epochs": training.get("epochs_run"),
+                "training minutes": round(training["wall_seconds"] / 60, 1)
+                if "wall_seconds" in training
+                else None,
+            }
+        )
+    table = pd.DataFrame(rows).sort_values("validation Dice", ascending=False, na_position="last")
+    return table.set_index("model")
 
 
 def loss_description(loss) -> str:
