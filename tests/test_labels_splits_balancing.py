@@ -131,3 +131,27 @@ def test_weighted_sampler_draws_every_class_equally_often():
     assert abs(share - 0.5) < 0.02  # inverse frequency: each class drawn half the time
     assert out["augment_copy"].sum() == 20000 - out["image"].nunique()
     assert len(weighted_resample(df, seed=0)) == len(df)
+
+
+def test_a_split_the_manifest_gives_is_kept_and_checked():
+    from lungnet.data.splits import split_manifest
+    from lungnet.errors import DataError
+
+    df = pd.DataFrame(
+        {
+            "image": list("abcdef"),
+            "patient_id": ["p1", "p1", "p2", "p3", "p4", "p5"],
+            "target": [0, 0, 1, 0, 1, 1],
+            "paper_split": ["train", "train", "train", "val", "test", "test"],
+        }
+    )
+    out = split_manifest(df, level="manifest", require_every_class=False)
+    assert list(out["split"]) == list(df["paper_split"])
+    with pytest.raises(DataError, match="in more than one split"):
+        split_manifest(
+            df.assign(paper_split=["train", "val", "train", "val", "test", "test"]), level="manifest"
+        )
+    with pytest.raises(DataError, match="'holdout' is not one of"):
+        split_manifest(df.assign(paper_split=["holdout"] * 6), level="manifest")
+    with pytest.raises(DataError, match="split_level 'manifest' needs"):
+        split_manifest(df.drop(columns="paper_split"), level="manifest")

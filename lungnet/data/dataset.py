@@ -40,7 +40,7 @@ class DataConfig:
     grouping: Literal["paper", "exclude-indeterminate", "5class", "labels"] = "paper"
     view: Literal["crop", "full"] = "crop"  # zoomed nodule crop or the full CT slice
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    split_level: Literal["patient", "row"] = "patient"
+    split_level: Literal["patient", "row", "manifest"] = "patient"  # manifest: its split / paper_split column
     split_seed: int = 0
     # oversample: every class to largest + oversample_extra; weighted_sampler: a draw with p ~ 1 / class size
     balance: Literal["oversample", "weighted_sampler", "class_weight", "none"] = "oversample"

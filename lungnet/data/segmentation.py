@@ -48,7 +48,7 @@ class SegmentationDataConfig:
     source: str = "lidc-phantom"
     view: Literal["crop", "full"] = "full"  # phantom only: the nodule crop or the full 512 px slice
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    split_level: Literal["patient", "row"] = "patient"
+    split_level: Literal["patient", "row", "manifest"] = "patient"  # manifest: its split / paper_split column
     split_seed: int = 0
     batch_size: int = 8
     seed: int = 0

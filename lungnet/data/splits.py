@@ -27,16 +27,21 @@ def split_manifest(
 ) -> pd.DataFrame:
     """Add a ``split`` column (train/val/test). Needs ``target``; rows of one patient share a split.
 
+    ``level="manifest"`` keeps the split the manifest already gives (`MANIFEST_SPLIT_COLUMNS`: ``split``, or
+    ``paper_split`` from `lungnet data harmonize`), checked: known names only, one split per patient.
+
     Patients are stratified by their most severe class (the highest target among their rows) and dealt to
     the split whose share of that stratum's rows is furthest below its fraction, so each split gets about
     its fraction of every class. With `require_every_class` (classification) a split missing a class is an
     error; without it (strata that are only a balancing aid, such as nodule size) it is allowed.
     """
+    if level == "manifest":
+        return _given_split(df, class_names if require_every_class else None)
     fractions = check_fractions(fractions)
     if "target" not in df.columns:
         raise DataError("split_manifest needs a 'target' column: assign labels first")
     if level not in ("patient", "row"):
-        raise DataError(f"split level {level!r} is not 'patient' or 'row'")
+        raise DataError(f"split level {level!r} is not 'patient', 'row' or 'manifest'")
     if level == "row":
         warnings.warn(
             "row-level split: slices of one patient can land in train and test, which inflates test scores",
@@ -63,6 +68,37 @@ def split_manifest(
     out["split"] = groups.map(lambda g: SPLIT_NAMES[assignment[g]]).to_numpy()
     if require_every_class:
         _check_classes_present(out, fractions, class_names)
+    return out
+
+
+MANIFEST_SPLIT_COLUMNS = ("split", "paper_split")
+
+
+def _given_split(df: pd.DataFrame, class_names) -> pd.DataFrame:
+    from lungnet.data.manifest import row_labels
+
+    column = next((c for c in MANIFEST_SPLIT_COLUMNS if c in df.columns), None)
+    if column is None:
+        raise DataError(
+            f"split_level 'manifest' needs a column {' or '.join(MANIFEST_SPLIT_COLUMNS)} (train / val / test); "
+            "`lungnet data harmonize` writes paper_split"
+        )
+    values = df[column].astype("string").str.strip().str.lower()
+    bad = ~values.isin(SPLIT_NAMES)
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise DataError(
+            f"{row_labels(df)[row]}: {column} {df[column].iloc[row]!r} is not one of {list(SPLIT_NAMES)}"
+        )
+    per_patient = values.groupby(df["patient_id"].astype(str).str.strip()).nunique()
+    if (per_patient > 1).any():
+        raise DataError(
+            f"{column}: patient {per_patient[per_patient > 1].index[0]!r} is in more than one split"
+        )
+    out = df.copy()
+    out["split"] = values.to_numpy()
+    if class_names is not None:
+        _check_classes_present(out, (1.0, 1.0, 1.0), class_names)
     return out
 
 
