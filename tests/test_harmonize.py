@@ -165,3 +165,19 @@ def test_collection_options_reach_list_volumes_and_bad_ones_are_named(tmp_path):
         harmonize([spec], tmp_path / "out", options={"fake-ct": {"nope": 1}}, progress=False)
     with pytest.raises(ConfigError, match="no source names"):
         harmonize([spec], tmp_path / "out", options={"luna16": {"malignancy_rule": "median"}}, progress=False)
+
+
+def test_segmentation_leaves_out_classification_only_slices(tmp_path):
+    from lungnet.data.registry import load_source
+    from lungnet.data.segmentation import SegmentationDataConfig, segmentation_frame
+
+    harmonize([_collection(tmp_path / "fake", n=4)], tmp_path / "out", workers=1, progress=False)
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv", dtype=str)
+    manifest.loc[: len(manifest) // 2 - 1, "mask"] = ""  # as LungCT-Diagnosis slices would be
+    manifest.to_csv(tmp_path / "out" / "manifest.csv", index=False)
+    source = load_source(str(tmp_path / "out"))
+    with pytest.warns(UserWarning, match="5 rows without a mask"):
+        frame, _ = segmentation_frame(
+            source, SegmentationDataConfig(source=str(tmp_path / "out")), progress=False
+        )
+    assert len(frame) == len(manifest) - 5

@@ -19,6 +19,7 @@ leaves them out, ``error`` refuses them, naming the row.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -184,6 +185,16 @@ def segmentation_frame(
     if mask_col not in manifest.columns:
         raise DataError(f"{source.spec}: the manifest has no '{mask_col}' column; segmentation needs masks")
     frame = manifest.assign(image_ref=manifest[image_col], mask_ref=manifest[mask_col])
+    no_mask = frame["mask_ref"].fillna("").astype(str).str.strip() == ""
+    if no_mask.all():
+        raise DataError(f"{source.spec}: no row has a mask ('{mask_col}' is empty everywhere)")
+    if no_mask.any():  # classification-only slices of a mixed source (a harmonised LungCT-Diagnosis)
+        warnings.warn(
+            f"{source.spec}: {int(no_mask.sum())} rows without a mask (classification-only slices) left out "
+            "of segmentation",
+            stacklevel=2,
+        )
+        frame = frame[~no_mask].reset_index(drop=True)
     frame, n_empty = check_masks(frame, config.empty_masks, progress)
     if frame.empty:
         raise DataError(f"{source.spec}: no samples left after data.empty_masks '{config.empty_masks}'")
