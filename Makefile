@@ -12,7 +12,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: help setup test test-slow test-all lint format duplicates bench data-info clean \
 	reproduce-binary-nodule reproduce-binary-full reproduce-5class-nodule reproduce-5class-full reproduce-classification-all \
-	reproduce-attention-unet reproduce-semi-infnet reproduce-segmentation-zoo bench-segmentation
+	reproduce-attention-unet reproduce-semi-infnet reproduce-segmentation-zoo bench-segmentation bench-gpu
 
 help:
 	@echo "make reproduce-binary-nodule   flagship study (DATA=lidc-phantom by default, or a manifest CSV)"
@@ -65,6 +65,11 @@ bench: $(STAMP)
 
 bench-segmentation: $(STAMP)
 	$(PY) benchmarks/segmentation_speed.py
+
+# Training images/s of every family, float32 / mixed float16 / mixed bfloat16 (KERAS_BACKEND=jax on a GPU
+# machine without TensorFlow: python benchmarks/gpu_training.py needs only Keras, NumPy and lungnet/models).
+bench-gpu: $(STAMP)
+	$(PY) benchmarks/gpu_training.py
 
 data-info: $(STAMP)
 	$(VENV)/bin/lungnet data info $(DATA)
