@@ -149,6 +149,18 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_serve_config(args) -> int:
+    from lungnet.serving.tf_serving import serve_config
+
+    path = serve_config(args.runs, args.out, names=args.names, version=args.version)
+    print(f"TF Serving layout in {path.parent}; config {path}")
+    print(
+        f'serve it: docker run -p 8500:8500 -p 8501:8501 -v "{path.parent.resolve()}:/models" tensorflow/serving '
+        "--model_config_file=/models/models.config"
+    )
+    return 0
+
+
 def _cmd_export(args) -> int:
     from lungnet.serving.export import export_run
 
@@ -341,6 +353,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="output folder (default: RUN/evaluations/<source>-<time>)")
     evaluate.add_argument("--model", help="which trained model of the run (default: the selected one)")
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    serving = commands.add_parser(
+        "serve-config", help="TF Serving's layout (<name>/<version>/) and models.config for runs"
+    )
+    serving.add_argument("runs", nargs="+", metavar="RUN", help="finished run folders")
+    serving.add_argument("--out", required=True, help="the model base folder to serve")
+    serving.add_argument(
+        "--name", action="append", dest="names", help="served name per run (default: experiment)"
+    )
+    serving.add_argument("--version", type=int, default=1, help="model version folder (default 1)")
+    serving.set_defaults(func=_cmd_serve_config)
 
     export = commands.add_parser("export", help="export a run's model as a SavedModel for TF Serving")
     export.add_argument("run", metavar="RUN", help="run folder")

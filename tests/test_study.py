@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from lungnet.cli import main
-from lungnet.errors import LungnetError
+from lungnet.errors import DataError, LungnetError
 from lungnet.experiment import load_experiment, resolve_experiment_path
 from lungnet.studies.classification import run_classification_study
 
@@ -268,3 +268,49 @@ def test_models_without_weights_are_skipped_or_fail_as_configured(tmp_path, tiny
     config = load_experiment(resolve_experiment_path("binary_nodule"), profile="smoke", overrides=overrides)
     with pytest.raises(WeightsUnavailableError, match="could not be downloaded"):
         run_classification_study(config, tmp_path / "error", progress=False)
+
+
+def test_serve_config_layout_and_both_clients_against_the_signature(smoke_run, tmp_path):
+    from tensorflow_serving.apis import predict_pb2
+
+    from lungnet.serving.client import (
+        grpc_request,
+        parse_grpc_response,
+        parse_rest_response,
+        rest_request,
+        rest_url,
+    )
+
+    run_dir, _ = smoke_run
+    out = tmp_path / "serving"
+    assert main(["serve-config", str(run_dir), str(run_dir), "--out", str(out)]) == 0
+    config = (out / "models.config").read_text()
+    assert "name: 'binary_nodule'" in config and "name: 'binary_nodule_2'" in config
+    assert "base_path: '/models/binary_nodule'" in config and config.startswith("model_config_list {")
+    served = tf.saved_model.load(str(out / "binary_nodule" / "1"))
+    images = np.random.default_rng(1).uniform(-1000, 400, (2, 70, 70)).astype(np.float32)
+    expected = served.signatures["serving_default"](images=tf.constant(images))["probabilities"].numpy()
+
+    # REST: what a server does with the body (columnar inputs to the named signature), then the reply
+    body = json.loads(json.dumps(rest_request(images)))
+    assert body["signature_name"] == "serving_default" and set(body["inputs"]) == {"images"}
+    signature = served.signatures[body["signature_name"]]
+    outputs = signature(**{k: tf.constant(np.asarray(v, np.float32)) for k, v in body["inputs"].items()})
+    reply = json.dumps({"outputs": {k: v.numpy().tolist() for k, v in outputs.items()}})
+    np.testing.assert_allclose(parse_rest_response(reply), expected, atol=1e-6)
+    assert rest_url("h", "binary_nodule") == "http://h:8501/v1/models/binary_nodule:predict"
+    with pytest.raises(DataError, match="refused"):
+        parse_rest_response({"error": "bad input"})
+    assert rest_request(images.astype(np.uint8))["signature_name"] == "serving_uint8"
+
+    # gRPC: the PredictRequest's tensors, through the signature, back as a PredictResponse
+    request = grpc_request("binary_nodule", images, version=1)
+    assert request.model_spec.name == "binary_nodule" and request.model_spec.version.value == 1
+    signature = served.signatures[request.model_spec.signature_name]
+    outputs = signature(**{k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()})
+    response = predict_pb2.PredictResponse()
+    for key, value in outputs.items():
+        response.outputs[key].CopyFrom(tf.make_tensor_proto(value.numpy()))
+    np.testing.assert_allclose(parse_grpc_response(response), expected, atol=1e-6)
+    with pytest.raises(DataError, match="pixel_spacing_mm"):
+        rest_request(images, spacing=[0.7])

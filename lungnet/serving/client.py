@@ -1,0 +1,94 @@
+"""Requests to a TF Serving server for lungnet's exported signatures, and their responses, from raw images.
+
+The signatures (`lungnet.serving.export`) take ``images`` (float32 HU / 0-255, or uint8 through
+``serving_uint8``) and, for runs with a fixed physical scale, ``pixel_spacing_mm``; they return
+``probabilities``. REST (port 8501)::
+
+    body = rest_request(images)                      # {"signature_name": ..., "inputs": {...}}
+    reply = requests.post(rest_url("localhost", "binary_nodule"), json=body).json()
+    probabilities = parse_rest_response(reply)
+
+gRPC (port 8500, `tensorflow-serving-api`)::
+
+    request = grpc_request("binary_nodule", images)
+    response = stub.Predict(request, 10.0)           # a PredictionServiceStub on a channel to HOST:8500
+    probabilities = parse_grpc_response(response)
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from lungnet.errors import DataError
+
+OUTPUT = "probabilities"
+
+
+def _signature_and_inputs(images, spacing, signature: str | None) -> tuple[str, dict[str, np.ndarray]]:
+    images = np.asarray(images)
+    if images.ndim not in (3, 4):
+        raise DataError(f"images: expected [batch, height, width] (or [.., 3] for 2.5-D), got {images.shape}")
+    if images.dtype == np.uint8:
+        name = signature or "serving_uint8"
+    else:
+        images = images.astype(np.float32)
+        name = signature or "serving_default"
+    inputs = {"images": images}
+    if spacing is not None:
+        spacing = np.asarray(spacing, np.float32).reshape(-1)
+        if len(spacing) != len(images):
+            raise DataError(f"pixel_spacing_mm: {len(spacing)} values for {len(images)} images")
+        inputs["pixel_spacing_mm"] = spacing
+    return name, inputs
+
+
+def rest_url(host: str, model: str, port: int = 8501, version: int | None = None) -> str:
+    where = f"/versions/{version}" if version is not None else ""
+    return f"http://{host}:{port}/v1/models/{model}{where}:predict"
+
+
+def rest_request(images, spacing=None, signature: str | None = None) -> dict:
+    """The JSON body of a REST predict call (columnar ``inputs``: one array per named input)."""
+    name, inputs = _signature_and_inputs(images, spacing, signature)
+    return {"signature_name": name, "inputs": {k: v.tolist() for k, v in inputs.items()}}
+
+
+def parse_rest_response(reply) -> np.ndarray:
+    """``probabilities`` from a REST reply (a dict or its JSON text); a server error becomes a DataError."""
+    if isinstance(reply, str | bytes):
+        reply = json.loads(reply)
+    if "error" in reply:
+        raise DataError(f"TF Serving refused the request: {reply['error']}")
+    outputs = reply.get("outputs")
+    if outputs is None:
+        raise DataError(f"not a columnar predict reply (no 'outputs'): keys {sorted(reply)}")
+    if isinstance(outputs, dict):
+        outputs = outputs[OUTPUT]
+    return np.asarray(outputs, np.float32)
+
+
+def grpc_request(model: str, images, spacing=None, signature: str | None = None, version: int | None = None):
+    """A `tensorflow_serving.apis.predict_pb2.PredictRequest` for the images."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    name, inputs = _signature_and_inputs(images, spacing, signature)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = name
+    if version is not None:
+        request.model_spec.version.value = version
+    for key, value in inputs.items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+    return request
+
+
+def parse_grpc_response(response) -> np.ndarray:
+    """``probabilities`` from a `PredictResponse`."""
+    import tensorflow as tf
+
+    if OUTPUT not in response.outputs:
+        raise DataError(f"the response has no '{OUTPUT}' output: {sorted(response.outputs)}")
+    return tf.make_ndarray(response.outputs[OUTPUT]).astype(np.float32)
