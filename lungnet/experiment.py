@@ -16,6 +16,7 @@ from lungnet.config import from_dict, load_yaml
 from lungnet.data.dataset import DataConfig
 from lungnet.data.segmentation import SegmentationDataConfig
 from lungnet.errors import ConfigError
+from lungnet.evaluation.measured_nodule import MeasuredNoduleConfig
 from lungnet.evaluation.radiomics_baseline import RadiomicsBaselineConfig
 from lungnet.losses import LossConfig
 from lungnet.models import ClassifierConfig, SegmenterConfig
@@ -84,6 +85,8 @@ class ExperimentConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     # self-supervised pretraining of encoders whose weights are ``genesis`` (`lungnet.pretraining`)
     pretraining: PretrainConfig = field(default_factory=PretrainConfig)
+    # image-only: a segmenter trained on the training patients measures the nodule (`measured_nodule`)
+    measured_nodule: MeasuredNoduleConfig = field(default_factory=MeasuredNoduleConfig)
     task: Literal["classification"] = "classification"
     published: dict[str, float] = field(default_factory=dict)  # model name -> published test F1 (%)
     published_source: str = ""

@@ -46,10 +46,12 @@ def comparison_table(summary: dict, config, data_label: str) -> pd.DataFrame:
                 **{m: test.get(m) for m in METRIC_COLUMNS},
             }
         )
-    for name, metrics in summary["baselines"].items():
+    extra = {f"image-only: {k}": v for k, v in summary.get("image_only", {}).items()}
+    extra.update({f"baseline: {k}": v for k, v in summary["baselines"].items()})
+    for name, metrics in extra.items():
         rows.append(
             {
-                "model": f"baseline: {name}",
+                "model": name,
                 "data": data_label,
                 "published F1 (%)": None,
                 **{m: metrics.get(m) for m in METRIC_COLUMNS},
@@ -63,6 +65,8 @@ def levels_table(summary: dict) -> pd.DataFrame:
     rows = []
     selected = summary["models"][summary["selected_model"]]["test"]
     sources = {summary["selected_model"]: {"slice": selected, **summary.get("levels", {})}}
+    for name, result in summary.get("image_only", {}).items():
+        sources[f"image-only: {name}"] = {"slice": result, **result.get("levels", {})}
     size = summary["baselines"].get("size_only")
     if size:
         sources["baseline: size_only"] = {"slice": size, **size.get("levels", {})}

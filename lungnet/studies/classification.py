@@ -30,6 +30,13 @@ from lungnet.evaluation import (
     size_only_baseline,
 )
 from lungnet.evaluation.aggregation import level_metrics
+from lungnet.evaluation.measured_nodule import (
+    fit_measured,
+    measured_features,
+    predict_masks,
+    save_fitted,
+    train_segmenter,
+)
 from lungnet.experiment import ExperimentConfig, ModelSpec
 from lungnet.fileio import write_csv, write_json
 from lungnet.inference import predict_proba, predict_tta
@@ -272,6 +279,71 @@ def baselines(data: PreparedData) -> dict[str, dict]:
     return out
 
 
+def scored(y_val, val_probs, y_test, test_probs, test_frame, names) -> dict:
+    """Test metrics of one set of probabilities, at slice, nodule and patient level, with the binary
+    threshold chosen on validation and the temperature fitted there, as the trained models report them."""
+    out = {
+        **classification_metrics(y_test, test_probs, names),
+        "levels": level_metrics(y_test, test_probs, test_frame, names),
+        "val": classification_metrics(y_val, val_probs, names),
+    }
+    if len(names) == 2:
+        threshold = best_f1_threshold(y_val, val_probs)
+        out["threshold_from_val"] = {
+            "threshold": threshold,
+            "test": classification_metrics(
+                y_test, test_probs, names, y_pred=predictions_at_threshold(test_probs, threshold)
+            ),
+        }
+    temperature = fit_temperature(val_probs, y_val)
+    out["calibration"] = {
+        "temperature": temperature,
+        "ece_before": expected_calibration_error(y_test, test_probs),
+        "ece_after": expected_calibration_error(y_test, apply_temperature(test_probs, temperature)),
+    }
+    return out
+
+
+def measured_nodule_results(
+    config: ExperimentConfig, data: PreparedData, selected: ModelResult, run_dir: Path, progress: bool
+) -> dict:
+    """The image-only measured-nodule classifier (`lungnet.evaluation.measured_nodule`), and its mean with
+    the selected network's probabilities; both scored on the test split like the trained models."""
+    settings = config.measured_nodule
+    seg_dir = train_segmenter(settings, data.source.manifest, data.manifest, run_dir, progress)
+    column = image_column(data.manifest, config.data.view)
+    masks = predict_masks(seg_dir, data.manifest[column], settings.tta, progress)
+    frames = {s: data.split(s) for s in ("train", "val", "test")}
+    features = {s: measured_features(f, column, masks) for s, f in frames.items()}
+    n = len(data.class_names)
+    fitted = fit_measured(features["train"], frames["train"]["target"], settings.C)
+    save_fitted(fitted, run_dir)  # `lungnet evaluate` scores external sets with it
+    val_probs, test_probs = fitted.predict(features["val"], n), fitted.predict(features["test"], n)
+    y_val, y_test = frames["val"]["target"].to_numpy(), frames["test"]["target"].to_numpy()
+    found = features["test"]["found"].to_numpy()
+    measured = scored(y_val, val_probs, y_test, test_probs, frames["test"], data.class_names)
+    measured["segmenter"] = {"run": str(seg_dir), "test_slices_without_region": int((found == 0).sum())}
+    mean_val = (val_probs + selected.val_probs) / 2
+    mean_test = (test_probs + selected.test_probs) / 2
+    write_csv(
+        run_dir / "measured_nodule_predictions.csv",
+        pd.DataFrame(
+            {
+                "image": frames["test"][column],
+                "patient_id": frames["test"]["patient_id"],
+                "label": frames["test"]["class_name"],
+                **{f"prob_{name}": test_probs[:, i] for i, name in enumerate(data.class_names)},
+            }
+        ),
+    )
+    return {
+        "measured_nodule": measured,
+        f"mean of measured_nodule and {selected.name}": scored(
+            y_val, mean_val, y_test, mean_test, frames["test"], data.class_names
+        ),
+    }
+
+
 def predictions_table(data: PreparedData, result: ModelResult) -> pd.DataFrame:
     test = data.split("test")
     column = image_column(test, data.config.view)
@@ -340,6 +412,8 @@ def run_classification_study(config: ExperimentConfig, run_dir: Path, progress: 
         "baselines": baselines(data),
         "skipped_models": skipped,
     }
+    if config.measured_nodule.enabled:  # image-only rows beside the trained models (not selectable)
+        summary["image_only"] = measured_nodule_results(config, data, selected, run_dir, progress)
     write_json(run_dir / "metrics.json", summary)
     explanations = explain_selected(config, data, selected, run_dir) if config.evaluation.explain else {}
     write_report(run_dir, config, data, results, selected, summary, explanations)

@@ -19,11 +19,32 @@ from lungnet.evaluation import classification_metrics
 from lungnet.evaluation import figures as evaluation_figures
 from lungnet.evaluation.aggregation import level_metrics
 from lungnet.evaluation.figures import save_figure
+from lungnet.evaluation.measured_nodule import SEGMENTER_DIR, load_fitted, measured_features, predict_masks
 from lungnet.fileio import write_csv, write_json
 from lungnet.inference import predict_proba
 from lungnet.reports.html import HtmlReport
 from lungnet.runs import load_run_config
 from lungnet.runs.artifacts import evaluation_dir, load_run_model, run_class_names
+
+
+def measured_on(run_dir: Path, labelled: pd.DataFrame, column: str, probs, name: str, names) -> dict:
+    """The run's measured-nodule classifier (and its mean with the evaluated model) on `labelled`, when
+    the run has one: its own segmenter outlines every slice first."""
+    fitted = load_fitted(run_dir)
+    if fitted is None:
+        return {}
+    masks = predict_masks(
+        run_dir / SEGMENTER_DIR, labelled[column], tta=load_run_config(run_dir).measured_nodule.tta
+    )
+    measured = fitted.predict(measured_features(labelled, column, masks), len(names))
+    y = labelled["target"].to_numpy()
+    out = {}
+    for key, p in (
+        ("measured_nodule", measured),
+        (f"mean of measured_nodule and {name}", (measured + probs) / 2),
+    ):
+        out[key] = {**classification_metrics(y, p, names), "levels": level_metrics(y, p, labelled, names)}
+    return out
 
 
 def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name: str | None = None) -> Path:
@@ -45,6 +66,7 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
     y = labelled["target"].to_numpy()
     metrics = classification_metrics(y, probs, names)
     levels = level_metrics(y, probs, labelled, names)
+    image_only = measured_on(run_dir, labelled, column, probs, name, names)
     out = evaluation_dir(run_dir, source.spec, out)
     table = pd.DataFrame(
         {
@@ -67,6 +89,7 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
             "grouping": config.data.grouping,
             "split": "all samples",
             "levels": levels,  # nodule level (mean over slices) and patient level
+            **({"image_only": image_only} if image_only else {}),
         },
     )
     report = HtmlReport(f"External evaluation of {name} ({run_dir.name}) on {source.spec}")
@@ -79,6 +102,14 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
             index=pd.Index(list(rows), name=name),
         )
     )
+    for other, scores in (image_only or {}).items():
+        rows = {"slice": scores, **scores["levels"]}
+        report.table(
+            pd.DataFrame(
+                {k: [m.get(k) for m in rows.values()] for k in (*keys, "n")},
+                index=pd.Index(list(rows), name=f"image-only: {other}"),
+            )
+        )
     report.paragraph(
         "Nodule level: probabilities averaged over a nodule's slices. Patient level: the highest nodule "
         "probability of malignancy (binary), or the mean over the patient's nodules."

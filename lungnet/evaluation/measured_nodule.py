@@ -1,0 +1,231 @@
+"""Image-only malignancy from a measured nodule: segment every slice, describe the region, classify.
+
+Why: the radiologists' ratings follow the nodule's size more than anything else (the diameter alone is the
+baseline to beat), and a CNN trained on a few hundred patients measures size less reliably than a
+segmenter outlines the nodule. So a segmenter, trained on this run's **training patients only** with the
+segmentation study's recipe (its own run folder, ``<run>/segmenter/``), predicts each slice's mask; the
+region nearest the crop's centre is described with `lungnet.data.radiomics` (first-order intensity, shape
+in millimetres from the pixel spacing, masked GLCM) plus the largest area and major axis over the nodule's
+slices; a class-balanced logistic regression on the standardised features is fitted on the training split.
+At inference it sees each slice, its pixel spacing and which slices belong to one nodule, never a reader's
+mask or measurement: it is image-only. The radiologists' masks only train the segmenter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from tqdm.auto import tqdm
+
+from lungnet.data.io import read_image
+from lungnet.data.radiomics import radiomics_features
+from lungnet.errors import ConfigError, DataError
+from lungnet.evaluation.radiomics_baseline import native_spacing
+
+SEGMENTER_DIR = "segmenter"
+NODULE_FEATURES = ("shape_area_mm2", "shape_major_axis_mm")
+FITTED_FILE = "measured_nodule.joblib"
+
+
+@dataclass(frozen=True)
+class MeasuredNoduleConfig:
+    """``measured_nodule`` of a classification experiment (off unless ``enabled``)."""
+
+    enabled: bool = False
+    experiment: str = "attention_unet"  # the segmentation experiment whose recipe trains the segmenter
+    profile: str = "cpu-real-budget"
+    model: str = "unet"  # which of that experiment's models
+    overrides: dict = field(default_factory=dict)  # nested keys applied to it, as ``--set`` would
+    tta: bool = False  # mean over flips and quarter turns when predicting the masks (5 passes)
+    C: float = 1.0  # inverse L2 strength of the logistic regression
+
+    def __post_init__(self):
+        if not self.C > 0:
+            raise ConfigError(f"measured_nodule.C: {self.C!r} must be > 0")
+
+
+def segmenter_manifest(source_manifest: pd.DataFrame, split: pd.DataFrame) -> pd.DataFrame:
+    """The source's rows that have a mask, with ``split`` taken from the classification split per patient.
+
+    Patients the grouping left out (only indeterminate nodules, say) are in no validation or test split, so
+    they train the segmenter; no validation or test patient's mask is ever trained on."""
+    if "mask" not in source_manifest.columns:
+        raise DataError("measured_nodule: the source has no 'mask' column; the segmenter needs nodule masks")
+    rows = source_manifest[source_manifest["mask"].fillna("").astype(str).str.strip() != ""]
+    if rows.empty:
+        raise DataError("measured_nodule: no row of the source has a mask to train the segmenter on")
+    by_patient = split.groupby(split["patient_id"].astype(str))["split"].first()
+    out = rows.drop(columns=[c for c in ("source", "source_row", "split") if c in rows.columns])
+    out = out.assign(split=out["patient_id"].astype(str).map(by_patient).fillna("train").to_numpy())
+    return out.reset_index(drop=True)
+
+
+def segmenter_config(config: MeasuredNoduleConfig, manifest_path: Path):
+    """The segmentation experiment, one model, trained on `manifest_path` with its given split."""
+    from lungnet.experiment import deep_merge, load_experiment, resolve_experiment_path
+
+    experiment = load_experiment(resolve_experiment_path(config.experiment), profile=config.profile)
+    specs = [m for m in experiment.models if m.name == config.model]
+    if not specs:
+        names = [m.name for m in experiment.models]
+        raise ConfigError(
+            f"measured_nodule.model: {config.model!r} is not a model of {config.experiment} "
+            f"(profile {config.profile}): choose one of {names}"
+        )
+    from lungnet.config import to_dict
+
+    overrides = deep_merge(
+        {
+            "data": {"source": str(manifest_path), "split_level": "manifest"},
+            "models": [to_dict(specs[0])],
+        },
+        config.overrides,
+    )
+    return load_experiment(
+        resolve_experiment_path(config.experiment), profile=config.profile, overrides=overrides
+    )
+
+
+def train_segmenter(
+    config: MeasuredNoduleConfig, source_manifest, split, run_dir: Path, progress=True
+) -> Path:
+    """Train (or reuse, when already finished) the run's segmenter in ``run_dir/segmenter``."""
+    from lungnet.fileio import write_csv
+    from lungnet.runs.folder import run_status
+    from lungnet.studies.runner import run_study
+
+    seg_dir = run_dir / SEGMENTER_DIR
+    if run_status(seg_dir).get("status") == "finished":
+        return seg_dir
+    seg_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = run_dir / "segmenter_manifest.csv"
+    write_csv(manifest_path, segmenter_manifest(source_manifest, split))
+    print(f"measured nodule: training the segmenter ({config.experiment} / {config.model}) in {seg_dir}")
+    run_study(segmenter_config(config, manifest_path), seg_dir, progress=progress)
+    return seg_dir
+
+
+def predict_masks(
+    seg_dir: Path, images: pd.Series, tta: bool, progress: bool = True
+) -> dict[str, np.ndarray]:
+    """Binary masks at each image's native size from the segmenter of `seg_dir`, keyed by image path."""
+    import tensorflow as tf
+
+    from lungnet.data.preprocessing import preprocess_image
+    from lungnet.runs import load_run_config
+    from lungnet.runs.artifacts import load_run_model, run_preprocess
+    from lungnet.studies.segmentation import segmenter_fn
+
+    seg_config = load_run_config(seg_dir)
+    model, _ = load_run_model(seg_dir)
+    preprocess = run_preprocess(seg_dir, seg_config)
+    fn = segmenter_fn(model, tta)
+    threshold = seg_config.postprocess.threshold
+    out = {}
+    paths = list(dict.fromkeys(images.astype(str)))
+    batch = 32
+    for start in tqdm(range(0, len(paths), batch), desc="segmenting", disable=not progress, leave=False):
+        chunk = paths[start : start + batch]
+        raw = [read_image(p) for p in chunk]
+        x = tf.stack(
+            [preprocess_image(tf.convert_to_tensor(r[..., None], tf.float32), preprocess) for r in raw]
+        )
+        probs = np.asarray(fn(x))
+        for path, image, prob in zip(chunk, raw, probs, strict=True):
+            if prob.shape != image.shape[:2]:
+                prob = cv2.resize(prob, image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+            out[path] = prob >= threshold
+    return out
+
+
+def central_region(mask: np.ndarray) -> np.ndarray:
+    """The connected region nearest the crop's centre (crops are centred on their nodule)."""
+    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    if count <= 2:
+        return mask.astype(bool)
+    centre = (np.asarray(mask.shape) - 1) / 2
+    distances = []
+    for label in range(1, count):
+        ys, xs = np.nonzero(labels == label)
+        distances.append(np.min((ys - centre[0]) ** 2 + (xs - centre[1]) ** 2))
+    return labels == 1 + int(np.argmin(distances))
+
+
+def measured_features(frame: pd.DataFrame, image_col: str, masks: dict[str, np.ndarray]) -> pd.DataFrame:
+    """One row of features per row of `frame`: radiomics inside its predicted region (NaN where the
+    segmenter found nothing, with ``found`` 0), and the nodule's largest area and axis over its slices."""
+    spacing = native_spacing(frame)
+    rows = []
+    for i, path in enumerate(frame[image_col].astype(str)):
+        region = central_region(masks[path])
+        if region.any():
+            rows.append({"found": 1.0, **radiomics_features(read_image(path), region, spacing[i])})
+        else:
+            rows.append({"found": 0.0})
+    table = pd.DataFrame(rows, index=frame.index)
+    for name in NODULE_FEATURES:
+        if name not in table.columns:
+            table[name] = np.nan
+    if "nodule_id" in frame.columns:
+        nodules = frame["nodule_id"].astype(str)
+        for name in NODULE_FEATURES:
+            table[f"nodule_max_{name}"] = table[name].groupby(nodules).transform("max")
+    return table
+
+
+def measured_classifier(C: float):
+    # undefined features (no region found, the skewness of a flat one) take the training median
+    return make_pipeline(
+        SimpleImputer(strategy="median", keep_empty_features=True),
+        StandardScaler(),
+        LogisticRegression(C=C, max_iter=5000, class_weight="balanced"),
+    )
+
+
+@dataclass
+class FittedMeasured:
+    """The fitted classifier and the feature columns it was fitted on, saved in the run folder."""
+
+    model: object
+    columns: list[str]
+
+    def predict(self, features: pd.DataFrame, n_classes: int) -> np.ndarray:
+        probs = np.zeros((len(features), n_classes))
+        values = features.reindex(columns=self.columns).to_numpy(float)
+        probs[:, self.model.classes_] = self.model.predict_proba(values)
+        return probs
+
+
+def fit_measured(train: pd.DataFrame, y_train, C: float) -> FittedMeasured:
+    columns = list(train.columns)
+    return FittedMeasured(
+        measured_classifier(C).fit(train[columns].to_numpy(float), np.asarray(y_train)), columns
+    )
+
+
+def save_fitted(fitted: FittedMeasured, run_dir: Path) -> Path:
+    import joblib
+
+    path = run_dir / FITTED_FILE
+    partial = path.with_suffix(".partial")
+    joblib.dump({"model": fitted.model, "columns": fitted.columns}, partial)
+    partial.replace(path)  # never a half-written classifier
+    return path
+
+
+def load_fitted(run_dir: Path) -> FittedMeasured | None:
+    import joblib
+
+    path = Path(run_dir) / FITTED_FILE
+    if not path.is_file():
+        return None
+    saved = joblib.load(path)
+    return FittedMeasured(saved["model"], list(saved["columns"]))

@@ -1,0 +1,116 @@
+"""The image-only measured-nodule classifier: the segmenter's split, the region it describes, its features,
+and a tiny lidc-crops-style run that trains the segmenter on training patients only and scores the rows."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from lungnet.cli import main
+from lungnet.errors import ConfigError, DataError
+from lungnet.evaluation.measured_nodule import (
+    MeasuredNoduleConfig,
+    central_region,
+    fit_measured,
+    measured_features,
+    segmenter_manifest,
+)
+from tests.test_physical_scale_and_neighbours import write_crops
+
+
+def test_segmenter_split_follows_the_classification_patients():
+    source = pd.DataFrame(
+        {
+            "image": ["a", "b", "c", "d"],
+            "mask": ["ma", "mb", "mc", ""],
+            "patient_id": ["P1", "P2", "P3", "P1"],
+        }
+    )
+    split = pd.DataFrame({"patient_id": ["P1", "P2"], "split": ["test", "val"]})
+    out = segmenter_manifest(source, split)
+    # the row without a mask is left out; P3 (not in the grouping's split) can only train
+    assert out["image"].tolist() == ["a", "b", "c"]
+    assert out["split"].tolist() == ["test", "val", "train"]
+    with pytest.raises(DataError, match="no 'mask' column"):
+        segmenter_manifest(source.drop(columns="mask"), split)
+
+
+def test_the_region_nearest_the_centre_is_described():
+    mask = np.zeros((32, 32), bool)
+    mask[2:6, 2:6] = True  # a vessel at the corner, larger than the nodule
+    mask[2:10, 24:30] = True
+    mask[14:18, 14:18] = True
+    region = central_region(mask)
+    assert region.sum() == 16 and region[15, 15]
+
+
+def test_features_measure_millimetres_and_mark_missed_slices(tmp_path):
+    image = np.full((40, 40), 10, np.uint8)
+    cv2.circle(image, (20, 20), 8, 200, -1)
+    cv2.imwrite(str(tmp_path / "a.png"), image)
+    cv2.imwrite(str(tmp_path / "b.png"), image)
+    frame = pd.DataFrame(
+        {
+            "image": [str(tmp_path / "a.png"), str(tmp_path / "b.png")],
+            "pixel_spacing_mm": [0.5, 0.5],
+            "nodule_id": ["n", "n"],
+        }
+    )
+    disc = image > 100
+    masks = {str(tmp_path / "a.png"): disc, str(tmp_path / "b.png"): np.zeros_like(disc)}
+    table = measured_features(frame, "image", masks)
+    assert table["found"].tolist() == [1.0, 0.0]
+    assert table["shape_area_mm2"].iloc[0] == pytest.approx(disc.sum() * 0.25)
+    assert np.isnan(table["shape_area_mm2"].iloc[1])
+    # the nodule's largest area reaches the slice where nothing was found
+    assert table["nodule_max_shape_area_mm2"].tolist() == [disc.sum() * 0.25] * 2
+
+
+def test_the_classifier_learns_size_and_tolerates_empty_features():
+    rng = np.random.default_rng(0)
+    area = rng.uniform(10, 100, 200)
+    train = pd.DataFrame({"shape_area_mm2": area, "found": 1.0, "never": np.nan})
+    y = (area > 55).astype(int)
+    probs = fit_measured(train, y, 1.0).predict(pd.DataFrame({"shape_area_mm2": [15.0, 95.0]}), 2)
+    assert probs.shape == (2, 2) and probs[0, 1] < 0.2 < 0.8 < probs[1, 1]
+
+
+def test_config_is_checked():
+    with pytest.raises(ConfigError, match="measured_nodule.C"):
+        MeasuredNoduleConfig(C=0)
+
+
+def test_a_run_trains_its_segmenter_on_training_patients_and_scores_image_only(tmp_path, capsys):
+    manifest = write_crops(tmp_path, 16)
+    run_dir = tmp_path / "run"
+    overrides = [
+        "data.split=[0.5,0.25,0.25]",
+        "evaluation.explain=false",
+        "evaluation.tta=false",
+        "measured_nodule.enabled=true",
+        "measured_nodule.profile=smoke",
+        "measured_nodule.overrides={data: {image_size: 32}, postprocess: {crf: {enabled: false}}}",
+    ]
+    args = ["train", "binary_nodule", "--profile", "smoke", "--data", manifest, "--out", str(run_dir)]
+    assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
+    capsys.readouterr()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    measured = metrics["image_only"]["measured_nodule"]
+    assert 0 <= measured["auc"] <= 1 and measured["levels"]["nodule"]["n"] == 4
+    assert "mean of measured_nodule and custom_cnn" in metrics["image_only"]
+    seg = pd.read_csv(run_dir / "segmenter_manifest.csv")
+    cls = pd.read_csv(run_dir / "predictions.csv")  # the test split's rows
+    trained_on = set(seg.loc[seg["split"] == "train", "patient_id"])
+    assert trained_on.isdisjoint(set(cls["patient_id"]))
+    assert json.loads((run_dir / "segmenter" / "run.json").read_text())["status"] == "finished"
+    assert "image-only: measured_nodule" in (run_dir / "report.html").read_text()
+
+    out_dir = tmp_path / "eval"
+    assert main(["evaluate", str(run_dir), "--data", manifest, "--out", str(out_dir)]) == 0
+    external = json.loads((out_dir / "metrics.json").read_text())["image_only"]["measured_nodule"]
+    assert external["n"] == 48 and external["levels"]["nodule"]["n"] == 16
+    capsys.readouterr()
