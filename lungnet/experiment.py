@@ -93,17 +93,28 @@ class ExperimentConfig:
     profile: str = "base"
 
     def __post_init__(self):
-        if not self.models:
-            raise ConfigError("models: an experiment needs at least one model")
-        names = [m.name for m in self.models]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"models: names must be unique, got {names}")
-        segmenting = [m.name for m in self.models if getattr(m.model, "mask_head", False)]
-        if segmenting and not self.data.masks:
+        check_models(self)
+        if self.measured_nodule.enabled and self.data.view != "crop":
+            # the nodule is taken as the predicted region nearest the image centre: true of crops only
             raise ConfigError(
-                f"models {segmenting} have mask_head: true and learn from masks: set data.masks to true "
-                "(the source needs a mask column)"
+                f"measured_nodule.enabled needs data.view: crop (got {self.data.view!r}): on a full "
+                "slice the region nearest the centre is not the nodule"
             )
+
+
+def check_models(config) -> None:
+    """What every experiment's model list must satisfy: named, uniquely, and masks for mask heads."""
+    if not config.models:
+        raise ConfigError("models: an experiment needs at least one model")
+    names = [m.name for m in config.models]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"models: names must be unique, got {names}")
+    segmenting = [m.name for m in config.models if getattr(m.model, "mask_head", False)]
+    if segmenting and not config.data.masks:
+        raise ConfigError(
+            f"models {segmenting} have mask_head: true and learn from masks: set data.masks to true "
+            "(the source needs a mask column)"
+        )
 
 
 @dataclass(frozen=True)
@@ -166,7 +177,7 @@ class SegmentationExperimentConfig:
     profile: str = "base"
 
     def __post_init__(self):
-        ExperimentConfig.__post_init__(self)
+        check_models(self)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from lungnet.evaluation.measured_nodule import (
     measured_features,
     segmenter_manifest,
 )
+from lungnet.experiment import load_experiment, resolve_experiment_path
 from tests.test_physical_scale_and_neighbours import write_crops
 
 
@@ -82,6 +83,14 @@ def test_the_classifier_learns_size_and_tolerates_empty_features():
 def test_config_is_checked():
     with pytest.raises(ConfigError, match="measured_nodule.C"):
         MeasuredNoduleConfig(C=0)
+    # the nodule is the region nearest the centre: a full slice is refused, naming the key
+    with pytest.raises(ConfigError, match="measured_nodule.enabled needs data.view: crop"):
+        load_experiment(
+            resolve_experiment_path("binary_full"), overrides={"measured_nodule": {"enabled": True}}
+        )
+    for name in ("binary_full", "five_class_full"):
+        path = resolve_experiment_path(name)
+        assert not load_experiment(path, profile="cpu-real-measured").measured_nodule.enabled
 
 
 def test_a_run_trains_its_segmenter_on_training_patients_and_scores_image_only(tmp_path, capsys):

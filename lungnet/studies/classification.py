@@ -30,13 +30,7 @@ from lungnet.evaluation import (
     size_only_baseline,
 )
 from lungnet.evaluation.aggregation import level_metrics
-from lungnet.evaluation.measured_nodule import (
-    fit_measured,
-    measured_features,
-    predict_masks,
-    save_fitted,
-    train_segmenter,
-)
+from lungnet.evaluation.measured_nodule import fit_measured, measured_features, save_fitted
 from lungnet.experiment import ExperimentConfig, ModelSpec
 from lungnet.fileio import write_csv, write_json
 from lungnet.inference import predict_proba, predict_tta
@@ -49,6 +43,7 @@ from lungnet.pretraining.pretrain import training_patients_images
 from lungnet.runs import save_config
 from lungnet.runs.artifacts import save_run_model
 from lungnet.studies.external import evaluate_classification_run
+from lungnet.studies.measured_segmenter import predict_masks, train_segmenter
 from lungnet.studies.registry import Study, register_study
 from lungnet.training.fit import distribution_scope, set_global_options, train_phase
 from lungnet.training.schedules import transfer_then_fine_tune
@@ -307,8 +302,9 @@ def scored(y_val, val_probs, y_test, test_probs, test_frame, names) -> dict:
 def measured_nodule_results(
     config: ExperimentConfig, data: PreparedData, selected: ModelResult, run_dir: Path, progress: bool
 ) -> dict:
-    """The image-only measured-nodule classifier (`lungnet.evaluation.measured_nodule`), and its mean with
-    the selected network's probabilities; both scored on the test split like the trained models."""
+    """The image-only measured-nodule classifier (`lungnet.evaluation.measured_nodule`; its segmenter from
+    `lungnet.studies.measured_segmenter`), and its mean with the selected network's probabilities; both
+    scored on the test split like the trained models."""
     settings = config.measured_nodule
     seg_dir = train_segmenter(settings, data.source.manifest, data.manifest, run_dir, progress)
     column = image_column(data.manifest, config.data.view)

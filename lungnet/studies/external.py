@@ -19,12 +19,13 @@ from lungnet.evaluation import classification_metrics
 from lungnet.evaluation import figures as evaluation_figures
 from lungnet.evaluation.aggregation import level_metrics
 from lungnet.evaluation.figures import save_figure
-from lungnet.evaluation.measured_nodule import SEGMENTER_DIR, load_fitted, measured_features, predict_masks
+from lungnet.evaluation.measured_nodule import SEGMENTER_DIR, load_fitted, measured_features
 from lungnet.fileio import write_csv, write_json
 from lungnet.inference import predict_proba
 from lungnet.reports.html import HtmlReport
 from lungnet.runs import load_run_config
 from lungnet.runs.artifacts import evaluation_dir, load_run_model, run_class_names
+from lungnet.studies.measured_segmenter import predict_masks
 
 
 def measured_on(run_dir: Path, labelled: pd.DataFrame, column: str, probs, name: str, names) -> dict:

@@ -1,0 +1,94 @@
+"""Train and apply the segmenter of the measured-nodule classifier (`lungnet.evaluation.measured_nodule`).
+
+It lives with the studies because it runs one: the segmentation study's recipe, on this run's training
+patients, in its own run folder ``<run>/segmenter/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from lungnet.config import to_dict
+from lungnet.data.io import read_image
+from lungnet.errors import ConfigError
+from lungnet.evaluation.measured_nodule import SEGMENTER_DIR, MeasuredNoduleConfig, segmenter_manifest
+from lungnet.experiment import deep_merge, load_experiment, resolve_experiment_path
+from lungnet.fileio import write_csv
+from lungnet.runs.folder import run_status
+
+
+def segmenter_config(config: MeasuredNoduleConfig, manifest_path: Path):
+    """The segmentation experiment, one model, trained on `manifest_path` with its given split."""
+    experiment = load_experiment(resolve_experiment_path(config.experiment), profile=config.profile)
+    specs = [m for m in experiment.models if m.name == config.model]
+    if not specs:
+        names = [m.name for m in experiment.models]
+        raise ConfigError(
+            f"measured_nodule.model: {config.model!r} is not a model of {config.experiment} "
+            f"(profile {config.profile}): choose one of {names}"
+        )
+    overrides = deep_merge(
+        {
+            "data": {"source": str(manifest_path), "split_level": "manifest"},
+            "models": [to_dict(specs[0])],
+        },
+        config.overrides,
+    )
+    return load_experiment(
+        resolve_experiment_path(config.experiment), profile=config.profile, overrides=overrides
+    )
+
+
+def train_segmenter(
+    config: MeasuredNoduleConfig, source_manifest, split, run_dir: Path, progress=True
+) -> Path:
+    """Train (or reuse, when already finished) the run's segmenter in ``run_dir/segmenter``."""
+    from lungnet.studies.runner import run_study
+
+    seg_dir = run_dir / SEGMENTER_DIR
+    if run_status(seg_dir).get("status") == "finished":
+        return seg_dir
+    seg_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = run_dir / "segmenter_manifest.csv"
+    write_csv(manifest_path, segmenter_manifest(source_manifest, split))
+    print(f"measured nodule: training the segmenter ({config.experiment} / {config.model}) in {seg_dir}")
+    run_study(segmenter_config(config, manifest_path), seg_dir, progress=progress)
+    return seg_dir
+
+
+def predict_masks(
+    seg_dir: Path, images: pd.Series, tta: bool, progress: bool = True
+) -> dict[str, np.ndarray]:
+    """Binary masks at each image's native size from the segmenter of `seg_dir`, keyed by image path."""
+    import tensorflow as tf
+
+    from lungnet.data.preprocessing import preprocess_image
+    from lungnet.runs import load_run_config
+    from lungnet.runs.artifacts import load_run_model, run_preprocess
+    from lungnet.studies.segmentation import segmenter_fn
+
+    seg_config = load_run_config(seg_dir)
+    model, _ = load_run_model(seg_dir)
+    preprocess = run_preprocess(seg_dir, seg_config)
+    fn = segmenter_fn(model, tta)
+    threshold = seg_config.postprocess.threshold
+    out = {}
+    paths = list(dict.fromkeys(images.astype(str)))
+    batch = 32
+    for start in tqdm(range(0, len(paths), batch), desc="segmenting", disable=not progress, leave=False):
+        chunk = paths[start : start + batch]
+        raw = [read_image(p) for p in chunk]
+        x = tf.stack(
+            [preprocess_image(tf.convert_to_tensor(r[..., None], tf.float32), preprocess) for r in raw]
+        )
+        probs = np.asarray(fn(x))
+        for path, image, prob in zip(chunk, raw, probs, strict=True):
+            if prob.shape != image.shape[:2]:
+                prob = cv2.resize(prob, image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+            out[path] = prob >= threshold
+    return out
