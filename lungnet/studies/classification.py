@@ -45,7 +45,8 @@ from lungnet.runs.artifacts import save_run_model
 from lungnet.studies.external import evaluate_classification_run
 from lungnet.studies.measured_segmenter import predict_masks, train_segmenter
 from lungnet.studies.registry import Study, register_study
-from lungnet.training.fit import distribution_scope, set_global_options, train_phase
+from lungnet.training.distribute import distribution_scope
+from lungnet.training.fit import set_global_options, train_phase
 from lungnet.training.schedules import transfer_then_fine_tune
 
 

@@ -49,7 +49,8 @@ from lungnet.postprocess.crf import CRFConfig, dense_crf_batch, require_crf
 from lungnet.runs import load_run_config, save_config
 from lungnet.runs.artifacts import evaluation_dir, load_run_model, run_metrics, run_preprocess, save_run_model
 from lungnet.studies.registry import Study, register_study
-from lungnet.training.fit import distribution_scope, make_optimizer, set_global_options, train_phase
+from lungnet.training.distribute import distribution_scope
+from lungnet.training.fit import make_optimizer, set_global_options, train_phase
 
 CRF_GRID = {"bilateral_srgb": (5.0, 10.0, 20.0), "bilateral_compat": (3.0, 5.0, 10.0)}
 MASKS_DIR = "predicted_masks"

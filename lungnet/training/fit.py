@@ -11,7 +11,6 @@ interrupted one after its last complete epoch, with the CSV log cut to the same 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
@@ -32,6 +31,7 @@ from lungnet.fileio import write_json, write_text
 from lungnet.losses import LossConfig, build_loss
 from lungnet.models.contract import OUTPUT_NAME, output_names
 from lungnet.training.checkpoints import PhaseCheckpoint, save_weights_atomically
+from lungnet.training.distribute import MULTI_WORKER_REFUSED, distribution_scope, scaled_for_replicas
 
 # Keras warns on every fit of a tf.data pipeline that its default shuffle=True is ignored: our pipelines
 # shuffle themselves (seeded), so the warning says nothing to a user.
@@ -74,7 +74,10 @@ class TrainingConfig:
     gradient_clip_value: float | None = None
     mixed_precision: bool = False  # float16 compute: a GPU switch (slower on CPU)
     xla: bool = False  # jit_compile: a GPU switch (1.5-14x slower on a 2-core CPU, measured)
-    strategy: Literal["default", "mirrored"] = "default"  # mirrored: tf.distribute over the visible GPUs
+    # tf.distribute (`lungnet.training.distribute`): mirrored over local GPUs (or logical CPUs); multi_worker
+    # is refused (Keras 3's fit fails under it). Batch and learning rate are a replica's, scaled by the count
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
+    scale_with_replicas: bool = True
     seed: int = 0
     verbose: int = 1  # Keras progress bars: 1 bar, 2 one line per epoch, 0 silent
 
@@ -85,6 +88,8 @@ class TrainingConfig:
                 raise ConfigError(f"training.{name}: {getattr(self, name)} must be >= 1")
         if self.seed < 0:
             raise ConfigError(f"training.seed: {self.seed} must be >= 0")
+        if self.strategy == "multi_worker":
+            raise ConfigError(MULTI_WORKER_REFUSED)
         if self.verbose not in (0, 1, 2):
             raise ConfigError(f"training.verbose: {self.verbose} must be 0, 1 or 2")
         if self.gradient_clip_value is not None and not self.gradient_clip_value > 0:
@@ -125,13 +130,6 @@ def set_global_options(config: TrainingConfig) -> None:
     """Seeds and the precision policy; call before building models."""
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
-
-
-def distribution_scope(config: TrainingConfig):
-    """The scope to build and compile models in: MirroredStrategy when asked, else a no-op."""
-    if config.strategy == "mirrored":
-        return tf.distribute.MirroredStrategy().scope()
-    return contextlib.nullcontext()
 
 
 def main_output(model: keras.Model):
@@ -322,7 +320,9 @@ def train_phase(
         load_checkpoint(model, final)
         return {**done, "resumed": "skipped (already finished)"}
 
-    (compile_fn or compile_model)(model, learning_rate, config)
+    train, learning_rate = scaled_for_replicas(train, learning_rate, config)
+    with distribution_scope(config):  # the optimizer's variables belong to the strategy too
+        (compile_fn or compile_model)(model, learning_rate, config)
     backup = run_dir / "backup" / phase
     backup.mkdir(parents=True, exist_ok=True)
     checkpoint = PhaseCheckpoint(
@@ -369,17 +369,19 @@ def train_phase(
         model.load_weights(backup / checkpoint.state["weights"])
         checkpoint.restore_best()
     else:
-        model.fit(
-            train,
-            validation_data=targets_for(model, val),
-            validation_steps=config.validation_steps,
-            epochs=epochs,
-            initial_epoch=checkpoint.epochs_done,
-            steps_per_epoch=config.steps_per_epoch,
-            class_weight=class_weight,
-            callbacks=callbacks,
-            verbose=config.verbose,
-        )
+        # in the strategy's scope: a resume restores the optimizer's state into its (mirrored) variables
+        with distribution_scope(config):
+            model.fit(
+                train,
+                validation_data=targets_for(model, val),
+                validation_steps=config.validation_steps,
+                epochs=epochs,
+                initial_epoch=checkpoint.epochs_done,
+                steps_per_epoch=config.steps_per_epoch,
+                class_weight=class_weight,
+                callbacks=callbacks,
+                verbose=config.verbose,
+            )
     save_weights_atomically(model, final)
     losses = list(pd.read_csv(log)["val_loss"]) if log.is_file() else []
     summary = {
