@@ -12,7 +12,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: help setup test test-slow test-all lint format duplicates bench data-info clean \
 	reproduce-binary-nodule reproduce-binary-full reproduce-5class-nodule reproduce-5class-full reproduce-classification-all \
-	reproduce-attention-unet reproduce-semi-infnet reproduce-segmentation-zoo bench-segmentation bench-gpu
+	reproduce-attention-unet reproduce-semi-infnet reproduce-segmentation-zoo bench-segmentation bench-gpu bench-serving
 
 help:
 	@echo "make reproduce-binary-nodule   flagship study (DATA=lidc-phantom by default, or a manifest CSV)"
@@ -25,6 +25,7 @@ help:
 	@echo "make test                      fast tests + notebooks (sets up .venv)"
 	@echo "make test-slow                 the slow tests"
 	@echo "make bench                     benchmarks -> benchmarks/results/*.json"
+	@echo "make bench-serving RUNS=\"RUN ...\" latency and throughput of exported models"
 	@echo "make lint | format             ruff"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -65,6 +66,11 @@ bench: $(STAMP)
 
 bench-segmentation: $(STAMP)
 	$(PY) benchmarks/segmentation_speed.py
+
+# Latency (batch 1, p50 / p99) and throughput (batch 32) of exported models, in-process: RUNS="RUN ..."
+# (default: the smoke runs of the classification and segmentation studies)
+bench-serving: $(STAMP)
+	$(PY) benchmarks/serving_latency.py $(RUNS)
 
 # Training images/s of every family, float32 / mixed float16 / mixed bfloat16 (KERAS_BACKEND=jax on a GPU
 # machine without TensorFlow: python benchmarks/gpu_training.py needs only Keras, NumPy and lungnet/models).
