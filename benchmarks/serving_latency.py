@@ -32,7 +32,7 @@ import tensorflow as tf  # noqa: E402
 
 from lungnet.fileio import write_json  # noqa: E402
 from lungnet.runs import load_run_config  # noqa: E402
-from lungnet.runs.artifacts import MODELS_DIR, run_preprocess  # noqa: E402
+from lungnet.runs.artifacts import run_model_names, run_preprocess  # noqa: E402
 from lungnet.serving.export import export_run  # noqa: E402
 
 RESULT = Path(__file__).parent / "results" / "serving_latency.json"
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         for run_dir in runs:
             config = load_run_config(run_dir)
             preprocess = run_preprocess(run_dir, config)
-            for name in sorted(p.stem for p in (run_dir / MODELS_DIR).glob("*.keras")):
+            for name in run_model_names(run_dir):
                 saved = export_run(run_dir, name, out=Path(tmp) / "exports" / run_dir.name / name)
                 row = {"run": str(run_dir), "experiment": config.name, "model": name}
                 row.update(measure(saved, config, preprocess, args))

@@ -82,6 +82,4 @@ def test_multi_worker_is_refused_with_its_reason_before_a_run_begins(tmp_path, c
     assert main([*command, "--set", "training.strategy=multi_worker"]) != 0
     assert "multi_worker is not available" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
-    with pytest.raises(ConfigError, match="training.strategy: 'nccl'"):
-        distribute.prepare_strategy("nccl")
     assert distribute.replicas("default") == 1

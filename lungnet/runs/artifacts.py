@@ -43,15 +43,20 @@ def save_run_model(run_dir: Path, name: str, model: keras.Model) -> Path:
     return path
 
 
+def run_model_names(run_dir: Path) -> list[str]:
+    """The names of the trained models a run saved in ``models/``."""
+    return sorted(p.stem for p in (Path(run_dir) / MODELS_DIR).glob("*.keras"))
+
+
 def load_run_model(run_dir: str | Path, model_name: str | None = None) -> tuple[keras.Model, str]:
     """The trained Keras model of a run (the selected one unless `model_name` is given)."""
     run_dir = Path(run_dir)
     name = model_name or selected_model_name(run_dir)
     path = model_path(run_dir, name)
     if not path.is_file():
-        available = sorted(p.stem for p in (run_dir / MODELS_DIR).glob("*.keras"))
         raise LungnetError(
-            f"{run_dir}: no trained model {name!r} ({MODELS_DIR}/{name}.keras); available: {available}"
+            f"{run_dir}: no trained model {name!r} ({MODELS_DIR}/{name}.keras); available: "
+            f"{run_model_names(run_dir)}"
         )
     import lungnet.losses  # noqa: F401  (registers the losses a saved model may name)
     import lungnet.models  # noqa: F401  (registers lungnet's serialisable layers)

@@ -11,14 +11,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 from tqdm.auto import tqdm
 
 from lungnet.config import to_dict
 from lungnet.data.io import read_image
+from lungnet.data.preprocessing import preprocess_image
 from lungnet.errors import ConfigError
 from lungnet.evaluation.measured_nodule import SEGMENTER_DIR, MeasuredNoduleConfig, segmenter_manifest
 from lungnet.experiment import deep_merge, load_experiment, resolve_experiment_path
 from lungnet.fileio import write_csv
+from lungnet.runs import load_run_config
+from lungnet.runs.artifacts import load_run_model, run_preprocess
 from lungnet.runs.folder import run_status
 
 
@@ -65,12 +69,7 @@ def predict_masks(
     seg_dir: Path, images: pd.Series, tta: bool, progress: bool = True
 ) -> dict[str, np.ndarray]:
     """Binary masks at each image's native size from the segmenter of `seg_dir`, keyed by image path."""
-    import tensorflow as tf
-
-    from lungnet.data.preprocessing import preprocess_image
-    from lungnet.runs import load_run_config
-    from lungnet.runs.artifacts import load_run_model, run_preprocess
-    from lungnet.studies.segmentation import segmenter_fn
+    from lungnet.studies.segmentation import segmenter_fn  # (the segmentation study imports the runner)
 
     seg_config = load_run_config(seg_dir)
     model, _ = load_run_model(seg_dir)

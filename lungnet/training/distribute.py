@@ -21,9 +21,6 @@ import contextlib
 
 import tensorflow as tf
 
-from lungnet.errors import ConfigError
-
-STRATEGIES = ("default", "mirrored", "multi_worker")
 MULTI_WORKER_REFUSED = (
     "training.strategy: multi_worker is not available: Keras 3's model.fit fails under "
     "tf.distribute.MultiWorkerMirroredStrategy before its first step (keras-team/keras#20585, open; seen "
@@ -33,11 +30,8 @@ _created: dict[str, tf.distribute.Strategy] = {}
 
 
 def prepare_strategy(name: str) -> tf.distribute.Strategy | None:
-    """The strategy for ``training.strategy`` `name`, created on first use and kept for the process."""
-    if name not in STRATEGIES:
-        raise ConfigError(f"training.strategy: {name!r} is not one of {list(STRATEGIES)}")
-    if name == "multi_worker":
-        raise ConfigError(MULTI_WORKER_REFUSED)
+    """The strategy for ``training.strategy`` `name` (checked by `TrainingConfig`), created on first use and
+    kept for the process."""
     if name == "default":
         return None
     if name not in _created:
