@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lungnet.data.sources.lungct_diagnosis import (
+from lungnet.data.sources.dicom_headers import (
     SliceHeader,
     patient_folders,
     patient_mismatch,
