@@ -12,7 +12,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: help setup test test-slow test-all lint format duplicates bench data-info clean \
 	reproduce-binary-nodule reproduce-binary-full reproduce-5class-nodule reproduce-5class-full reproduce-classification-all \
-	reproduce-attention-unet reproduce-semi-infnet reproduce-segmentation-zoo bench-segmentation bench-gpu bench-serving
+	reproduce-attention-unet reproduce-semi-infnet reproduce-segmentation-zoo bench-segmentation bench-gpu bench-serving bench-monai
 
 help:
 	@echo "make reproduce-binary-nodule   flagship study (DATA=lidc-phantom by default, or a manifest CSV)"
@@ -26,6 +26,7 @@ help:
 	@echo "make test-slow                 the slow tests"
 	@echo "make bench                     benchmarks -> benchmarks/results/*.json"
 	@echo "make bench-serving RUNS=\"RUN ...\" latency and throughput of exported models"
+	@echo "make bench-monai               lungnet's U-Net step against MONAI's (PyTorch), as a ratio"
 	@echo "make lint | format             ruff"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -76,6 +77,12 @@ bench-serving: $(STAMP)
 # machine without TensorFlow: python benchmarks/gpu_training.py needs only Keras, NumPy and lungnet/models).
 bench-gpu: $(STAMP)
 	$(PY) benchmarks/gpu_training.py
+
+# lungnet's U-Net training step against MONAI's BasicUNet of the same shape (PyTorch), as a ratio; installs
+# its own requirements (a CPU PyTorch and MONAI) into the venv first. ARGS="--mixed" on a GPU.
+bench-monai: $(STAMP)
+	$(PY) -m pip install --quiet -r benchmarks/requirements-monai.txt
+	$(PY) benchmarks/monai_comparison.py $(ARGS)
 
 data-info: $(STAMP)
 	$(VENV)/bin/lungnet data info $(DATA)

@@ -17,6 +17,7 @@ from lungnet.data.segmentation import SegmentationDataConfig, prepare_segmentati
 from lungnet.errors import ConfigError, DataError
 from lungnet.experiment import load_experiment, resolve_experiment_path
 from lungnet.runs import load_run_config
+from tests.export_checks import assert_export_matches_keras
 
 
 def write_png_dataset(root: Path, n_patients: int = 8, size: int = 64, empty_rows=(), seed: int = 0) -> Path:
@@ -187,20 +188,9 @@ def test_smoke_run_writes_every_artefact(smoke_run):
 
 
 def test_export_returns_the_probability_map_at_input_size(smoke_run):
-    from lungnet.data.preprocessing import preprocess_image
-    from lungnet.runs.artifacts import load_run_model, run_preprocess
-
-    saved = tf.saved_model.load(str(smoke_run / "saved_model"))
-    rng = np.random.default_rng(0)
-    images = rng.uniform(-1000, 400, (2, 40, 40)).astype(np.float32)
-    out = saved.signatures["serving_default"](images=tf.constant(images))["probabilities"].numpy()
+    images = np.random.default_rng(0).uniform(-1000, 400, (2, 40, 40)).astype(np.float32)
+    out = assert_export_matches_keras(smoke_run, smoke_run / "saved_model", images)
     assert out.shape == (2, 40, 40) and np.all((out >= 0) & (out <= 1))
-    model, _ = load_run_model(smoke_run)
-    x = preprocess_image(
-        tf.constant(images)[..., None], run_preprocess(smoke_run, load_run_config(smoke_run))
-    )
-    expected = tf.image.resize(model(x), (40, 40))[..., 0].numpy()
-    np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
 def test_evaluate_a_segmentation_run_on_another_source(smoke_run, tmp_path, tiny_phantom_config):

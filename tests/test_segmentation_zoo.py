@@ -38,9 +38,9 @@ def test_profiles_keep_the_papers_recipe(profile):
 
 @pytest.mark.slow  # about 4 minutes on 2 cores (three models traced and trained, UNAR exported)
 def test_smoke_run_writes_the_leaderboard_and_exports(tmp_path, tiny_phantom_config):
-    import tensorflow as tf
-
     from lungnet.cli import main
+    from lungnet.serving.export import export_run
+    from tests.export_checks import assert_export_matches_keras
 
     out = tmp_path / "run"
     args = ["reproduce", "segmentation-zoo", "--profile", "smoke", "--out", str(out)]
@@ -48,7 +48,10 @@ def test_smoke_run_writes_the_leaderboard_and_exports(tmp_path, tiny_phantom_con
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["models"]) == {"unar", "segformer", "light_unet"}
     assert "Leaderboard" in (out / "report.html").read_text()
-    saved = tf.saved_model.load(str(out / "saved_model"))
-    images = np.random.default_rng(0).uniform(-1000, 400, (1, 64, 64)).astype(np.float32)
-    probs = saved.signatures["serving_default"](images=tf.constant(images))["probabilities"].numpy()
-    assert probs.shape == (1, 64, 64) and np.all((probs >= 0) & (probs <= 1))
+    images = np.random.default_rng(0).uniform(-1000, 400, (2, 64, 64)).astype(np.float32)
+    probs = assert_export_matches_keras(out, out / "saved_model", images)  # the selected model
+    assert probs.shape == (2, 64, 64) and np.all((probs >= 0) & (probs <= 1))
+    # every other model of the zoo exports as well (SegFormer's layers default to training=True)
+    for name in sorted(set(metrics["models"]) - {metrics["selected_model"]}):
+        saved = export_run(out, name, tmp_path / f"saved-{name}")
+        assert_export_matches_keras(out, saved, images, model_name=name)

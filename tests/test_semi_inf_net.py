@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-import tensorflow as tf
 
 from lungnet.cli import main
 from lungnet.errors import ConfigError, DataError
@@ -22,6 +21,7 @@ from lungnet.training.pseudo_labels import (
     round_groups,
     split_label_budget,
 )
+from tests.export_checks import assert_export_matches_keras
 from tests.test_segmentation_study import png_config, write_png_dataset
 
 
@@ -312,9 +312,8 @@ def test_smoke_run_writes_every_artefact(smoke_run):
 
 @pytest.mark.slow
 def test_export_serves_the_final_map(smoke_run):
-    saved = tf.saved_model.load(str(smoke_run / "saved_model"))
     images = np.random.default_rng(0).uniform(-1000, 400, (2, 48, 48)).astype(np.float32)
-    out = saved.signatures["serving_default"](images=tf.constant(images))["probabilities"].numpy()
+    out = assert_export_matches_keras(smoke_run, smoke_run / "saved_model", images)
     assert out.shape == (2, 48, 48) and np.all((out >= 0) & (out <= 1))
 
 
