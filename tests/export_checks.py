@@ -12,7 +12,8 @@ import numpy as np
 import tensorflow as tf
 
 from lungnet.data.preprocessing import preprocess_image
-from lungnet.runs.artifacts import load_run_config, load_run_model, run_preprocess
+from lungnet.runs.artifacts import load_run_model, run_preprocess
+from lungnet.runs.folder import load_run_config
 
 
 def keras_answer(run_dir: Path, images: np.ndarray, model_name: str | None = None) -> np.ndarray:
