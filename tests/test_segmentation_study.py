@@ -18,6 +18,7 @@ from lungnet.errors import ConfigError, DataError
 from lungnet.experiment import load_experiment, resolve_experiment_path
 from lungnet.runs import load_run_config
 from tests.export_checks import assert_export_matches_keras
+from tests.report_checks import check_report
 
 
 def write_png_dataset(root: Path, n_patients: int = 8, size: int = 64, empty_rows=(), seed: int = 0) -> Path:
@@ -187,6 +188,10 @@ def test_smoke_run_writes_every_artefact(smoke_run):
     assert load_run_config(smoke_run).task == "segmentation"
 
 
+def test_report_renders_with_every_figure(smoke_run, tmp_path):
+    check_report(smoke_run / "report.html", tmp_path)
+
+
 def test_export_returns_the_probability_map_at_input_size(smoke_run):
     images = np.random.default_rng(0).uniform(-1000, 400, (2, 40, 40)).astype(np.float32)
     out = assert_export_matches_keras(smoke_run, smoke_run / "saved_model", images)
@@ -199,6 +204,7 @@ def test_evaluate_a_segmentation_run_on_another_source(smoke_run, tmp_path, tiny
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_images"] > 0 and 0 <= metrics["dice"] <= 1
     assert (out / "report.html").is_file() and (out / "predictions.csv").is_file()
+    check_report(out / "report.html", tmp_path)
     # a CT-trained run refuses 8-bit images instead of mis-normalising them
     manifest = write_png_dataset(tmp_path / "png")
     code = main(["evaluate", str(smoke_run), "--data", str(manifest), "--out", str(tmp_path / "bad")])

@@ -41,6 +41,7 @@ def test_smoke_run_writes_the_leaderboard_and_exports(tmp_path, tiny_phantom_con
     from lungnet.cli import main
     from lungnet.serving.export import export_run
     from tests.export_checks import assert_export_matches_keras
+    from tests.report_checks import check_report
 
     out = tmp_path / "run"
     args = ["reproduce", "segmentation-zoo", "--profile", "smoke", "--out", str(out)]
@@ -55,3 +56,4 @@ def test_smoke_run_writes_the_leaderboard_and_exports(tmp_path, tiny_phantom_con
     for name in sorted(set(metrics["models"]) - {metrics["selected_model"]}):
         saved = export_run(out, name, tmp_path / f"saved-{name}")
         assert_export_matches_keras(out, saved, images, model_name=name)
+    check_report(out / "report.html", tmp_path)  # last: it skips where Chromium is missing

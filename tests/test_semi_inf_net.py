@@ -22,6 +22,7 @@ from lungnet.training.pseudo_labels import (
     split_label_budget,
 )
 from tests.export_checks import assert_export_matches_keras
+from tests.report_checks import check_report
 from tests.test_segmentation_study import png_config, write_png_dataset
 
 
@@ -308,6 +309,11 @@ def test_smoke_run_writes_every_artefact(smoke_run):
     assert (figures / "semi_rounds.png").is_file()
     html = (smoke_run / "report.html").read_text()
     assert "Inf-Net&#x27;s evaluation set" in html and "Semi-Inf-Net: pseudo-label rounds" in html
+
+
+@pytest.mark.slow
+def test_report_renders_with_every_figure(smoke_run, tmp_path):
+    check_report(smoke_run / "report.html", tmp_path)
 
 
 @pytest.mark.slow

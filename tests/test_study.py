@@ -14,6 +14,7 @@ from lungnet.cli import main
 from lungnet.errors import DataError, LungnetError
 from lungnet.experiment import load_experiment, resolve_experiment_path
 from lungnet.studies.classification import run_classification_study
+from tests.report_checks import check_report
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +109,11 @@ def test_evaluate_on_another_dataset(smoke_run, tmp_path, capsys):
     assert metrics["n"] == 8 and metrics["split"] == "all samples"
     assert len(pd.read_csv(out / "predictions.csv")) == 8 and (out / "report.html").is_file()
     capsys.readouterr()
+    check_report(out / "report.html", tmp_path)
+
+
+def test_report_renders_with_every_figure(smoke_run, tmp_path):
+    check_report(smoke_run[0] / "report.html", tmp_path)
 
 
 def test_bad_run_folders_give_clear_errors(tmp_path, smoke_run, capsys):
