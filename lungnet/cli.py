@@ -125,7 +125,7 @@ def _cmd_data_harmonize(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from lungnet.studies.runner import prepare_run, run_study
+    from lungnet.studies.runner import prepare_run, release_worker_copy, run_study
 
     config, run_dir = prepare_run(
         args.config,
@@ -137,6 +137,9 @@ def _cmd_train(args) -> int:
     )
     print(f"run folder: {run_dir}")
     run_study(config, run_dir)
+    if release_worker_copy(run_dir):  # a multi-worker run's other worker: the chief has the results
+        print(f"worker done; its copy {run_dir} deleted (the chief wrote the run folder)")
+        return 0
     print(f"run folder: {run_dir}\nreport: {run_dir / 'report.html'}")
     return 0
 
@@ -192,13 +195,16 @@ def _cmd_compare_models(args) -> int:
 
 def _cmd_reproduce(args) -> int:
     from lungnet.serving.export import export_run
-    from lungnet.studies.runner import prepare_run, run_study, summary_line
+    from lungnet.studies.runner import prepare_run, release_worker_copy, run_study, summary_line
 
     config, run_dir = prepare_run(
         args.study, profile=args.profile, data=args.data, out=args.out, assignments=args.assignments
     )
     print(f"run folder: {run_dir}")
     summary = run_study(config, run_dir)
+    if release_worker_copy(run_dir):  # a multi-worker run's other worker: the chief exports
+        print(f"worker done; its copy {run_dir} deleted (the chief wrote the run folder)")
+        return 0
     saved = export_run(run_dir)
     print(f"\n{summary_line(summary, config.task)}\nreport: {run_dir / 'report.html'}\nSavedModel: {saved}")
     return 0

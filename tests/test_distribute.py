@@ -1,5 +1,5 @@
 """tf.distribute: two replicas on logical CPUs (`mirrored`) train like one device at the same global batch
-and learning rate; `multi_worker` is refused with its reason.
+and learning rate; so do two worker processes on localhost under `multi_worker`.
 
 Each run is a process of its own (`tests/distributed_fit.py`): logical devices must be set up before
 TensorFlow's first operation. With the per-replica batch B and rate r, N replicas step with batch N·B at
@@ -7,24 +7,24 @@ rate N·r (`training.scale_with_replicas`), so the reference is one device at ba
 agree to 1e-3 relative per epoch: the all-reduced gradient sums the replicas' halves of the batch in another
 order than one device does, a float32 rounding difference that Adam's per-weight normalisation carries into
 later steps (measured: 4e-5 after the second epoch, 2e-4 after the third). The
-mirrored run is killed after its second epoch and resumed, so checkpoints and resume are checked under the
-strategy too.
+mirrored run and both workers are killed after their second epoch and resumed, so checkpoints and resume
+are checked under each strategy too.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from lungnet.cli import main
 from lungnet.errors import ConfigError
 from lungnet.training import distribute
-from lungnet.training.fit import TrainingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-3
@@ -74,12 +74,95 @@ def test_mirrored_on_two_logical_cpus_trains_like_one_device_through_a_kill(tmp_
     assert mirrored["losses"][-1] < mirrored["losses"][0]
 
 
-def test_multi_worker_is_refused_with_its_reason_before_a_run_begins(tmp_path, capsys):
-    # Keras 3's fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585): say so, at config time
-    with pytest.raises(ConfigError, match="multi_worker is not available.*keras-team/keras#20585"):
-        TrainingConfig(strategy="multi_worker")
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for sock in sockets:
+        sock.bind(("localhost", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def _workers(tmp_path: Path, kill_after=0) -> list[tuple[subprocess.Popen, Path]]:
+    """Two worker processes on localhost, each its own run folder, batch 4 and rate 1e-3 per replica."""
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    started = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        run_dir = tmp_path / f"worker{index}"
+        run_dir.mkdir(exist_ok=True)
+        env = _env(TF_CONFIG=tf_config)
+        started.append((_fit("multi_worker", 4, 1e-3, run_dir, env=env, kill_after=kill_after), run_dir))
+    return started
+
+
+def test_multi_worker_on_two_localhost_workers_trains_like_one_device_through_a_kill(tmp_path, one_device):
+    for process, run_dir in _workers(tmp_path, kill_after=2):  # both die after their second epoch
+        _result(process, run_dir, returncode=3)
+    results = [_result(process, run_dir) for process, run_dir in _workers(tmp_path)]  # both resume
+    for worker in results:
+        assert worker["replicas"] == 2 and worker["learning_rate"] == pytest.approx(2e-3)
+        assert _close(worker["losses"], one_device["losses"]), (worker, one_device)
+    assert (
+        results[0]["losses"] == results[1]["losses"]
+    )  # the workers' logs agree: the metrics are all-reduced
+
+
+def test_multi_worker_needs_a_cluster_spec(monkeypatch, tmp_path, capsys):
+    from lungnet.cli import main
+    from lungnet.training import multi_worker
+
+    with pytest.raises(ConfigError, match="multi_worker needs TF_CONFIG"):
+        multi_worker.cluster_task({})
+    with pytest.raises(ConfigError, match="TF_CONFIG: not a cluster spec"):
+        multi_worker.cluster_task({"TF_CONFIG": "{not json"})
+    spec = {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 2}}
+    with pytest.raises(ConfigError, match="task worker 2 is not in the cluster"):
+        multi_worker.cluster_task({"TF_CONFIG": json.dumps(spec)})
+    spec["task"]["index"] = 1
+    assert multi_worker.cluster_task({"TF_CONFIG": json.dumps(spec)}) == ("worker", 1, 2)
+    assert not multi_worker.is_chief({"TF_CONFIG": json.dumps(spec)})
+    spec["task"]["index"] = 0
+    assert multi_worker.is_chief({"TF_CONFIG": json.dumps(spec)})
+    spec["cluster"]["chief"] = ["c:1"]  # with a chief, worker 0 is not it
+    assert not multi_worker.is_chief({"TF_CONFIG": json.dumps(spec)})
+    # without TF_CONFIG the command says what is missing before it makes a run folder
+    monkeypatch.delenv("TF_CONFIG", raising=False)
     command = ["train", "binary_nodule", "--profile", "smoke", "--out", str(tmp_path / "run")]
-    assert main([*command, "--set", "training.strategy=multi_worker"]) != 0
-    assert "multi_worker is not available" in capsys.readouterr().err
+    assert main([*command, "--set", "training.strategy=multi_worker"]) == 2
+    assert "multi_worker needs TF_CONFIG" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
     assert distribute.replicas("default") == 1
+
+
+@pytest.mark.slow  # about a minute on 2 cores: a whole smoke study on each of two workers
+def test_a_study_on_two_workers_writes_one_run_folder(tmp_path, tiny_phantom_config):
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    cli = "import sys; from lungnet.cli import main; sys.exit(main(sys.argv[1:]))"
+    command = ["train", "binary_nodule", "--profile", "smoke", "--out", str(tmp_path / "run")]
+    command += ["--set", "training.strategy=multi_worker"]
+    command += ["--set", f"data.phantom.cache_dir={tiny_phantom_config.cache_dir}"]
+    workers = []
+    for index in range(2):
+        env = _env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, "-c", cli, *command],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    for worker, output in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, output[-3000:]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "finished"
+    assert (tmp_path / "run" / "report.html").is_file() and (tmp_path / "run" / "metrics.json").is_file()
+    copy = re.search(r"worker done; its copy (\S+) deleted", outputs[1])
+    assert copy and not Path(copy.group(1)).exists(), outputs[1][-2000:]
+    # both workers trained the same model: their summaries agree
+    results = [re.search(r"custom_cnn: validation F1 .*", output).group(0) for output in outputs]
+    assert results[0] == results[1]

@@ -379,3 +379,23 @@ def test_the_record_lists_every_file(entry_copy):
     record = json.loads((entry_copy.entry_dir() / cache.RECORD_FILE).read_text())
     assert set(record["files"]) == set(cache.ARRAY_FILES) | set(cache.OTHER_FILES)
     assert record["files"]["crops.npy"]["shape"][1:] == [128, 128]
+
+
+def test_an_entry_another_builder_published_meanwhile_is_kept(tmp_path, monkeypatch):
+    # Two processes building one key (the workers of a multi-worker run): the first to finish publishes,
+    # the other may already be reading that entry, so the second drops its own instead of replacing it.
+    from lungnet.data.sources.phantom import cache
+
+    monkeypatch.setattr(cache, "entry_problem", lambda entry: None)  # these toy entries count as whole
+    entry = tmp_path / "key"
+    with cache.building(entry) as (ours, _):
+        (ours / "who").write_text("ours")
+        with cache.building(entry) as (rival, _):
+            (rival / "who").write_text("rival")
+        assert (entry / "who").read_text() == "rival"
+    assert (entry / "who").read_text() == "rival"
+    assert not list(tmp_path.glob("*.partial"))
+    # an entry that was there before the build began (a damaged one, being rebuilt) is replaced
+    with cache.building(entry) as (again, _):
+        (again / "who").write_text("rebuilt")
+    assert (entry / "who").read_text() == "rebuilt"

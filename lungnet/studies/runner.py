@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,9 +51,43 @@ def prepare_run(
         run_dir = Path(resume)
         saved = load_run_config(run_dir)
         _check_resume(run_dir, saved, config, profile, data, out, assignments)
-        return saved, run_dir
+        return saved, _worker_copy(saved, run_dir) or run_dir
     experiment = prepare_config(config, profile=profile, data=data, assignments=assignments)
-    return experiment, new_run_dir(experiment.name, out)
+    return experiment, _worker_copy(experiment) or new_run_dir(experiment.name, out)
+
+
+WORKER_COPY = ".worker-copy"  # marks a multi-worker run's folder on a worker other than the chief
+
+
+def _worker_copy(config, resumed: Path | None = None) -> Path | None:
+    """Under ``training.strategy: multi_worker``, the strategy is created first (before TensorFlow's first
+    operation, as it must be); then a worker other than the chief gets a temporary folder of its own (a copy
+    of the resumed run, whose checkpoints it continues from) and the chief None: it writes the run folder."""
+    training = getattr(config, "training", None)
+    if training is None or training.strategy != "multi_worker":
+        return None
+    from lungnet.training import multi_worker
+    from lungnet.training.distribute import prepare_strategy
+
+    prepare_strategy("multi_worker")
+    if multi_worker.is_chief():
+        return None
+    kind, index, workers = multi_worker.cluster_task()
+    folder = Path(tempfile.mkdtemp(prefix=f"lungnet-{kind}{index}-"))
+    if resumed is not None:
+        shutil.copytree(resumed, folder, dirs_exist_ok=True)
+    (folder / WORKER_COPY).write_text(
+        f"{kind} {index} of {workers} workers; the chief writes the run folder\n"
+    )
+    return folder
+
+
+def release_worker_copy(run_dir: Path) -> bool:
+    """Delete `run_dir` if it is a non-chief worker's temporary copy (see `_worker_copy`); True if it was."""
+    if not (Path(run_dir) / WORKER_COPY).is_file():
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
 
 
 def prepare_config(config: str, *, profile: str | None = None, data: str | None = None, assignments=None):

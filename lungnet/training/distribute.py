@@ -3,10 +3,10 @@
 - ``default``: no strategy (one device).
 - ``mirrored``: `tf.distribute.MirroredStrategy` over this machine's GPUs, or over its logical CPU devices
   when it has none (how the tests run two replicas on a CPU).
-- ``multi_worker`` is refused with the reason: Keras 3's ``model.fit`` fails under
-  `tf.distribute.MultiWorkerMirroredStrategy` before its first step (keras-team/keras#20585, open; measured
-  here with Keras 3.15.1 and TensorFlow 2.21.0 on two localhost workers: ``_maybe_symbolic_build`` cannot
-  reduce the first batch's ``PerReplica`` values).
+- ``multi_worker``: `tf.distribute.MultiWorkerMirroredStrategy` over the machines ``TF_CONFIG`` names
+  (`lungnet.training.multi_worker`: who writes the run folder, and the Keras workaround it needs). Each
+  worker reads the whole pipeline and keeps its replicas' share of every global batch (tf.data's ``DATA``
+  sharding), so the workers see what one device would see at that batch.
 
 Batch and learning rate: ``data.batch_size`` and ``training.learning_rate`` are a *replica's*. With
 ``training.scale_with_replicas`` (the default) each training step takes ``batch_size × replicas`` images,
@@ -21,11 +21,8 @@ import contextlib
 
 import tensorflow as tf
 
-MULTI_WORKER_REFUSED = (
-    "training.strategy: multi_worker is not available: Keras 3's model.fit fails under "
-    "tf.distribute.MultiWorkerMirroredStrategy before its first step (keras-team/keras#20585, open; seen "
-    "with Keras 3.15.1 and TensorFlow 2.21.0). Use mirrored for the GPUs of one machine"
-)
+from lungnet.training import multi_worker
+
 _created: dict[str, tf.distribute.Strategy] = {}
 
 
@@ -34,6 +31,8 @@ def prepare_strategy(name: str) -> tf.distribute.Strategy | None:
     kept for the process."""
     if name == "default":
         return None
+    if name not in _created and name == "multi_worker":
+        _created[name] = multi_worker.create_strategy()
     if name not in _created:
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         _created[name] = tf.distribute.MirroredStrategy(devices=[d.name for d in devices])
@@ -54,8 +53,21 @@ def distribution_scope(config):
 
 def scaled_for_replicas(dataset: tf.data.Dataset, learning_rate: float, config):
     """The training pipeline and learning rate a step uses under `config`'s strategy (see the module)."""
+    dataset = sharded(dataset, config)
     n = replicas(config.strategy)
     if n == 1 or not config.scale_with_replicas:
         return dataset, learning_rate
     per_replica = int(tf.nest.flatten(next(iter(dataset.take(1))))[0].shape[0])  # the pipeline's batch
     return dataset.rebatch(per_replica * n), learning_rate * n
+
+
+def sharded(dataset: tf.data.Dataset, config) -> tf.data.Dataset:
+    """`dataset` split between workers by element (``DATA``) under ``multi_worker``; unchanged otherwise.
+
+    tf.data's default would try to split by file first, which lungnet's in-memory and file-list pipelines
+    cannot, and warn."""
+    if config.strategy != "multi_worker":
+        return dataset
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)

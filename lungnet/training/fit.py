@@ -31,7 +31,8 @@ from lungnet.fileio import write_json, write_text
 from lungnet.losses import LossConfig, build_loss
 from lungnet.models.contract import OUTPUT_NAME, output_names
 from lungnet.training.checkpoints import PhaseCheckpoint, save_weights_atomically
-from lungnet.training.distribute import MULTI_WORKER_REFUSED, distribution_scope, scaled_for_replicas
+from lungnet.training.distribute import distribution_scope, scaled_for_replicas, sharded
+from lungnet.training.multi_worker import any_worker
 
 # Keras warns on every fit of a tf.data pipeline that its default shuffle=True is ignored: our pipelines
 # shuffle themselves (seeded), so the warning says nothing to a user.
@@ -74,8 +75,8 @@ class TrainingConfig:
     gradient_clip_value: float | None = None
     mixed_precision: bool = False  # float16 compute: a GPU switch (slower on CPU)
     xla: bool = False  # jit_compile: a GPU switch (1.5-14x slower on a 2-core CPU, measured)
-    # tf.distribute (`lungnet.training.distribute`): mirrored over local GPUs (or logical CPUs); multi_worker
-    # is refused (Keras 3's fit fails under it). Batch and learning rate are a replica's, scaled by the count
+    # tf.distribute (`lungnet.training.distribute`): mirrored over local GPUs (or logical CPUs), multi_worker
+    # over TF_CONFIG's machines. Batch and learning rate are a replica's, scaled by the count
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
     scale_with_replicas: bool = True
     seed: int = 0
@@ -88,8 +89,6 @@ class TrainingConfig:
                 raise ConfigError(f"training.{name}: {getattr(self, name)} must be >= 1")
         if self.seed < 0:
             raise ConfigError(f"training.seed: {self.seed} must be >= 0")
-        if self.strategy == "multi_worker":
-            raise ConfigError(MULTI_WORKER_REFUSED)
         if self.verbose not in (0, 1, 2):
             raise ConfigError(f"training.verbose: {self.verbose} must be 0, 1 or 2")
         if self.gradient_clip_value is not None and not self.gradient_clip_value > 0:
@@ -272,7 +271,8 @@ class TimeBudget(keras.callbacks.Callback):
         self.durations.append(now - self.epoch_start)
         self.elapsed = now - self.start
         expected = max(self.durations[1:]) if len(self.durations) > 1 else self.durations[0]
-        if self.seconds is not None and self.elapsed + expected > self.seconds:
+        # every worker of a cluster stops at the same epoch, whichever worker's clock ran out
+        if self.seconds is not None and any_worker(self.elapsed + expected > self.seconds):
             self.hit = True
             self.model.stop_training = True
 
@@ -373,7 +373,7 @@ def train_phase(
         with distribution_scope(config):
             model.fit(
                 train,
-                validation_data=targets_for(model, val),
+                validation_data=sharded(targets_for(model, val), config),
                 validation_steps=config.validation_steps,
                 epochs=epochs,
                 initial_epoch=checkpoint.epochs_done,

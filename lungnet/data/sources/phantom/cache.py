@@ -150,6 +150,7 @@ def building(entry: Path) -> Iterator[tuple[Path, int]]:
     build's leftovers from a live one. On any exception (KeyboardInterrupt and SystemExit included) the
     partial is deleted.
     """
+    before = _identity(entry)
     tmp = Path(
         tempfile.mkdtemp(prefix=f".{entry.name}.pid{os.getpid()}.", suffix=".partial", dir=entry.parent)
     )
@@ -163,17 +164,41 @@ def building(entry: Path) -> Iterator[tuple[Path, int]]:
         os.write(fd, f"{os.getpid()}\n".encode())
         os.replace(pending, tmp / LOCK_FILE)
         yield tmp, fd
+        # Another process building the same key (the workers of a multi-worker run) may have published
+        # its entry while we built and be reading it now: that entry stays, ours is dropped (same key,
+        # same content). An entry that was there before we started is the damaged one we replace.
+        if _rival_published(entry, before):
+            return
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         elif os.path.lexists(entry):
             entry.unlink()
-        os.replace(tmp, entry)
+        try:
+            os.replace(tmp, entry)
+        except OSError:
+            if not _rival_published(entry, before):  # a real failure, not a rival's finished entry
+                raise
+            return
         (entry / LOCK_FILE).unlink(missing_ok=True)
     finally:
         if fd >= 0:
             os.close(fd)
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _identity(entry: Path) -> tuple[int, int] | None:
+    try:
+        found = entry.lstat()
+    except FileNotFoundError:
+        return None
+    return found.st_ino, found.st_mtime_ns
+
+
+def _rival_published(entry: Path, before: tuple[int, int] | None) -> bool:
+    """Whether another builder put a whole `entry` in place since `before` (its identity then)."""
+    now = _identity(entry)
+    return now is not None and now != before and entry.is_dir() and entry_problem(entry) is None
 
 
 def _pid_alive(pid: int) -> bool:
