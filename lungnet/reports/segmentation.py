@@ -255,7 +255,8 @@ def leaderboard_table(results: list, summary: dict) -> pd.DataFrame:
                 "test IoU": raw.get("iou"),
                 "test Dice, readers' slices": readers.get("dice"),
                 "epochs": training.get("epochs_run"),
-                "training minutes": round(training["wall_seconds"] / 60, 1)
+                # as text: the report's tables print numbers to three decimals
+                "training minutes": f"{training['wall_seconds'] / 60:.1f}"
                 if "wall_seconds" in training
                 else None,
             }
