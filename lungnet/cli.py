@@ -137,8 +137,7 @@ def _cmd_train(args) -> int:
     )
     print(f"run folder: {run_dir}")
     run_study(config, run_dir)
-    if release_worker_copy(run_dir):  # a multi-worker run's other worker: the chief has the results
-        print(f"worker done; its copy {run_dir} deleted (the chief wrote the run folder)")
+    if release_worker_copy(run_dir):  # a multi-worker run's other worker
         return 0
     print(f"run folder: {run_dir}\nreport: {run_dir / 'report.html'}")
     return 0
@@ -202,8 +201,7 @@ def _cmd_reproduce(args) -> int:
     )
     print(f"run folder: {run_dir}")
     summary = run_study(config, run_dir)
-    if release_worker_copy(run_dir):  # a multi-worker run's other worker: the chief exports
-        print(f"worker done; its copy {run_dir} deleted (the chief wrote the run folder)")
+    if release_worker_copy(run_dir):  # a multi-worker run's other worker
         return 0
     saved = export_run(run_dir)
     print(f"\n{summary_line(summary, config.task)}\nreport: {run_dir / 'report.html'}\nSavedModel: {saved}")

@@ -84,15 +84,21 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+def _worker_envs(n: int = 2) -> list[dict]:
+    """The environments of `n` workers of one cluster on localhost (free ports), worker 0 first."""
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(n)]}
+    return [
+        _env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        for index in range(n)
+    ]
+
+
 def _workers(tmp_path: Path, kill_after=0) -> list[tuple[subprocess.Popen, Path]]:
     """Two worker processes on localhost, each its own run folder, batch 4 and rate 1e-3 per replica."""
-    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
     started = []
-    for index in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+    for index, env in enumerate(_worker_envs()):
         run_dir = tmp_path / f"worker{index}"
         run_dir.mkdir(exist_ok=True)
-        env = _env(TF_CONFIG=tf_config)
         started.append((_fit("multi_worker", 4, 1e-3, run_dir, env=env, kill_after=kill_after), run_dir))
     return started
 
@@ -121,12 +127,13 @@ def test_multi_worker_needs_a_cluster_spec(monkeypatch, tmp_path, capsys):
     with pytest.raises(ConfigError, match="task worker 2 is not in the cluster"):
         multi_worker.cluster_task({"TF_CONFIG": json.dumps(spec)})
     spec["task"]["index"] = 1
-    assert multi_worker.cluster_task({"TF_CONFIG": json.dumps(spec)}) == ("worker", 1, 2)
-    assert not multi_worker.is_chief({"TF_CONFIG": json.dumps(spec)})
+    task = multi_worker.cluster_task({"TF_CONFIG": json.dumps(spec)})
+    assert (task.kind, task.index, task.workers, task.chief) == ("worker", 1, 2, False)
     spec["task"]["index"] = 0
-    assert multi_worker.is_chief({"TF_CONFIG": json.dumps(spec)})
+    assert multi_worker.cluster_task({"TF_CONFIG": json.dumps(spec)}).chief
     spec["cluster"]["chief"] = ["c:1"]  # with a chief, worker 0 is not it
-    assert not multi_worker.is_chief({"TF_CONFIG": json.dumps(spec)})
+    assert not multi_worker.cluster_task({"TF_CONFIG": json.dumps(spec)}).chief
+    assert multi_worker.cluster_task({"TF_CONFIG": json.dumps(spec)}).workers == 3
     # without TF_CONFIG the command says what is missing before it makes a run folder
     monkeypatch.delenv("TF_CONFIG", raising=False)
     command = ["train", "binary_nodule", "--profile", "smoke", "--out", str(tmp_path / "run")]
@@ -138,14 +145,12 @@ def test_multi_worker_needs_a_cluster_spec(monkeypatch, tmp_path, capsys):
 
 @pytest.mark.slow  # about a minute on 2 cores: a whole smoke study on each of two workers
 def test_a_study_on_two_workers_writes_one_run_folder(tmp_path, tiny_phantom_config):
-    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
     cli = "import sys; from lungnet.cli import main; sys.exit(main(sys.argv[1:]))"
     command = ["train", "binary_nodule", "--profile", "smoke", "--out", str(tmp_path / "run")]
     command += ["--set", "training.strategy=multi_worker"]
     command += ["--set", f"data.phantom.cache_dir={tiny_phantom_config.cache_dir}"]
     workers = []
-    for index in range(2):
-        env = _env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+    for env in _worker_envs():
         workers.append(
             subprocess.Popen(
                 [sys.executable, "-c", cli, *command],

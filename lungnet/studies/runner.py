@@ -70,23 +70,25 @@ def _worker_copy(config, resumed: Path | None = None) -> Path | None:
     from lungnet.training.distribute import prepare_strategy
 
     prepare_strategy("multi_worker")
-    if multi_worker.is_chief():
+    task = multi_worker.cluster_task()
+    if task.chief:
         return None
-    kind, index, workers = multi_worker.cluster_task()
-    folder = Path(tempfile.mkdtemp(prefix=f"lungnet-{kind}{index}-"))
+    folder = Path(tempfile.mkdtemp(prefix=f"lungnet-{task.kind}{task.index}-"))
     if resumed is not None:
         shutil.copytree(resumed, folder, dirs_exist_ok=True)
     (folder / WORKER_COPY).write_text(
-        f"{kind} {index} of {workers} workers; the chief writes the run folder\n"
+        f"{task.kind} {task.index} of {task.workers} workers; the chief writes the run folder\n"
     )
     return folder
 
 
 def release_worker_copy(run_dir: Path) -> bool:
-    """Delete `run_dir` if it is a non-chief worker's temporary copy (see `_worker_copy`); True if it was."""
+    """Delete `run_dir` if it is a non-chief worker's temporary copy (see `_worker_copy`), saying so; True if
+    it was (the command then ends: the chief has the results and exports)."""
     if not (Path(run_dir) / WORKER_COPY).is_file():
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
+    print(f"worker done; its copy {run_dir} deleted (the chief wrote the run folder)")
     return True
 
 

@@ -31,12 +31,14 @@ def prepare_strategy(name: str) -> tf.distribute.Strategy | None:
     kept for the process."""
     if name == "default":
         return None
-    if name not in _created and name == "multi_worker":
-        _created[name] = multi_worker.create_strategy()
     if name not in _created:
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        _created[name] = tf.distribute.MirroredStrategy(devices=[d.name for d in devices])
+        _created[name] = multi_worker.create_strategy() if name == "multi_worker" else _mirrored()
     return _created[name]
+
+
+def _mirrored() -> tf.distribute.MirroredStrategy:
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy(devices=[d.name for d in devices])
 
 
 def replicas(name: str) -> int:

@@ -23,14 +23,25 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 
 import tensorflow as tf
 
 from lungnet.errors import ConfigError
 
 
-def cluster_task(environ=os.environ) -> tuple[str, int, int]:
-    """(task type, task index, number of workers incl. the chief) from ``TF_CONFIG``, checked."""
+@dataclass(frozen=True)
+class ClusterTask:
+    """This process's place in ``TF_CONFIG``'s cluster."""
+
+    kind: str  # "chief" or "worker"
+    index: int
+    workers: int  # every member, the chief included
+    chief: bool  # writes the run folder: the ``chief`` task, or ``worker`` 0 where the cluster has none
+
+
+def cluster_task(environ=os.environ) -> ClusterTask:
+    """This process's task in ``TF_CONFIG``, checked."""
     raw = environ.get("TF_CONFIG")
     if not raw:
         raise ConfigError(
@@ -49,16 +60,8 @@ def cluster_task(environ=os.environ) -> tuple[str, int, int]:
     members = {name: list(cluster.get(name, [])) for name in ("chief", "worker")}
     if kind not in members or not 0 <= index < len(members[kind]):
         raise ConfigError(f"TF_CONFIG: task {kind} {index} is not in the cluster {cluster}")
-    return kind, index, len(members["chief"]) + len(members["worker"])
-
-
-def is_chief(environ=os.environ) -> bool:
-    """Whether this worker writes the run folder (``chief``, or ``worker`` 0 without a chief)."""
-    kind, index, _ = cluster_task(environ)
-    if kind == "chief":
-        return True
-    chiefs = json.loads(environ["TF_CONFIG"])["cluster"].get("chief", [])
-    return not chiefs and index == 0
+    chief = kind == "chief" or (not members["chief"] and index == 0)
+    return ClusterTask(kind, index, len(members["chief"]) + len(members["worker"]), chief)
 
 
 def create_strategy() -> tf.distribute.MultiWorkerMirroredStrategy:
