@@ -13,8 +13,10 @@ from lungnet.errors import DataError
 from lungnet.evaluation import (
     apply_temperature,
     bootstrap_ci,
+    calibration_summary,
     classification_metrics,
     expected_calibration_error,
+    fit_calibration,
     fit_temperature,
     majority_baseline,
     mean_probability,
@@ -27,6 +29,7 @@ from lungnet.evaluation import (
     summarise,
 )
 from lungnet.evaluation import figures as F
+from lungnet.evaluation.calibration import prior_corrected
 
 BINARY = ("benign", "malignant")
 FIVE = ("1", "2", "3", "4", "5")
@@ -317,6 +320,47 @@ def test_temperature_scaling_never_worsens_validation_nll():
     assert fit_temperature(np.full((6, 3), 1 / 3), [0, 1, 2, 0, 1, 2]) == 1.0
 
 
+def _balanced_trained(n, prior, seed):
+    """Labels drawn with class prior `prior`, and the probabilities a model trained on balanced classes
+    would give them: the true posterior divided by the prior, renormalised."""
+    rng = np.random.default_rng(seed)
+    posterior = _softmax(rng.normal(scale=1.0, size=(n, len(prior))) + np.log(prior))
+    y = (rng.random(n)[:, None] > np.cumsum(posterior, axis=1)).sum(axis=1)
+    balanced = posterior / prior
+    return balanced / balanced.sum(axis=1, keepdims=True), y, posterior
+
+
+def test_prior_correction_undoes_balanced_training_and_is_chosen_on_validation():
+    prior = np.array([0.75, 0.25])
+    p_val, y_val, posterior = _balanced_trained(4000, prior, seed=1)
+    assert prior_corrected(p_val, prior) == pytest.approx(posterior, abs=1e-9)
+    y_train = np.repeat([0, 1], [750, 250])
+    calibration = fit_calibration(p_val, y_val, y_train)
+    assert calibration.prior == pytest.approx(tuple(prior))
+    assert calibration.temperature == pytest.approx(1.0, rel=0.1)
+    p_test, y_test, _ = _balanced_trained(4000, prior, seed=2)
+    summary = calibration_summary(calibration, y_test, p_test)
+    assert summary["prior_correction"] is True
+    assert summary["ece_after"] < 0.5 * summary["ece_before"]
+    # temperature alone cannot move the logits' offset: it leaves a larger validation NLL
+    plain = apply_temperature(p_val, fit_temperature(p_val, y_val))
+    assert negative_log_likelihood(y_val, calibration.apply(p_val)) < negative_log_likelihood(y_val, plain)
+
+
+def test_calibration_without_a_prior_shift_keeps_plain_temperature_scaling():
+    z, y = _synthetic_logits(4000, 2, temperature=2.0, seed=3)
+    overconfident = _softmax(z)
+    calibration = fit_calibration(overconfident, y, y_train=np.repeat([0, 1], [900, 100]))
+    # these probabilities already carry their labels' prior: moving them to the (skewed) training prior hurts
+    assert calibration.prior is None and calibration.temperature == pytest.approx(2.0, rel=0.1)
+    assert "prior" not in calibration.describe()
+
+
+def test_prior_correction_rejects_a_prior_of_the_wrong_length():
+    with pytest.raises(DataError, match="3 non-negative frequencies"):
+        prior_corrected(np.full((4, 3), 1 / 3), [0.5, 0.5])
+
+
 def test_apply_temperature_keeps_argmax_and_matches_sigmoid_scaling():
     p1 = np.array([0.05, 0.3, 0.6, 0.97])
     scaled = apply_temperature(_binary(p1), 2.5)
@@ -400,7 +444,7 @@ def _figures(tiny):
             y2, {"cnn": p2, "size only": _binary(np.linspace(0.1, 0.9, len(y2)))}, BINARY
         ),
         "roc_5": F.roc_figure(y5, p5, FIVE),
-        "reliability": F.reliability_figure(y2, p2, apply_temperature(p2, t), temperature=t),
+        "reliability": F.reliability_figure(y2, p2, apply_temperature(p2, t), label=f"T = {t:.2f}"),
         "confidence": F.confidence_histogram_figure(y5, p5, FIVE),
         "class_probability_binary": F.class_probability_figure(y2, p2, BINARY),
         "class_probability_5": F.class_probability_figure(y5, p5, FIVE),

@@ -7,8 +7,11 @@ first use, so the metrics need no matplotlib).
 
 from lungnet.evaluation.baselines import majority_baseline, size_only_baseline
 from lungnet.evaluation.calibration import (
+    Calibration,
     apply_temperature,
+    calibration_summary,
     expected_calibration_error,
+    fit_calibration,
     fit_temperature,
     negative_log_likelihood,
     reliability_curve,
@@ -27,6 +30,9 @@ from lungnet.evaluation.metrics import (
 )
 
 __all__ = [
+    "Calibration",
+    "calibration_summary",
+    "fit_calibration",
     "best_f1_threshold",
     "predictions_at_threshold",
     "apply_temperature",

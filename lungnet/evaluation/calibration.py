@@ -10,9 +10,18 @@ Temperature scaling divides the logits by one scalar T > 0 fitted on the validat
 negative log-likelihood; T > 1 softens over-confident outputs. Given probabilities instead of logits, the
 log-probabilities serve as logits (softmax(log p / T) is the same as scaling the original logits, because
 log-softmax only shifts each row by a constant). It never changes the argmax, so accuracy and F1 are unchanged.
+
+Prior correction: a model trained on class-balanced data (oversampling, or a class-weighted loss) predicts
+p(y | x) under a uniform class prior. Multiplying by the training split's class frequencies and renormalising
+(Saerens et al., 2002) gives the probabilities under the prior the data really has, a shift of the logits
+that temperature alone cannot make. `fit_calibration` fits a temperature with and without it and keeps the
+one with the lower validation NLL. The correction can change the argmax, so the reported F1 stays that of the
+uncalibrated decision (the same decision as thresholding the corrected probabilities at the prior).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -137,3 +146,67 @@ def apply_temperature(probs_or_logits, temperature: float, *, inputs: str = "aut
     if not (np.isfinite(t) and t > 0):
         raise DataError(f"temperature must be a positive number, got {temperature}")
     return softmax(_to_logits(probs_or_logits, inputs) / t, axis=1)
+
+
+def class_prior(y_train, n_classes: int) -> np.ndarray:
+    """Class frequencies of the training labels [K] (a class absent from training gets none)."""
+    y = np.asarray(y_train, dtype=np.int64)
+    if len(y) == 0:
+        raise DataError("the training split has no labels to take a class prior from")
+    return np.bincount(y, minlength=n_classes)[:n_classes] / len(y)
+
+
+def prior_corrected(probs, prior) -> np.ndarray:
+    """Probabilities of a model trained on balanced classes, moved to the class prior `prior` [K]."""
+    p = as_probs(probs)
+    prior = np.asarray(prior, dtype=np.float64)
+    if prior.shape != (p.shape[1],) or np.any(prior < 0) or prior.sum() <= 0:
+        raise DataError(
+            f"the class prior must hold {p.shape[1]} non-negative frequencies, got {prior.tolist()}"
+        )
+    weighted = p * prior
+    return weighted / np.clip(weighted.sum(axis=1, keepdims=True), _LOG_EPS, None)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A temperature, after the prior correction when `prior` is set; fitted on the validation split."""
+
+    temperature: float
+    prior: tuple[float, ...] | None = None
+
+    def apply(self, probs) -> np.ndarray:
+        p = prior_corrected(probs, self.prior) if self.prior is not None else as_probs(probs)
+        return apply_temperature(p, self.temperature, inputs="probs")
+
+    def describe(self) -> str:
+        prior = "prior-corrected, " if self.prior is not None else ""
+        return f"{prior}T = {self.temperature:.2f}"
+
+    def as_dict(self) -> dict:
+        return {
+            "temperature": self.temperature,
+            "prior_correction": self.prior is not None,
+            "train_prior": list(self.prior) if self.prior is not None else None,
+        }
+
+
+def fit_calibration(val_probs, y_val, y_train) -> Calibration:
+    """Temperature scaling, with or without the training split's prior correction, whichever gives the
+    lower validation NLL (the two are equal when training classes are already balanced)."""
+    p = as_probs(val_probs)
+    prior = class_prior(y_train, p.shape[1])
+    plain = Calibration(fit_temperature(p, y_val, inputs="probs"))
+    corrected_val = prior_corrected(p, prior)
+    corrected = Calibration(fit_temperature(corrected_val, y_val, inputs="probs"), tuple(prior.tolist()))
+    nll = {c: negative_log_likelihood(y_val, c.apply(p)) for c in (plain, corrected)}
+    return min(nll, key=nll.get)
+
+
+def calibration_summary(calibration: Calibration, y_test, test_probs) -> dict:
+    """The fitted calibration and the test ECE before and after it."""
+    return {
+        **calibration.as_dict(),
+        "ece_before": expected_calibration_error(y_test, test_probs),
+        "ece_after": expected_calibration_error(y_test, calibration.apply(test_probs)),
+    }

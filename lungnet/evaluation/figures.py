@@ -170,18 +170,18 @@ def reliability_figure(
     calibrated_probs=None,
     *,
     n_bins: int = 10,
-    temperature: float | None = None,
+    label: str | None = None,
     title: str | None = None,
 ) -> Figure:
-    """Reliability diagram before (and, if given, after) temperature scaling, ECE in the legend.
+    """Reliability diagram before (and, if given, after) calibration, ECE in the legend; `label` says
+    which calibration (e.g. ``Calibration.describe()``).
 
     Top: accuracy against mean confidence of each non-empty bin (the diagonal is perfect calibration).
     Bottom: how many samples fall in each confidence bin.
     """
     curves = [("uncalibrated", probs, "C3")]
     if calibrated_probs is not None:
-        label = "temperature-scaled" + (f" (T = {temperature:.2f})" if temperature is not None else "")
-        curves.append((label, calibrated_probs, "C0"))
+        curves.append(("calibrated" + (f" ({label})" if label else ""), calibrated_probs, "C0"))
     fig = _figure(5.2, 6.0)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     top.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfect calibration")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lungnet.evaluation import apply_temperature, fit_temperature, metric_definitions
 from lungnet.evaluation import figures as evaluation_figures
+from lungnet.evaluation import fit_calibration, metric_definitions
 from lungnet.evaluation.figures import save_figure
 from lungnet.reports.html import HtmlReport
 from lungnet.reports.training import CAPTION, learning_curves, run_note
@@ -156,14 +156,14 @@ def write_report(
     report.image(save_figure(fig, figures_dir / "roc.png"), "ROC curves on the test split")
 
     report.heading("Confidence and calibration")
-    temperature = fit_temperature(selected.val_probs, y_val)
-    calibrated = apply_temperature(selected.test_probs, temperature)
+    calibration = fit_calibration(selected.val_probs, y_val, data.split("train")["target"].to_numpy())
     fig = evaluation_figures.reliability_figure(
-        y_test, selected.test_probs, calibrated, temperature=temperature
+        y_test, selected.test_probs, calibration.apply(selected.test_probs), label=calibration.describe()
     )
     report.image(
         save_figure(fig, figures_dir / "reliability.png"),
-        f"Reliability diagram before and after temperature scaling (T = {temperature:.2f}, fitted on validation)",
+        f"Reliability diagram before and after calibration ({calibration.describe()}, fitted on validation;"
+        " the prior correction is used when it lowers validation NLL, see Metric definitions)",
     )
     fig = evaluation_figures.confidence_histogram_figure(y_test, selected.test_probs, names)
     report.image(
@@ -177,7 +177,8 @@ def write_report(
     calibration_rows = {n: r.calibration for n, r in results.items() if r.calibration}
     if calibration_rows:
         report.table(
-            pd.DataFrame(calibration_rows).T, "Temperature scaling per model (ECE on the test split)"
+            pd.DataFrame(calibration_rows).T,
+            "Calibration per model, fitted on validation (ECE on the test split)",
         )
     tta_rows = {
         f"{n} ({k})": {m: v.get(m) for m in METRIC_COLUMNS}

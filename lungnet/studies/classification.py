@@ -18,11 +18,10 @@ import pandas as pd
 from lungnet.data.dataset import PreparedData, image_column, prepare_data
 from lungnet.errors import LungnetError
 from lungnet.evaluation import (
-    apply_temperature,
     best_f1_threshold,
+    calibration_summary,
     classification_metrics,
-    expected_calibration_error,
-    fit_temperature,
+    fit_calibration,
     majority_baseline,
     mean_probability,
     mode_of_predictions,
@@ -245,13 +244,10 @@ def evaluate_model(name, model, data: PreparedData, config: ExperimentConfig, ru
             "mean_probability": classification_metrics(y_test, mean_probability(tta), names),
         }
     if config.evaluation.temperature_scaling:
-        temperature = fit_temperature(val_probs, y_val)
-        calibrated = apply_temperature(test_probs, temperature)
-        result.calibration = {
-            "temperature": temperature,
-            "ece_before": expected_calibration_error(y_test, test_probs),
-            "ece_after": expected_calibration_error(y_test, calibrated),
-        }
+        y_train = data.split("train")["target"].to_numpy()
+        result.calibration = calibration_summary(
+            fit_calibration(val_probs, y_val, y_train), y_test, test_probs
+        )
     return result
 
 
@@ -275,9 +271,9 @@ def baselines(data: PreparedData) -> dict[str, dict]:
     return out
 
 
-def scored(y_val, val_probs, y_test, test_probs, test_frame, names) -> dict:
+def scored(y_train, y_val, val_probs, y_test, test_probs, test_frame, names) -> dict:
     """Test metrics of one set of probabilities, at slice, nodule and patient level, with the binary
-    threshold chosen on validation and the temperature fitted there, as the trained models report them."""
+    threshold chosen on validation and the calibration fitted there, as the trained models report them."""
     out = {
         **classification_metrics(y_test, test_probs, names),
         "levels": level_metrics(y_test, test_probs, test_frame, names),
@@ -291,12 +287,7 @@ def scored(y_val, val_probs, y_test, test_probs, test_frame, names) -> dict:
                 y_test, test_probs, names, y_pred=predictions_at_threshold(test_probs, threshold)
             ),
         }
-    temperature = fit_temperature(val_probs, y_val)
-    out["calibration"] = {
-        "temperature": temperature,
-        "ece_before": expected_calibration_error(y_test, test_probs),
-        "ece_after": expected_calibration_error(y_test, apply_temperature(test_probs, temperature)),
-    }
+    out["calibration"] = calibration_summary(fit_calibration(val_probs, y_val, y_train), y_test, test_probs)
     return out
 
 
@@ -316,9 +307,10 @@ def measured_nodule_results(
     fitted = fit_measured(features["train"], frames["train"]["target"], settings.C)
     save_fitted(fitted, run_dir)  # `lungnet evaluate` scores external sets with it
     val_probs, test_probs = fitted.predict(features["val"], n), fitted.predict(features["test"], n)
+    y_train = frames["train"]["target"].to_numpy()
     y_val, y_test = frames["val"]["target"].to_numpy(), frames["test"]["target"].to_numpy()
     found = features["test"]["found"].to_numpy()
-    measured = scored(y_val, val_probs, y_test, test_probs, frames["test"], data.class_names)
+    measured = scored(y_train, y_val, val_probs, y_test, test_probs, frames["test"], data.class_names)
     measured["segmenter"] = {"run": str(seg_dir), "test_slices_without_region": int((found == 0).sum())}
     mean_val = (val_probs + selected.val_probs) / 2
     mean_test = (test_probs + selected.test_probs) / 2
@@ -336,7 +328,7 @@ def measured_nodule_results(
     return {
         "measured_nodule": measured,
         f"mean of measured_nodule and {selected.name}": scored(
-            y_val, mean_val, y_test, mean_test, frames["test"], data.class_names
+            y_train, y_val, mean_val, y_test, mean_test, frames["test"], data.class_names
         ),
     }
 
