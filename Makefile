@@ -17,9 +17,10 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 help:
 	@echo "make reproduce-binary-nodule   flagship study (DATA=lidc-phantom by default, or a manifest CSV)"
 	@echo "  (also reproduce-binary-full, reproduce-5class-nodule, reproduce-5class-full, reproduce-classification-all;"
-	@echo "   PROFILE=full for the study's own settings, PROFILE=cpu-real-2.5d for real CT on a CPU;"
+	@echo "   PROFILE=full for the study's own settings, PROFILE=cpu-real-measured for real CT on a CPU;"
 	@echo "   SET=\"data.grouping=exclude-indeterminate ...\" passes --set KEY=VALUE overrides)"
 	@echo "make reproduce-attention-unet  segmentation study: U-Net vs attention residual U-Net, Dice+Focal, dense CRF"
+	@echo "  (PROFILE=cpu-real-augmented DATA=../shared/data/lidc-crops for real CT on a CPU)"
 	@echo "make reproduce-semi-infnet     Inf-Net study: Inf-Net, Semi-Inf-Net, U-Net, radiomics SVMs (SET=labels.fraction=0.1)"
 	@echo "make reproduce-segmentation-zoo multi-dataset study's zoo: UNAR, Res34UNetV2, UNet++, DeepLabV3+, SegFormer, LightUNet, U-Net"
 	@echo "make test                      fast tests + notebooks (sets up .venv)"

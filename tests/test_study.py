@@ -107,6 +107,10 @@ def test_evaluate_on_another_dataset(smoke_run, tmp_path, capsys):
     assert main(["evaluate", str(run_dir), "--data", str(tmp_path / "external.csv"), "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 8 and metrics["split"] == "all samples"
+    # the run's own calibration (fitted on its validation split) applied to this set
+    recorded = json.loads((run_dir / "metrics.json").read_text())["models"][metrics["model"]]["calibration"]
+    assert metrics["calibration"]["temperature"] == recorded["temperature"]
+    assert 0 <= metrics["calibration"]["ece_after"] <= 1
     assert len(pd.read_csv(out / "predictions.csv")) == 8 and (out / "report.html").is_file()
     capsys.readouterr()
     check_report(out / "report.html", tmp_path)

@@ -102,6 +102,25 @@ def test_the_real_ct_profiles_keep_the_published_settings_apart():
     )
     seg = load_experiment(resolve_experiment_path("attention_unet"), profile="cpu-real-budget")
     assert seg.evaluation.tta and seg.training.monitor == "val_iou" and seg.training.max_minutes == 20
+    longer = load_experiment(resolve_experiment_path("attention_unet"), profile="cpu-real-augmented")
+    augment = longer.data.augment
+    assert augment.elastic > 0 and augment.grid_distortion > 0 and augment.coarse_dropout == 4
+    assert (longer.training.epochs, longer.training.lr_schedule, longer.training.max_minutes) == (
+        40,
+        "plateau",
+        28,
+    )
+    assert longer.loss == seg.loss and [m.model for m in longer.models] == [m.model for m in seg.models]
+
+
+def test_the_measured_classifier_trains_its_segmenter_with_the_longer_recipe(tmp_path):
+    from lungnet.studies.measured_segmenter import segmenter_config
+
+    real = load_experiment(resolve_experiment_path("binary_nodule"), profile="cpu-real-measured")
+    seg = segmenter_config(real.measured_nodule, tmp_path / "segmenter_manifest.csv")
+    assert [m.name for m in seg.models] == ["unet"] and seg.data.split_level == "manifest"
+    assert seg.data.augment.elastic > 0 and seg.training.lr_schedule == "plateau"
+    assert seg.training.max_minutes == 25 and not seg.evaluation.intensity_test
 
 
 def test_an_ensemble_run_trains_each_member_and_saves_one_model(tmp_path, tiny_phantom_config):

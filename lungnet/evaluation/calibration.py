@@ -183,6 +183,14 @@ class Calibration:
         prior = "prior-corrected, " if self.prior is not None else ""
         return f"{prior}T = {self.temperature:.2f}"
 
+    @classmethod
+    def from_dict(cls, record: dict | None) -> Calibration | None:
+        """The calibration a run recorded (``as_dict``; an older run's has a temperature only)."""
+        if not record or record.get("temperature") is None:
+            return None
+        prior = record.get("train_prior") if record.get("prior_correction") else None
+        return cls(float(record["temperature"]), tuple(prior) if prior is not None else None)
+
     def as_dict(self) -> dict:
         return {
             "temperature": self.temperature,
@@ -204,7 +212,7 @@ def fit_calibration(val_probs, y_val, y_train) -> Calibration:
 
 
 def calibration_summary(calibration: Calibration, y_test, test_probs) -> dict:
-    """The fitted calibration and the test ECE before and after it."""
+    """The fitted calibration and the ECE of `test_probs` before and after it."""
     return {
         **calibration.as_dict(),
         "ece_before": expected_calibration_error(y_test, test_probs),

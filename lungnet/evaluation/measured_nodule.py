@@ -40,7 +40,7 @@ class MeasuredNoduleConfig:
 
     enabled: bool = False
     experiment: str = "attention_unet"  # the segmentation experiment whose recipe trains the segmenter
-    profile: str = "cpu-real-budget"
+    profile: str = "cpu-real-augmented"
     model: str = "unet"  # which of that experiment's models
     overrides: dict = field(default_factory=dict)  # nested keys applied to it, as ``--set`` would
     tta: bool = False  # mean over flips and quarter turns when predicting the masks (5 passes)

@@ -15,7 +15,7 @@ from lungnet.data.labels import assign_labels, class_names
 from lungnet.data.pipelines import data_errors
 from lungnet.data.registry import load_source
 from lungnet.errors import DataError
-from lungnet.evaluation import classification_metrics
+from lungnet.evaluation import Calibration, calibration_summary, classification_metrics
 from lungnet.evaluation import figures as evaluation_figures
 from lungnet.evaluation.aggregation import level_metrics
 from lungnet.evaluation.figures import save_figure
@@ -24,13 +24,25 @@ from lungnet.fileio import write_csv, write_json
 from lungnet.inference import predict_proba
 from lungnet.reports.html import HtmlReport
 from lungnet.runs import load_run_config
-from lungnet.runs.artifacts import evaluation_dir, load_run_model, run_class_names
+from lungnet.runs.artifacts import evaluation_dir, load_run_model, run_class_names, run_metrics
 from lungnet.studies.measured_segmenter import predict_masks
 
 
-def measured_on(run_dir: Path, labelled: pd.DataFrame, column: str, probs, name: str, names) -> dict:
+def scored_here(y, probs, labelled: pd.DataFrame, names, calibration_record: dict | None) -> dict:
+    """Metrics of `probs` at slice, nodule and patient level, and their ECE before and after the run's
+    own calibration (fitted on the run's validation split, never on this set)."""
+    out = {**classification_metrics(y, probs, names), "levels": level_metrics(y, probs, labelled, names)}
+    calibration = Calibration.from_dict(calibration_record)
+    if calibration is not None:
+        out["calibration"] = calibration_summary(calibration, y, probs)
+    return out
+
+
+def measured_on(
+    run_dir: Path, labelled: pd.DataFrame, column: str, probs, name: str, names, recorded: dict
+) -> dict:
     """The run's measured-nodule classifier (and its mean with the evaluated model) on `labelled`, when
-    the run has one: its own segmenter outlines every slice first."""
+    the run has one: its own segmenter outlines every slice first. `recorded`: the run's ``image_only``."""
     fitted = load_fitted(run_dir)
     if fitted is None:
         return {}
@@ -44,7 +56,7 @@ def measured_on(run_dir: Path, labelled: pd.DataFrame, column: str, probs, name:
         ("measured_nodule", measured),
         (f"mean of measured_nodule and {name}", (measured + probs) / 2),
     ):
-        out[key] = {**classification_metrics(y, p, names), "levels": level_metrics(y, p, labelled, names)}
+        out[key] = scored_here(y, p, labelled, names, recorded.get(key, {}).get("calibration"))
     return out
 
 
@@ -65,9 +77,13 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
     with data_errors():
         probs = predict_proba(model, ds)
     y = labelled["target"].to_numpy()
-    metrics = classification_metrics(y, probs, names)
-    levels = level_metrics(y, probs, labelled, names)
-    image_only = measured_on(run_dir, labelled, column, probs, name, names)
+    recorded = run_metrics(run_dir)
+    scores = scored_here(
+        y, probs, labelled, names, recorded.get("models", {}).get(name, {}).get("calibration")
+    )
+    levels = scores.pop("levels")
+    metrics = scores
+    image_only = measured_on(run_dir, labelled, column, probs, name, names, recorded.get("image_only", {}))
     out = evaluation_dir(run_dir, source.spec, out)
     table = pd.DataFrame(
         {
@@ -96,6 +112,11 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
     report = HtmlReport(f"External evaluation of {name} ({run_dir.name}) on {source.spec}")
     report.paragraph(f"Data: {source.description}; every sample, grouping '{config.data.grouping}'.")
     keys = ("f1", "f1_macro", "auc", "accuracy", "precision", "recall")
+    calibration_rows = {
+        label: scores["calibration"]
+        for label, scores in (("network: " + name, metrics), *(image_only or {}).items())
+        if scores.get("calibration")
+    }
     rows = {"slice": metrics, **levels}
     report.table(
         pd.DataFrame(
@@ -115,6 +136,12 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
         "Nodule level: probabilities averaged over a nodule's slices. Patient level: the highest nodule "
         "probability of malignancy (binary), or the mean over the patient's nodules."
     )
+    if calibration_rows:
+        report.table(
+            pd.DataFrame(calibration_rows).T[["ece_before", "ece_after", "temperature", "prior_correction"]],
+            "Slice-level ECE on this set before and after the run's calibration (fitted on the run's "
+            "validation split)",
+        )
     report.image(
         save_figure(
             evaluation_figures.confusion_matrix_figure(metrics["confusion_matrix"], names),
