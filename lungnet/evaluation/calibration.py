@@ -204,10 +204,12 @@ def fit_calibration(val_probs, y_val, y_train) -> Calibration:
     lower validation NLL (the two are equal when training classes are already balanced)."""
     p = as_probs(val_probs)
     prior = class_prior(y_train, p.shape[1])
-    plain = Calibration(fit_temperature(p, y_val, inputs="probs"))
-    corrected_val = prior_corrected(p, prior)
-    corrected = Calibration(fit_temperature(corrected_val, y_val, inputs="probs"), tuple(prior.tolist()))
-    nll = {c: negative_log_likelihood(y_val, c.apply(p)) for c in (plain, corrected)}
+    nll = {}
+    for candidate_prior, q in ((None, p), (tuple(prior.tolist()), prior_corrected(p, prior))):
+        t = fit_temperature(q, y_val, inputs="probs")
+        nll[Calibration(t, candidate_prior)] = negative_log_likelihood(
+            y_val, apply_temperature(q, t, inputs="probs")
+        )
     return min(nll, key=nll.get)
 
 

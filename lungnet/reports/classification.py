@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from lungnet.evaluation import Calibration, fit_calibration, metric_definitions
 from lungnet.evaluation import figures as evaluation_figures
-from lungnet.evaluation import fit_calibration, metric_definitions
 from lungnet.evaluation.figures import save_figure
 from lungnet.reports.html import HtmlReport
 from lungnet.reports.training import CAPTION, learning_curves, run_note
@@ -156,7 +156,10 @@ def write_report(
     report.image(save_figure(fig, figures_dir / "roc.png"), "ROC curves on the test split")
 
     report.heading("Confidence and calibration")
-    calibration = fit_calibration(selected.val_probs, y_val, data.split("train")["target"].to_numpy())
+    # the calibration evaluate_model fitted and scored, refitted only where the run turned it off
+    calibration = Calibration.from_dict(selected.calibration) or fit_calibration(
+        selected.val_probs, y_val, data.split("train")["target"].to_numpy()
+    )
     fig = evaluation_figures.reliability_figure(
         y_test, selected.test_probs, calibration.apply(selected.test_probs), label=calibration.describe()
     )

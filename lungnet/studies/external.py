@@ -78,11 +78,10 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
         probs = predict_proba(model, ds)
     y = labelled["target"].to_numpy()
     recorded = run_metrics(run_dir)
-    scores = scored_here(
+    metrics = scored_here(
         y, probs, labelled, names, recorded.get("models", {}).get(name, {}).get("calibration")
     )
-    levels = scores.pop("levels")
-    metrics = scores
+    levels = metrics.pop("levels")
     image_only = measured_on(run_dir, labelled, column, probs, name, names, recorded.get("image_only", {}))
     out = evaluation_dir(run_dir, source.spec, out)
     table = pd.DataFrame(
@@ -113,9 +112,9 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
     report.paragraph(f"Data: {source.description}; every sample, grouping '{config.data.grouping}'.")
     keys = ("f1", "f1_macro", "auc", "accuracy", "precision", "recall")
     calibration_rows = {
-        label: scores["calibration"]
-        for label, scores in (("network: " + name, metrics), *(image_only or {}).items())
-        if scores.get("calibration")
+        label: scored["calibration"]
+        for label, scored in (("network: " + name, metrics), *(image_only or {}).items())
+        if scored.get("calibration")
     }
     rows = {"slice": metrics, **levels}
     report.table(
