@@ -111,6 +111,9 @@ def test_a_run_trains_its_segmenter_on_training_patients_and_scores_image_only(t
     measured = metrics["image_only"]["measured_nodule"]
     assert 0 <= measured["auc"] <= 1 and measured["levels"]["nodule"]["n"] == 4
     assert "mean of measured_nodule and custom_cnn" in metrics["image_only"]
+    for row in metrics["image_only"].values():
+        assert {"slice", "nodule"} <= set(row["against_size_only"])
+    assert "Against the diameter" in (run_dir / "report.html").read_text()
     calibration = measured["calibration"]
     assert calibration["temperature"] > 0 and isinstance(calibration["prior_correction"], bool)
     assert 0 <= calibration["ece_after"] <= 1

@@ -10,7 +10,7 @@ import pytest
 
 from lungnet.cli import main
 from lungnet.errors import DataError
-from lungnet.evaluation.paired import paired_bootstrap
+from lungnet.evaluation.paired import paired_bootstrap, paired_bootstrap_classification
 
 
 def _predictions(shift: float, noise: float, n_patients: int = 30, per_patient: int = 4, seed: int = 0):
@@ -80,3 +80,50 @@ def test_the_command_reads_a_run_and_writes_json(tmp_path, capsys):
     assert json.loads(out.read_text())["mean_difference"] == pytest.approx(0.1)
     assert main(["compare-models", str(tmp_path / "nowhere"), "a", "b"]) == 2
     assert "predictions.csv: not found" in capsys.readouterr().err
+
+
+def _labelled_nodules(n_patients: int = 40, seed: int = 0):
+    """Three slices per nodule, one or two nodules per patient; a's score follows the label, b's is noise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        for n in range(1 + p % 2):
+            label = int(rng.integers(0, 2))
+            for _ in range(3):
+                rows.append({"patient_id": f"P{p}", "nodule_id": f"P{p}/{n}", "y": label})
+    frame = pd.DataFrame(rows)
+    y = frame["y"].to_numpy()
+    a = np.clip(0.25 + 0.5 * y + rng.normal(0, 0.15, len(y)), 0, 1)
+    b = rng.random(len(y))
+    return frame, y, np.c_[1 - a, a], np.c_[1 - b, b]
+
+
+def test_classification_bootstrap_finds_the_better_classifier_at_both_levels():
+    frame, y, a, b = _labelled_nodules()
+    result = paired_bootstrap_classification(y, a, b, frame, ["benign", "malignant"], samples=200)
+    for level, n in (("slice", len(frame)), ("nodule", frame["nodule_id"].nunique())):
+        assert result[level]["n"] == n and result[level]["n_patients"] == 40
+        auc = result[level]["auc"]
+        assert auc["a"] > 0.9 and abs(auc["b"] - 0.5) < 0.15
+        assert auc["difference"] == pytest.approx(auc["a"] - auc["b"])
+        assert 0 < auc["ci95"][0] <= auc["difference"] <= auc["ci95"][1]
+        assert auc["share_of_resamples_a_better"] == 1.0
+        assert result[level]["f1_macro"]["ci95"][0] > 0
+    swapped = paired_bootstrap_classification(y, b, a, frame, ["benign", "malignant"], samples=200)
+    assert swapped["nodule"]["auc"]["difference"] == pytest.approx(-result["nodule"]["auc"]["difference"])
+    assert swapped["nodule"]["auc"]["ci95"][1] < 0
+
+
+def test_classification_bootstrap_of_a_classifier_against_itself_is_zero():
+    frame, y, a, _ = _labelled_nodules(seed=1)
+    result = paired_bootstrap_classification(y, a, a, frame, ["benign", "malignant"], samples=100)
+    assert result["slice"]["auc"]["ci95"] == [0.0, 0.0]
+    assert result["nodule"]["f1_macro"]["difference"] == 0.0
+
+
+def test_classification_bootstrap_checks_its_input():
+    frame, y, a, b = _labelled_nodules()
+    with pytest.raises(DataError, match="probabilities"):
+        paired_bootstrap_classification(y[:-1], a, b, frame, ["benign", "malignant"])
+    with pytest.raises(DataError, match="samples"):
+        paired_bootstrap_classification(y, a, b, frame, ["benign", "malignant"], samples=10)

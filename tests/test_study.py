@@ -36,6 +36,11 @@ def test_run_folder_holds_every_artefact(smoke_run):
         assert key in metrics and metrics[key] == summary[key]
     assert metrics["selected_model"] == "custom_cnn" and "size_only" in metrics["baselines"]
     assert {"nodule", "patient"} <= set(metrics["levels"]) and "levels" in metrics["baselines"]["size_only"]
+    against = metrics["against_size_only"]  # the selected model minus the diameter, same test patients
+    assert against["slice"]["auc"]["difference"] == pytest.approx(
+        metrics["auc"] - metrics["baselines"]["size_only"]["auc"]
+    )
+    assert against["nodule"]["n"] == metrics["levels"]["nodule"]["n"]
     assert (run_dir / "figures" / "learning_curves.png").is_file()
     predictions = pd.read_csv(run_dir / "predictions.csv")
     assert list(predictions.columns) == [

@@ -31,18 +31,26 @@ def _group(
     return labels.max().to_numpy(), p, mixed
 
 
+def nodule_level(y_true, probs, frame: pd.DataFrame):
+    """``(y, probs, patient_ids, n_mixed)`` with one row per nodule (probabilities averaged over its slices),
+    or the slices themselves (``n_mixed`` 0) where `frame` has no ``nodule_id``."""
+    y, p = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
+    patient_keys = frame["patient_id"].astype(str).to_numpy()
+    if "nodule_id" not in frame.columns:
+        return y, p, patient_keys, 0
+    nodules = frame["nodule_id"].astype(str).to_numpy()
+    yn, pn, mixed = _group(y, p, nodules, "mean")
+    # a nodule's patient: nodule ids are unique, so take each nodule's first row
+    first = pd.Series(patient_keys).groupby(nodules, sort=True).first().to_numpy()
+    return yn, pn, first, mixed
+
+
 def level_metrics(y_true, probs, frame: pd.DataFrame, class_names) -> dict:
     """``{"nodule": metrics, "patient": metrics}`` (each with ``n`` groups and ``n_mixed``), as available."""
-    y, p = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
     out = {}
-    patient_keys = frame["patient_id"].astype(str).to_numpy()
+    y, p, patient_keys, mixed = nodule_level(y_true, probs, frame)
     if "nodule_id" in frame.columns:
-        nodules = frame["nodule_id"].astype(str).to_numpy()
-        yn, pn, mixed = _group(y, p, nodules, "mean")
-        out["nodule"] = {**classification_metrics(yn, pn, class_names), "n_mixed": mixed}
-        # a nodule's patient: nodule ids are unique, so take each nodule's first row
-        first = pd.Series(patient_keys).groupby(nodules, sort=True).first().to_numpy()
-        y, p, patient_keys = yn, pn, first
+        out["nodule"] = {**classification_metrics(y, p, class_names), "n_mixed": mixed}
     reduce = "max" if p.shape[1] == 2 else "mean"
     yp, pp, mixed = _group(y, p, patient_keys, reduce)
     out["patient"] = {**classification_metrics(yp, pp, class_names), "n_mixed": mixed}

@@ -85,6 +85,31 @@ def levels_table(summary: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["model", "level"])
 
 
+def against_size_only_table(summary: dict) -> pd.DataFrame | None:
+    """Each image-only row and the selected model minus the size-only baseline, with bootstrap intervals."""
+    sources = {summary["selected_model"]: summary.get("against_size_only")}
+    for name, result in summary.get("image_only", {}).items():
+        sources[f"image-only: {name}"] = result.get("against_size_only")
+    rows = []
+    for model, comparison in sources.items():
+        for level in ("slice", "nodule"):
+            if not comparison or level not in comparison:
+                continue
+            row = {"model": model, "level": level, "patients": comparison[level]["n_patients"]}
+            for metric in ("auc", "f1_macro"):
+                entry = comparison[level][metric]
+                low, high = entry["ci95"]
+                row[f"{metric}"] = entry["a"]
+                row[f"{metric} size-only"] = entry["b"]
+                row[f"{metric} difference (95 % CI)"] = (
+                    "n/a"
+                    if entry["difference"] is None
+                    else f"{entry['difference']:+.3f} ({low:+.3f} .. {high:+.3f})"
+                )
+            rows.append(row)
+    return pd.DataFrame(rows).set_index(["model", "level"]) if rows else None
+
+
 def write_report(
     run_dir: Path, config, data, results: dict, selected, summary: dict, explanations: dict
 ) -> Path:
@@ -114,6 +139,13 @@ def write_report(
     )
     report.table(comparison_table(summary, config, data_label))
     report.table(levels_table(summary))
+    against = against_size_only_table(summary)
+    if against is not None:
+        report.table(
+            against,
+            "Against the diameter (size-only baseline) on the same test patients: the difference and its 95 % "
+            f"interval from {summary['against_size_only']['samples']} patient-bootstrap resamples",
+        )
     report.paragraph(
         "Slice level is every test image; nodule level averages a nodule's slice probabilities; patient level "
         "takes the highest nodule probability of malignancy (binary) or the mean over nodules."

@@ -30,6 +30,7 @@ from lungnet.evaluation import (
 )
 from lungnet.evaluation.aggregation import level_metrics
 from lungnet.evaluation.measured_nodule import fit_measured, measured_features, save_fitted
+from lungnet.evaluation.paired import paired_bootstrap_classification
 from lungnet.experiment import ExperimentConfig, ModelSpec
 from lungnet.fileio import write_csv, write_json
 from lungnet.inference import predict_proba, predict_tta
@@ -251,7 +252,25 @@ def evaluate_model(name, model, data: PreparedData, config: ExperimentConfig, ru
     return result
 
 
-def baselines(data: PreparedData) -> dict[str, dict]:
+def size_only_probs(data: PreparedData) -> np.ndarray | None:
+    """The size-only baseline's test probabilities (fitted on training), or None without diameters."""
+    train, test = data.split("train"), data.split("test")
+    if "diameter_mm" not in train.columns:
+        return None
+    return size_only_baseline(train["diameter_mm"], train["target"], test["diameter_mm"], data.class_names)
+
+
+def against_size_only(data: PreparedData, test_probs, size_probs) -> dict | None:
+    """AUC and macro F1 against the size-only baseline on the same test patients, with bootstrap intervals."""
+    if size_probs is None:
+        return None
+    test = data.split("test")
+    return paired_bootstrap_classification(
+        test["target"].to_numpy(), test_probs, size_probs, test, data.class_names
+    )
+
+
+def baselines(data: PreparedData, size_probs: np.ndarray | None) -> dict[str, dict]:
     """Size-only (diameter) and majority-class baselines on the test split, fitted on training only; the
     size-only one also at nodule and patient level (``levels``)."""
     names = data.class_names
@@ -262,11 +281,10 @@ def baselines(data: PreparedData) -> dict[str, dict]:
             y_test, majority_baseline(train["target"], len(test), names), names
         )
     }
-    if "diameter_mm" in train.columns:
-        probs = size_only_baseline(train["diameter_mm"], train["target"], test["diameter_mm"], names)
+    if size_probs is not None:
         out["size_only"] = {
-            **classification_metrics(y_test, probs, names),
-            "levels": level_metrics(y_test, probs, test, names),
+            **classification_metrics(y_test, size_probs, names),
+            "levels": level_metrics(y_test, size_probs, test, names),
         }
     return out
 
@@ -292,7 +310,12 @@ def scored(y_train, y_val, val_probs, y_test, test_probs, test_frame, names) -> 
 
 
 def measured_nodule_results(
-    config: ExperimentConfig, data: PreparedData, selected: ModelResult, run_dir: Path, progress: bool
+    config: ExperimentConfig,
+    data: PreparedData,
+    selected: ModelResult,
+    run_dir: Path,
+    size_probs: np.ndarray | None,
+    progress: bool,
 ) -> dict:
     """The image-only measured-nodule classifier (`lungnet.evaluation.measured_nodule`; its segmenter from
     `lungnet.studies.measured_segmenter`), and its mean with the selected network's probabilities; both
@@ -312,6 +335,7 @@ def measured_nodule_results(
     found = features["test"]["found"].to_numpy()
     measured = scored(y_train, y_val, val_probs, y_test, test_probs, frames["test"], data.class_names)
     measured["segmenter"] = {"run": str(seg_dir), "test_slices_without_region": int((found == 0).sum())}
+    measured["against_size_only"] = against_size_only(data, test_probs, size_probs)
     mean_val = (val_probs + selected.val_probs) / 2
     mean_test = (test_probs + selected.test_probs) / 2
     write_csv(
@@ -325,12 +349,9 @@ def measured_nodule_results(
             }
         ),
     )
-    return {
-        "measured_nodule": measured,
-        f"mean of measured_nodule and {selected.name}": scored(
-            y_train, y_val, mean_val, y_test, mean_test, frames["test"], data.class_names
-        ),
-    }
+    mean = scored(y_train, y_val, mean_val, y_test, mean_test, frames["test"], data.class_names)
+    mean["against_size_only"] = against_size_only(data, mean_test, size_probs)
+    return {"measured_nodule": measured, f"mean of measured_nodule and {selected.name}": mean}
 
 
 def predictions_table(data: PreparedData, result: ModelResult) -> pd.DataFrame:
@@ -374,6 +395,7 @@ def run_classification_study(config: ExperimentConfig, run_dir: Path, progress: 
         raise LungnetError(f"no model was trained: {skipped}")
     selected = max(results.values(), key=lambda r: r.val_metrics["f1"])
     write_csv(run_dir / "predictions.csv", predictions_table(data, selected))
+    size_probs = size_only_probs(data)
     summary = {
         **{k: selected.test_metrics[k] for k in ("f1", "f1_macro", "precision", "recall", "accuracy", "auc")},
         "selected_model": selected.name,
@@ -398,11 +420,13 @@ def run_classification_study(config: ExperimentConfig, run_dir: Path, progress: 
             }
             for r in results.values()
         },
-        "baselines": baselines(data),
+        "baselines": baselines(data, size_probs),
+        # the selected model against the diameter on the same test patients (bootstrap intervals)
+        "against_size_only": against_size_only(data, selected.test_probs, size_probs),
         "skipped_models": skipped,
     }
     if config.measured_nodule.enabled:  # image-only rows beside the trained models (not selectable)
-        summary["image_only"] = measured_nodule_results(config, data, selected, run_dir, progress)
+        summary["image_only"] = measured_nodule_results(config, data, selected, run_dir, size_probs, progress)
     write_json(run_dir / "metrics.json", summary)
     explanations = explain_selected(config, data, selected, run_dir) if config.evaluation.explain else {}
     write_report(run_dir, config, data, results, selected, summary, explanations)
