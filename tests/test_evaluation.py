@@ -407,6 +407,27 @@ def test_size_only_baseline_multiclass_and_absent_class():
         size_only_baseline([5, np.nan], [0, 1], [3.0], BINARY)
 
 
+@pytest.mark.parametrize("names", [BINARY, FIVE])
+def test_a_fitted_size_only_baseline_survives_json_and_matches_scikit_learn(names):
+    import json
+
+    from sklearn.linear_model import LogisticRegression
+
+    from lungnet.evaluation import SizeOnly, fit_size_only
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, len(names), 300)
+    sizes = 6 + 3 * y + rng.uniform(-2, 2, 300)
+    fitted = fit_size_only(sizes, y, names)
+    again = SizeOnly.from_dict(json.loads(json.dumps(fitted.as_dict())))
+    test = np.array([2.0, 8.0, 15.0, 30.0])
+    z = ((sizes - sizes.mean()) / sizes.std())[:, None]
+    reference = LogisticRegression(max_iter=1000, class_weight="balanced").fit(z, y)
+    expected = reference.predict_proba(((test - sizes.mean()) / sizes.std())[:, None])
+    assert again.predict(test) == pytest.approx(expected, abs=1e-9)
+    assert SizeOnly.from_dict(None) is None
+
+
 def test_majority_baseline():
     probs = majority_baseline([0, 0, 1, 0], 3, BINARY)
     assert probs.tolist() == [[0.75, 0.25]] * 3

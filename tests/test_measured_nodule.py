@@ -129,4 +129,5 @@ def test_a_run_trains_its_segmenter_on_training_patients_and_scores_image_only(t
     external = json.loads((out_dir / "metrics.json").read_text())["image_only"]["measured_nodule"]
     assert external["n"] == 48 and external["levels"]["nodule"]["n"] == 16
     assert external["calibration"]["temperature"] == calibration["temperature"]
+    assert {"slice", "nodule"} <= set(external["against_size_only"])
     capsys.readouterr()

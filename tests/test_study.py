@@ -106,7 +106,14 @@ def test_evaluate_on_another_dataset(smoke_run, tmp_path, capsys):
     rows = []
     for i in range(8):
         cv2.imwrite(str(tmp_path / f"n{i}.png"), np.full((50, 50), 20 * i, np.uint8))
-        rows.append({"image": f"n{i}.png", "patient_id": f"P{i}", "malignancy": 1 + (i % 2) * 4})
+        rows.append(
+            {
+                "image": f"n{i}.png",
+                "patient_id": f"P{i}",
+                "malignancy": 1 + (i % 2) * 4,
+                "diameter_mm": 4.0 + 10 * (i % 2) + 0.1 * i,
+            }
+        )
     pd.DataFrame(rows).to_csv(tmp_path / "external.csv", index=False)
     out = tmp_path / "eval"
     assert main(["evaluate", str(run_dir), "--data", str(tmp_path / "external.csv"), "--out", str(out)]) == 0
@@ -117,6 +124,18 @@ def test_evaluate_on_another_dataset(smoke_run, tmp_path, capsys):
     assert metrics["calibration"]["temperature"] == recorded["temperature"]
     assert 0 <= metrics["calibration"]["ece_after"] <= 1
     assert len(pd.read_csv(out / "predictions.csv")) == 8 and (out / "report.html").is_file()
+    # the run's own size-only fit on this set's diameters, and the network against it on the same patients
+    size_only = metrics["baselines"]["size_only"]
+    assert size_only["n"] == 8 and size_only["auc"] == 1.0  # the diameters grow with the label here
+    against = metrics["against_size_only"]["slice"]["auc"]
+    assert against["b"] == 1.0 and against["difference"] == pytest.approx(metrics["auc"] - 1.0)
+    assert "Against the diameter" in (out / "report.html").read_text()
+    # without diameters the baseline is skipped with the reason, never a traceback
+    pd.DataFrame(rows).drop(columns="diameter_mm").to_csv(tmp_path / "bare.csv", index=False)
+    bare = tmp_path / "eval-bare"
+    assert main(["evaluate", str(run_dir), "--data", str(tmp_path / "bare.csv"), "--out", str(bare)]) == 0
+    skipped = json.loads((bare / "metrics.json").read_text())["baselines"]["size_only"]["skipped"]
+    assert "diameter_mm" in skipped
     capsys.readouterr()
     check_report(out / "report.html", tmp_path)
 

@@ -5,7 +5,7 @@ definitions are in `lungnet.evaluation.metrics`. Figures live in `lungnet.evalua
 first use, so the metrics need no matplotlib).
 """
 
-from lungnet.evaluation.baselines import majority_baseline, size_only_baseline
+from lungnet.evaluation.baselines import SizeOnly, fit_size_only, majority_baseline, size_only_baseline
 from lungnet.evaluation.calibration import (
     Calibration,
     apply_temperature,
@@ -49,6 +49,8 @@ __all__ = [
     "predictions_from_probs",
     "reliability_curve",
     "size_only_baseline",
+    "SizeOnly",
+    "fit_size_only",
     "summarise",
 ]
 

@@ -17,6 +17,10 @@ PHANTOM_CAVEAT = (
     "ratings and patient ids are the radiologists' own, the pixels are synthetic. They show how the methods "
     "behave on real nodule shapes and label statistics, not how they perform on real CT."
 )
+AGAINST_CAPTION = (
+    "Against the diameter (size-only baseline, fitted on the run's training split) on the same patients: "
+    "the difference and its 95 % interval from {samples} patient-bootstrap resamples"
+)
 METRIC_COLUMNS = ("f1", "f1_macro", "auc", "accuracy", "precision", "recall")
 
 
@@ -85,13 +89,18 @@ def levels_table(summary: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["model", "level"])
 
 
-def against_size_only_table(summary: dict) -> pd.DataFrame | None:
-    """Each image-only row and the selected model minus the size-only baseline, with bootstrap intervals."""
-    sources = {summary["selected_model"]: summary.get("against_size_only")}
+def against_size_only_rows(summary: dict, model: str) -> dict[str, dict | None]:
+    """``{row: comparison}`` for `model` and each image-only row of a classification `summary`."""
+    rows = {model: summary.get("against_size_only")}
     for name, result in summary.get("image_only", {}).items():
-        sources[f"image-only: {name}"] = result.get("against_size_only")
+        rows[f"image-only: {name}"] = result.get("against_size_only")
+    return rows
+
+
+def against_size_only_table(comparisons: dict[str, dict | None]) -> pd.DataFrame | None:
+    """Each row's AUC and macro F1 minus the size-only baseline's, with their bootstrap intervals."""
     rows = []
-    for model, comparison in sources.items():
+    for model, comparison in comparisons.items():
         for level in ("slice", "nodule"):
             if not comparison or level not in comparison:
                 continue
@@ -139,13 +148,9 @@ def write_report(
     )
     report.table(comparison_table(summary, config, data_label))
     report.table(levels_table(summary))
-    against = against_size_only_table(summary)
+    against = against_size_only_table(against_size_only_rows(summary, summary["selected_model"]))
     if against is not None:
-        report.table(
-            against,
-            "Against the diameter (size-only baseline) on the same test patients: the difference and its 95 % "
-            f"interval from {summary['against_size_only']['samples']} patient-bootstrap resamples",
-        )
+        report.table(against, AGAINST_CAPTION.format(samples=summary["against_size_only"]["samples"]))
     report.paragraph(
         "Slice level is every test image; nodule level averages a nodule's slice probabilities; patient level "
         "takes the highest nodule probability of malignancy (binary) or the mean over nodules."

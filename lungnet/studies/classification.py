@@ -18,15 +18,16 @@ import pandas as pd
 from lungnet.data.dataset import PreparedData, image_column, prepare_data
 from lungnet.errors import LungnetError
 from lungnet.evaluation import (
+    SizeOnly,
     best_f1_threshold,
     calibration_summary,
     classification_metrics,
     fit_calibration,
+    fit_size_only,
     majority_baseline,
     mean_probability,
     mode_of_predictions,
     predictions_at_threshold,
-    size_only_baseline,
 )
 from lungnet.evaluation.aggregation import level_metrics
 from lungnet.evaluation.measured_nodule import fit_measured, measured_features, save_fitted
@@ -252,12 +253,12 @@ def evaluate_model(name, model, data: PreparedData, config: ExperimentConfig, ru
     return result
 
 
-def size_only_probs(data: PreparedData) -> np.ndarray | None:
-    """The size-only baseline's test probabilities (fitted on training), or None without diameters."""
-    train, test = data.split("train"), data.split("test")
+def size_only_fit(data: PreparedData) -> SizeOnly | None:
+    """The size-only baseline fitted on the training split, or None where the data has no diameters."""
+    train = data.split("train")
     if "diameter_mm" not in train.columns:
         return None
-    return size_only_baseline(train["diameter_mm"], train["target"], test["diameter_mm"], data.class_names)
+    return fit_size_only(train["diameter_mm"], train["target"], data.class_names)
 
 
 def against_size_only(data: PreparedData, test_probs, size_probs) -> dict | None:
@@ -270,7 +271,9 @@ def against_size_only(data: PreparedData, test_probs, size_probs) -> dict | None
     )
 
 
-def baselines(data: PreparedData, size_probs: np.ndarray | None) -> dict[str, dict]:
+def baselines(
+    data: PreparedData, size_only: SizeOnly | None, size_probs: np.ndarray | None
+) -> dict[str, dict]:
     """Size-only (diameter) and majority-class baselines on the test split, fitted on training only; the
     size-only one also at nodule and patient level (``levels``)."""
     names = data.class_names
@@ -285,6 +288,7 @@ def baselines(data: PreparedData, size_probs: np.ndarray | None) -> dict[str, di
         out["size_only"] = {
             **classification_metrics(y_test, size_probs, names),
             "levels": level_metrics(y_test, size_probs, test, names),
+            "fitted": size_only.as_dict(),  # `lungnet evaluate` scores external sets with it
         }
     return out
 
@@ -395,7 +399,8 @@ def run_classification_study(config: ExperimentConfig, run_dir: Path, progress: 
         raise LungnetError(f"no model was trained: {skipped}")
     selected = max(results.values(), key=lambda r: r.val_metrics["f1"])
     write_csv(run_dir / "predictions.csv", predictions_table(data, selected))
-    size_probs = size_only_probs(data)
+    size_only = size_only_fit(data)
+    size_probs = None if size_only is None else size_only.predict(data.split("test")["diameter_mm"])
     summary = {
         **{k: selected.test_metrics[k] for k in ("f1", "f1_macro", "precision", "recall", "accuracy", "auc")},
         "selected_model": selected.name,
@@ -420,7 +425,7 @@ def run_classification_study(config: ExperimentConfig, run_dir: Path, progress: 
             }
             for r in results.values()
         },
-        "baselines": baselines(data, size_probs),
+        "baselines": baselines(data, size_only, size_probs),
         # the selected model against the diameter on the same test patients (bootstrap intervals)
         "against_size_only": against_size_only(data, selected.test_probs, size_probs),
         "skipped_models": skipped,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lungnet.data.dataset import check_source_images, classification_pipeline, image_column, with_neighbours
@@ -15,31 +16,61 @@ from lungnet.data.labels import assign_labels, class_names
 from lungnet.data.pipelines import data_errors
 from lungnet.data.registry import load_source
 from lungnet.errors import DataError
-from lungnet.evaluation import Calibration, calibration_summary, classification_metrics
+from lungnet.evaluation import Calibration, SizeOnly, calibration_summary, classification_metrics
 from lungnet.evaluation import figures as evaluation_figures
 from lungnet.evaluation.aggregation import level_metrics
 from lungnet.evaluation.figures import save_figure
 from lungnet.evaluation.measured_nodule import SEGMENTER_DIR, load_fitted, measured_features
+from lungnet.evaluation.paired import paired_bootstrap_classification
 from lungnet.fileio import write_csv, write_json
 from lungnet.inference import predict_proba
+from lungnet.reports.classification import AGAINST_CAPTION, against_size_only_rows, against_size_only_table
 from lungnet.reports.html import HtmlReport
 from lungnet.runs import load_run_config
 from lungnet.runs.artifacts import evaluation_dir, load_run_model, run_class_names, run_metrics
 from lungnet.studies.measured_segmenter import predict_masks
 
 
-def scored_here(y, probs, labelled: pd.DataFrame, names, calibration_record: dict | None) -> dict:
-    """Metrics of `probs` at slice, nodule and patient level, and their ECE before and after the run's
-    own calibration (fitted on the run's validation split, never on this set)."""
+def scored_here(
+    y, probs, labelled: pd.DataFrame, names, calibration_record: dict | None, size_probs=None
+) -> dict:
+    """Metrics of `probs` at slice, nodule and patient level, their ECE before and after the run's own
+    calibration (fitted on the run's validation split, never on this set), and, given the size-only
+    baseline's probabilities, the differences from it with patient-bootstrap intervals."""
     out = {**classification_metrics(y, probs, names), "levels": level_metrics(y, probs, labelled, names)}
     calibration = Calibration.from_dict(calibration_record)
     if calibration is not None:
         out["calibration"] = calibration_summary(calibration, y, probs)
+    if size_probs is not None:
+        out["against_size_only"] = paired_bootstrap_classification(y, probs, size_probs, labelled, names)
     return out
 
 
+def size_only_here(labelled: pd.DataFrame, names, recorded: dict) -> tuple[dict, np.ndarray | None]:
+    """The run's own size-only baseline (fitted on its training split) on this set's diameters: its metrics
+    and probabilities, or why it could not be scored (``skipped``) and None."""
+    fitted = SizeOnly.from_dict(recorded.get("baselines", {}).get("size_only", {}).get("fitted"))
+    if fitted is None:
+        return {
+            "skipped": "the run records no fitted size-only baseline (its data had no diameters, or "
+            "it was trained before lungnet kept one)"
+        }, None
+    if "diameter_mm" not in labelled.columns:
+        return {"skipped": "this set has no diameter_mm column"}, None
+    sizes = pd.to_numeric(labelled["diameter_mm"], errors="coerce").to_numpy(float)
+    missing = int((~np.isfinite(sizes) | (sizes < 0)).sum())
+    if missing:
+        return {"skipped": f"{missing} of {len(sizes)} rows have no valid diameter_mm"}, None
+    probs = fitted.predict(sizes, "diameter_mm")
+    y = labelled["target"].to_numpy()
+    return {
+        **classification_metrics(y, probs, names),
+        "levels": level_metrics(y, probs, labelled, names),
+    }, probs
+
+
 def measured_on(
-    run_dir: Path, labelled: pd.DataFrame, column: str, probs, name: str, names, recorded: dict
+    run_dir: Path, labelled: pd.DataFrame, column: str, probs, name: str, names, recorded: dict, size_probs
 ) -> dict:
     """The run's measured-nodule classifier (and its mean with the evaluated model) on `labelled`, when
     the run has one: its own segmenter outlines every slice first. `recorded`: the run's ``image_only``."""
@@ -56,7 +87,7 @@ def measured_on(
         ("measured_nodule", measured),
         (f"mean of measured_nodule and {name}", (measured + probs) / 2),
     ):
-        out[key] = scored_here(y, p, labelled, names, recorded.get(key, {}).get("calibration"))
+        out[key] = scored_here(y, p, labelled, names, recorded.get(key, {}).get("calibration"), size_probs)
     return out
 
 
@@ -78,11 +109,14 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
         probs = predict_proba(model, ds)
     y = labelled["target"].to_numpy()
     recorded = run_metrics(run_dir)
+    size_only, size_probs = size_only_here(labelled, names, recorded)
     metrics = scored_here(
-        y, probs, labelled, names, recorded.get("models", {}).get(name, {}).get("calibration")
+        y, probs, labelled, names, recorded.get("models", {}).get(name, {}).get("calibration"), size_probs
     )
     levels = metrics.pop("levels")
-    image_only = measured_on(run_dir, labelled, column, probs, name, names, recorded.get("image_only", {}))
+    image_only = measured_on(
+        run_dir, labelled, column, probs, name, names, recorded.get("image_only", {}), size_probs
+    )
     out = evaluation_dir(run_dir, source.spec, out)
     table = pd.DataFrame(
         {
@@ -106,6 +140,7 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
             "split": "all samples",
             "levels": levels,  # nodule level (mean over slices) and patient level
             **({"image_only": image_only} if image_only else {}),
+            "baselines": {"size_only": size_only},
         },
     )
     report = HtmlReport(f"External evaluation of {name} ({run_dir.name}) on {source.spec}")
@@ -131,6 +166,19 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
                 index=pd.Index(list(rows), name=f"image-only: {other}"),
             )
         )
+    if "skipped" in size_only:
+        report.note(f"Size-only baseline not scored: {size_only['skipped']}.")
+    else:
+        rows = {"slice": size_only, **size_only["levels"]}
+        report.table(
+            pd.DataFrame(
+                {k: [m.get(k) for m in rows.values()] for k in (*keys, "n")},
+                index=pd.Index(list(rows), name="baseline: size_only (the run's own fit)"),
+            )
+        )
+        against = against_size_only_table(against_size_only_rows({**metrics, "image_only": image_only}, name))
+        if against is not None:
+            report.table(against, AGAINST_CAPTION.format(samples=metrics["against_size_only"]["samples"]))
     report.paragraph(
         "Nodule level: probabilities averaged over a nodule's slices. Patient level: the highest nodule "
         "probability of malignancy (binary), or the mean over the patient's nodules."
