@@ -35,6 +35,18 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         tmp.unlink(missing_ok=True)
 
 
+def remove_unfinished_writes(folder: str | os.PathLike, suffix: str = ".tmp") -> list[Path]:
+    """Delete the temporary files `atomic_path` left in `folder` when a kill stopped a write midway (its
+    ``finally`` never ran); the files they were to replace are intact. Only the one process writing to
+    `folder` may call this. Returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(f".*{suffix}"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def _fsync(path: Path) -> None:
     if path.is_file():
         with open(path, "rb") as f:

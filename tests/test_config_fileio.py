@@ -69,3 +69,14 @@ def test_atomic_directory_removes_partial_work(tmp_path):
         write_json(tmp / "ok.json", {"a": 1})
     assert (target / "ok.json").read_text().strip().startswith("{")
     assert [p.name for p in tmp_path.iterdir()] == ["entry"]
+
+
+def test_unfinished_atomic_writes_are_removed_and_nothing_else(tmp_path):
+    from lungnet.fileio import remove_unfinished_writes
+
+    (tmp_path / "p-last.weights.h5").write_bytes(b"complete")
+    (tmp_path / ".p-last.weights.h5.k3j2.weights.h5").write_bytes(b"trunc")  # what a SIGKILL leaves
+    (tmp_path / ".gitkeep").write_text("")
+    removed = remove_unfinished_writes(tmp_path, ".weights.h5")
+    assert [p.name for p in removed] == [".p-last.weights.h5.k3j2.weights.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".gitkeep", "p-last.weights.h5"]

@@ -71,7 +71,11 @@ def _epochs_done(run_dir: Path) -> int:
 
 
 def _assert_every_h5_complete(run_dir: Path) -> None:
+    """Every weights file a resume could read opens; a kill mid-write leaves only a hidden temporary
+    (``.<name>.XXXX.weights.h5``, never renamed into place), which the next attempt removes."""
     for path in run_dir.rglob("*.h5"):
+        if path.name.startswith("."):
+            continue
         with h5py.File(path, "r") as f:  # a truncated file fails to open
             assert len(f.keys()) > 0, path
 
@@ -98,6 +102,7 @@ def test_sigkill_at_any_moment_then_resume_with_true_epoch_counts(tmp_path):
     assert json.loads((run_dir / "phases.json").read_text())["p"]["epochs_run"] == EPOCHS
     assert not (run_dir / "backup" / "p").exists()
     _assert_every_h5_complete(run_dir)
+    assert not list(run_dir.rglob(".*.weights.h5")), "a killed write's temporary was left behind"
 
 
 def _tiny(seed: int = 0):

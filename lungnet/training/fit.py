@@ -27,7 +27,7 @@ import pandas as pd
 import tensorflow as tf
 
 from lungnet.errors import ConfigError, LungnetError
-from lungnet.fileio import write_json, write_text
+from lungnet.fileio import remove_unfinished_writes, write_json, write_text
 from lungnet.losses import LossConfig, build_loss
 from lungnet.models.contract import OUTPUT_NAME, output_names
 from lungnet.training.checkpoints import PhaseCheckpoint, save_weights_atomically
@@ -325,6 +325,8 @@ def train_phase(
         (compile_fn or compile_model)(model, learning_rate, config)
     backup = run_dir / "backup" / phase
     backup.mkdir(parents=True, exist_ok=True)
+    for folder, suffix in ((checkpoints, ".weights.h5"), (backup, ".weights.h5"), (backup, ".tmp")):
+        remove_unfinished_writes(folder, suffix)  # half-written files of a killed earlier attempt
     checkpoint = PhaseCheckpoint(
         backup,
         last=checkpoints / f"{phase}-last.weights.h5",
