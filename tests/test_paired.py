@@ -127,3 +127,12 @@ def test_classification_bootstrap_checks_its_input():
         paired_bootstrap_classification(y[:-1], a, b, frame, ["benign", "malignant"])
     with pytest.raises(DataError, match="samples"):
         paired_bootstrap_classification(y, a, b, frame, ["benign", "malignant"], samples=10)
+
+
+def test_classification_bootstrap_reports_an_undefined_auc_without_an_interval():
+    frame, y, a, b = _labelled_nodules()
+    only_benign = np.zeros_like(y)  # AUC needs both classes; macro F1 is still defined
+    result = paired_bootstrap_classification(only_benign, a, b, frame, ["benign", "malignant"], samples=100)
+    auc = result["slice"]["auc"]
+    assert auc["difference"] is None and auc["ci95"] is None and auc["valid_resamples"] == 0
+    assert result["slice"]["f1_macro"]["ci95"] is not None

@@ -117,12 +117,12 @@ def _bootstrap_level(y, a, b, patients, class_names, samples: int, rng) -> dict:
     result = {"n": int(len(y)), "n_patients": len(groups)}
     for m, (sa, sb) in _paired_scores(y, a, b, class_names).items():
         diffs = np.asarray(draws[m])
-        low, high = np.percentile(diffs, [2.5, 97.5]) if len(diffs) else (np.nan, np.nan)
+        interval = [float(v) for v in np.percentile(diffs, [2.5, 97.5])] if len(diffs) else None
         result[m] = {
             "a": sa,
             "b": sb,
             "difference": None if sa is None or sb is None else float(sa - sb),
-            "ci95": [float(low), float(high)],
+            "ci95": interval,  # None where no resample had the metric defined
             "share_of_resamples_a_better": float((diffs > 0).mean()) if len(diffs) else None,
             "valid_resamples": int(len(diffs)),
         }

@@ -107,13 +107,11 @@ def against_size_only_table(comparisons: dict[str, dict | None]) -> pd.DataFrame
             row = {"model": model, "level": level, "patients": comparison[level]["n_patients"]}
             for metric in ("auc", "f1_macro"):
                 entry = comparison[level][metric]
-                low, high = entry["ci95"]
                 row[f"{metric}"] = entry["a"]
                 row[f"{metric} size-only"] = entry["b"]
+                interval = "" if entry["ci95"] is None else " ({:+.3f} .. {:+.3f})".format(*entry["ci95"])
                 row[f"{metric} difference (95 % CI)"] = (
-                    "n/a"
-                    if entry["difference"] is None
-                    else f"{entry['difference']:+.3f} ({low:+.3f} .. {high:+.3f})"
+                    "n/a" if entry["difference"] is None else f"{entry['difference']:+.3f}{interval}"
                 )
             rows.append(row)
     return pd.DataFrame(rows).set_index(["model", "level"]) if rows else None
