@@ -48,4 +48,4 @@ for k, p in rows.items():
                 for m in ("auc", "f1_macro")
             },
         )
-json.dump(out, open(run / "against_size_only.json", "w"), indent=1)
+(run / "against_size_only.json").write_text(json.dumps(out, indent=1))
