@@ -30,6 +30,7 @@ from lungnet.evaluation import (
 )
 from lungnet.evaluation import figures as F
 from lungnet.evaluation.calibration import prior_corrected
+from lungnet.evaluation.paired import patient_bootstrap
 
 BINARY = ("benign", "malignant")
 FIVE = ("1", "2", "3", "4", "5")
@@ -345,6 +346,31 @@ def test_prior_correction_undoes_balanced_training_and_is_chosen_on_validation()
     # temperature alone cannot move the logits' offset: it leaves a larger validation NLL
     plain = apply_temperature(p_val, fit_temperature(p_val, y_val))
     assert negative_log_likelihood(y_val, calibration.apply(p_val)) < negative_log_likelihood(y_val, plain)
+
+
+def test_ece_intervals_from_patient_bootstrap_hold_the_estimate_and_narrow_with_more_patients():
+    prior = np.array([0.75, 0.25])
+    p_test, y_test, _ = _balanced_trained(4000, prior, seed=3)
+    calibration = fit_calibration(p_test, y_test, np.repeat([0, 1], [750, 250]))
+    widths = []
+    # the same 4,000 slices as 20 patients whose slices err alike (grouped by confidence minus correctness),
+    # then as 400 patients of unrelated slices: clustered errors must widen the interval
+    calibrated = calibration.apply(p_test)
+    residual = calibrated.max(axis=1) - (calibrated.argmax(axis=1) == y_test)
+    clustered = np.argsort(np.argsort(residual)) * 20 // 4000
+    for patients in (clustered, np.arange(4000) % 400):
+        summary = calibration_summary(calibration, y_test, p_test, patients=patients)
+        widths.append(np.diff(summary["ece_after_ci95"])[0])
+    # unclustered, the interval holds the estimate (resampling biases ECE upwards, so clustered it may not)
+    for key in ("ece_before", "ece_after"):
+        low, high = summary[f"{key}_ci95"]
+        assert low <= summary[key] <= high
+    assert widths[1] < widths[0]
+    # a resampled statistic that never varies gives a zero-width interval
+    assert patient_bootstrap(lambda rows: 1.0, np.arange(10)) == [1.0, 1.0]
+    assert "ece_after_ci95" not in calibration_summary(calibration, y_test, p_test)
+    with pytest.raises(DataError, match="patients"):
+        patient_bootstrap(lambda rows: 1.0, np.array([]))
 
 
 def test_calibration_without_a_prior_shift_keeps_plain_temperature_scaling():

@@ -97,6 +97,25 @@ def _patient_rows(patients: np.ndarray) -> list[np.ndarray]:
     return [np.flatnonzero(patients == p) for p in np.unique(patients)]
 
 
+def patient_bootstrap(statistic, patients, samples: int = 1000, seed: int = 0) -> list[float]:
+    """95 % percentile interval of ``statistic(rows)`` over resamples that draw patients with replacement;
+    ``rows`` indexes the samples of the drawn patients (a patient drawn twice counts twice)."""
+    patients = np.asarray(patients).astype(str)
+    if patients.ndim != 1 or len(patients) == 0:
+        raise DataError(
+            f"patient bootstrap: patients must be a non-empty 1-D array, got shape {patients.shape}"
+        )
+    if samples < 100:
+        raise DataError(f"patient bootstrap: samples {samples} must be >= 100")
+    groups = _patient_rows(patients)
+    rng = np.random.default_rng(seed)
+    values = [
+        statistic(np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))]))
+        for _ in range(samples)
+    ]
+    return [float(v) for v in np.percentile(values, [2.5, 97.5])]
+
+
 def _paired_scores(y, a, b, class_names) -> dict:
     from lungnet.evaluation.metrics import classification_metrics
 

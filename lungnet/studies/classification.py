@@ -248,7 +248,10 @@ def evaluate_model(name, model, data: PreparedData, config: ExperimentConfig, ru
     if config.evaluation.temperature_scaling:
         y_train = data.split("train")["target"].to_numpy()
         result.calibration = calibration_summary(
-            fit_calibration(val_probs, y_val, y_train), y_test, test_probs
+            fit_calibration(val_probs, y_val, y_train),
+            y_test,
+            test_probs,
+            patients=data.split("test")["patient_id"].to_numpy(),
         )
     return result
 
@@ -309,7 +312,12 @@ def scored(y_train, y_val, val_probs, y_test, test_probs, test_frame, names) -> 
                 y_test, test_probs, names, y_pred=predictions_at_threshold(test_probs, threshold)
             ),
         }
-    out["calibration"] = calibration_summary(fit_calibration(val_probs, y_val, y_train), y_test, test_probs)
+    out["calibration"] = calibration_summary(
+        fit_calibration(val_probs, y_val, y_train),
+        y_test,
+        test_probs,
+        patients=test_frame["patient_id"].to_numpy(),
+    )
     return out
 
 

@@ -40,7 +40,9 @@ def scored_here(
     out = {**classification_metrics(y, probs, names), "levels": level_metrics(y, probs, labelled, names)}
     calibration = Calibration.from_dict(calibration_record)
     if calibration is not None:
-        out["calibration"] = calibration_summary(calibration, y, probs)
+        out["calibration"] = calibration_summary(
+            calibration, y, probs, patients=labelled["patient_id"].to_numpy()
+        )
     if size_probs is not None:
         out["against_size_only"] = paired_bootstrap_classification(y, probs, size_probs, labelled, names)
     return out
@@ -185,7 +187,16 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
     )
     if calibration_rows:
         report.table(
-            pd.DataFrame(calibration_rows).T[["ece_before", "ece_after", "temperature", "prior_correction"]],
+            pd.DataFrame(calibration_rows).T[
+                [
+                    "ece_before",
+                    "ece_before_ci95",
+                    "ece_after",
+                    "ece_after_ci95",
+                    "temperature",
+                    "prior_correction",
+                ]
+            ],
             "Slice-level ECE on this set before and after the run's calibration (fitted on the run's "
             "validation split)",
         )
