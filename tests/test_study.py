@@ -36,6 +36,10 @@ def test_run_folder_holds_every_artefact(smoke_run):
         assert key in metrics and metrics[key] == summary[key]
     assert metrics["selected_model"] == "custom_cnn" and "size_only" in metrics["baselines"]
     assert {"nodule", "patient"} <= set(metrics["levels"]) and "levels" in metrics["baselines"]["size_only"]
+    calibration = metrics["models"]["custom_cnn"][
+        "calibration"
+    ]  # test ECE with its patient-bootstrap interval
+    assert calibration["ece_after_ci95"][0] <= calibration["ece_after_ci95"][1]
     against = metrics["against_size_only"]  # the selected model minus the diameter, same test patients
     assert against["slice"]["auc"]["difference"] == pytest.approx(
         metrics["auc"] - metrics["baselines"]["size_only"]["auc"]
@@ -123,6 +127,9 @@ def test_evaluate_on_another_dataset(smoke_run, tmp_path, capsys):
     recorded = json.loads((run_dir / "metrics.json").read_text())["models"][metrics["model"]]["calibration"]
     assert metrics["calibration"]["temperature"] == recorded["temperature"]
     assert 0 <= metrics["calibration"]["ece_after"] <= 1
+    low, high = metrics["calibration"]["ece_after_ci95"]  # patient bootstrap over this set's 8 patients
+    assert 0 <= low <= high <= 1
+    assert f"{low:.3f} .. {high:.3f}" in (out / "report.html").read_text()
     assert len(pd.read_csv(out / "predictions.csv")) == 8 and (out / "report.html").is_file()
     # the run's own size-only fit on this set's diameters, and the network against it on the same patients
     size_only = metrics["baselines"]["size_only"]

@@ -48,6 +48,12 @@ class HtmlReport:
         def cell(value) -> str:
             if isinstance(value, float):
                 return "" if pd.isna(value) else float_format.format(value)
+            if (
+                isinstance(value, list | tuple)
+                and len(value) == 2
+                and all(isinstance(v, float) for v in value)
+            ):
+                return " .. ".join(float_format.format(v) for v in value)  # an interval
             return html.escape("" if value is None else str(value))
 
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [frame.index.name or "", *frame.columns])
