@@ -8,7 +8,9 @@ patient-grouped 5-fold cross-validation on the training split and by a fit on tr
 validation. The test split is never read. Variants: the readers' diameter alone (the reference); the
 measured features with a logistic regression at several C; a gradient-boosted tree model; the same plus
 calcification-sensitive intensity features (share of bright pixels in the region; crops are min-max scaled
-per crop, so calcium is near 255) and their nodule maximum.
+per crop, so calcium is near 255) and their nodule maximum; and, as the reference a perfect segmenter would
+give (not image-only), the same features inside the readers' consensus masks, and the largest consensus
+area of each nodule alone.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold
 
 from lungnet.data.dataset import image_column, prepare_data
-from lungnet.data.io import read_image
+from lungnet.data.io import read_image, read_mask
 from lungnet.evaluation.measured_nodule import central_region, measured_classifier, measured_features
 from lungnet.runs import load_run_config
 from lungnet.studies.measured_segmenter import predict_masks
@@ -114,6 +116,28 @@ def main(run: Path) -> None:
     print(
         "  + bright-pixel features, boosting:",
         scores(boosted, extra["train"], y["train"], groups, extra_val, y["val"]),
+    )
+    readers = {
+        s: measured_features(
+            f, column, {str(p): read_mask(str(m)) for p, m in zip(f[column], f["mask"], strict=True)}
+        )
+        for s, f in frames.items()
+    }
+    area = {s: readers[s][["nodule_max_shape_area_mm2"]] for s in frames}
+    print(
+        "  readers' consensus mask, largest area per nodule (not image-only):",
+        scores(lambda: measured_classifier(1.0), area["train"], y["train"], groups, area["val"], y["val"]),
+    )
+    print(
+        "  readers' consensus mask, measured features, logistic C=1 (not image-only):",
+        scores(
+            lambda: measured_classifier(1.0),
+            readers["train"],
+            y["train"],
+            groups,
+            readers["val"][readers["train"].columns],
+            y["val"],
+        ),
     )
     calcified = (frames["train"]["calcification"] < 6).to_numpy()  # LIDC: 6 = absent
     share = extra["train"]["nodule_max_bright_share"].fillna(0)
