@@ -21,10 +21,16 @@ import tensorflow as tf
 from lungnet.config import from_dict, load_yaml
 from lungnet.data.augmentation import AugmentConfig
 from lungnet.data.balancing import class_weights, oversample, weighted_resample
-from lungnet.data.labels import assign_labels, class_names
+from lungnet.data.labels import (
+    SOFT_GROUPINGS,
+    assign_labels,
+    class_names,
+    excluded_rows,
+    reader_soft_targets,
+)
 from lungnet.data.manifest import check_images
 from lungnet.data.neighbours import NEIGHBOUR_COLUMNS, add_neighbour_columns
-from lungnet.data.pipelines import classification_dataset
+from lungnet.data.pipelines import SOFT_TARGET_COLUMN, classification_dataset
 from lungnet.data.preprocessing import PreprocessConfig
 from lungnet.data.registry import Source, load_source
 from lungnet.data.sources.phantom import PhantomConfig
@@ -55,6 +61,13 @@ class DataConfig:
     # carry each image's mask (``mask`` column; the phantom's ``crop_mask`` for crops) for models that also
     # segment as they classify (custom_cnn ``mask_head``)
     masks: bool = False
+    # Training targets from the readers (binary groupings): each nodule's share of readers on the malignant
+    # side (`lungnet.data.labels.reader_soft_targets`) instead of its median's class; validation and test
+    # keep the hard labels. With `train_on_excluded`, the nodules the grouping leaves out (exclude-
+    # indeterminate: median 3) join training with their readers' share as target (the others keep theirs,
+    # hard unless `reader_targets`), unless their patient is in validation or test.
+    reader_targets: bool = False
+    train_on_excluded: bool = False
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -68,6 +81,16 @@ class DataConfig:
             check_fractions(self.split, "data.split:")
         except DataError as exc:
             raise ConfigError(str(exc)) from None
+        if self.reader_targets and self.grouping not in SOFT_GROUPINGS:
+            raise ConfigError(
+                f"data.reader_targets: needs a binary grouping ({', '.join(SOFT_GROUPINGS)}), not "
+                f"{self.grouping!r}"
+            )
+        if self.train_on_excluded and self.grouping not in SOFT_GROUPINGS:
+            raise ConfigError(
+                f"data.train_on_excluded: the left-out nodules train on their readers' share, which needs a "
+                f"binary grouping ({', '.join(SOFT_GROUPINGS)}), not {self.grouping!r}"
+            )
         if self.neighbour_slices and self.preprocess.channels != 3:
             raise ConfigError(
                 f"data.preprocess.channels: {self.preprocess.channels}; data.neighbour_slices makes three "
@@ -161,6 +184,25 @@ def check_source_images(source: Source, frame: pd.DataFrame, column: str, progre
     check_images(frame, column, origin=source.spec, progress=progress)
 
 
+def excluded_training_rows(source: Source, manifest: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
+    """`excluded_rows` of the source whose patient is not in `manifest`'s validation or test split, ready to
+    join the training split (images checked, neighbours added); says how many joined."""
+    extra = excluded_rows(source.manifest, config.grouping, origin=source.spec)
+    held_out = manifest.loc[manifest["split"] != "train", "patient_id"].astype(str).str.strip()
+    extra = extra[~extra["patient_id"].astype(str).str.strip().isin(set(held_out))].reset_index(drop=True)
+    if extra.empty:
+        return extra.assign(split=pd.Series(dtype=str))
+    check_source_images(source, extra, image_column(extra, config.view), progress=False)
+    extra = with_neighbours(extra, config, source.spec).assign(split="train")
+    nodules = extra["nodule_id"].nunique() if "nodule_id" in extra.columns else len(extra)
+    print(
+        f"data.train_on_excluded: {len(extra)} slices of {nodules} nodules that "
+        f"{config.grouping!r} leaves out join training (readers' share as target; none from validation or "
+        "test patients)"
+    )
+    return extra
+
+
 def prepare_data(config: DataConfig, progress: bool = True) -> PreparedData:
     """Load, label, check every image (`check_source_images`), split, shuffle, balance, and build pipelines."""
     source = load_source(config.source, config.phantom, progress=progress)
@@ -175,6 +217,14 @@ def prepare_data(config: DataConfig, progress: bool = True) -> PreparedData:
     # (training.validation_steps) should still see a mix of patients and classes.
     manifest = manifest.sample(frac=1.0, random_state=config.split_seed).reset_index(drop=True)
     train = manifest[manifest["split"] == "train"].reset_index(drop=True)
+    if config.reader_targets:
+        train[SOFT_TARGET_COLUMN] = reader_soft_targets(train, config.grouping, source.spec)
+    if config.train_on_excluded:
+        extra = excluded_training_rows(source, manifest, config)
+        extra[SOFT_TARGET_COLUMN] = reader_soft_targets(extra, config.grouping, source.spec)
+        if SOFT_TARGET_COLUMN not in train.columns:
+            train[SOFT_TARGET_COLUMN] = train["target"].astype(float)
+        train = pd.concat([train, extra], ignore_index=True)
     weights = None
     if config.balance == "oversample":
         train = oversample(train, extra=config.oversample_extra, seed=config.seed)

@@ -49,6 +49,9 @@ from lungnet.errors import ConfigError, DataError
 
 AUGMENT_COPY_COLUMN = "augment_copy"
 TARGET_COLUMN = "target"
+# P(class 1) of a binary training row (readers' share, `lungnet.data.labels.reader_soft_targets`): the
+# one-hot target becomes [1 - p, p]
+SOFT_TARGET_COLUMN = "soft_target"
 SPACING_COLUMN = "pixel_spacing_mm"
 
 
@@ -142,7 +145,8 @@ def classification_dataset(
     channels are (below, slice, above), each preprocessed as a grey image of its own (2.5-D input);
     ``preprocess.channels`` must then be 3.
 
-    `target` is one-hot float32 ``[num_classes]`` when `one_hot`, else int32. In training, rows whose
+    `target` is one-hot float32 ``[num_classes]`` when `one_hot` (``[1 - p, p]`` for a binary row with a
+    ``soft_target`` p), else int32. In training, rows whose
     boolean ``augment_copy`` column is true (oversampled copies) are always augmented, with `augment` or,
     when that is None, the default `AugmentConfig`; with `augment` given every training sample is
     augmented. Nothing is shuffled or augmented when `training` is False, so batches follow the manifest
@@ -157,6 +161,8 @@ def classification_dataset(
     labels = row_labels(manifest)
     refs = _references(manifest, image_column, labels=labels)
     targets = _targets(manifest, num_classes, labels)
+    if one_hot:
+        targets = _target_rows(manifest, targets, num_classes, labels)
     copies = _augment_copies(manifest, labels)
     spacings = sample_spacings(manifest, preprocess, labels, image_column)
     grey = dataclasses.replace(preprocess, channels=1)
@@ -202,8 +208,7 @@ def classification_dataset(
         image = stack[0] if len(stack) == 1 else tf.concat([stack[1], stack[0], stack[2]], axis=-1)
         if with_mask:  # an extra last channel until the end, so every warp moves image and mask together
             image = tf.concat([image, load_mask(ref[0], ref[-1], row, spacing)], axis=-1)
-        label = tf.one_hot(target, num_classes, dtype=tf.float32) if one_hot else target
-        return image, label, copy
+        return image, target, copy
 
     rows = np.arange(len(refs), dtype=np.int64)
     ds = _loaded_batches((refs, rows, targets, copies, spacings), load, cache, training, seed, batch_size)
@@ -507,6 +512,24 @@ def _targets(manifest: pd.DataFrame, num_classes: int, labels: list[str]) -> np.
             f"class in 0..{num_classes - 1}"
         )
     return values.astype(np.int32)
+
+
+def _target_rows(
+    manifest: pd.DataFrame, targets: np.ndarray, num_classes: int, labels: list[str]
+) -> np.ndarray:
+    """float32 ``[N, num_classes]``: one-hot rows, or ``[1 - p, p]`` where a ``soft_target`` p is given."""
+    rows = np.eye(num_classes, dtype=np.float32)[targets]
+    if SOFT_TARGET_COLUMN not in manifest.columns:
+        return rows
+    soft = pd.to_numeric(manifest[SOFT_TARGET_COLUMN], errors="coerce").to_numpy(dtype=float)
+    bad = ~((soft >= 0) & (soft <= 1))
+    if num_classes != 2 or bad.any():
+        row = int(np.argmax(bad)) if bad.any() else 0
+        raise DataError(
+            f"{labels[row]}: {SOFT_TARGET_COLUMN} {manifest[SOFT_TARGET_COLUMN].tolist()[row]!r} must be a "
+            f"probability in [0, 1] of the second of two classes (this pipeline has {num_classes})"
+        )
+    return np.stack([1 - soft, soft], axis=1).astype(np.float32)
 
 
 def _augment_copies(manifest: pd.DataFrame, labels: list[str]) -> np.ndarray:

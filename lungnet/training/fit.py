@@ -169,10 +169,19 @@ def make_optimizer(learning_rate: float, config: TrainingConfig) -> keras.optimi
     return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay, **clip)
 
 
+@keras.saving.register_keras_serializable(package="lungnet")
+class HardLabelAUC(keras.metrics.AUC):
+    """AUC of the labels' classes (> 0.5). Keras' `AUC` casts labels to bool, so a soft training target (the
+    readers' share, `data.reader_targets`) of 0.25 would count as positive."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(keras.ops.cast(y_true > 0.5, y_pred.dtype), y_pred, sample_weight)
+
+
 def compile_model(model: keras.Model, learning_rate: float, config: TrainingConfig) -> None:
     if binary_output(model):
         loss = keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing)
-        metrics = [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
+        metrics = [keras.metrics.BinaryAccuracy(name="accuracy"), HardLabelAUC(name="auc")]
     else:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
         # macro F1 (of the arg-max class): what the 5-class study reports, so it can be the monitor
