@@ -81,7 +81,7 @@ def test_excluded_rows_are_the_median_threes_classed_by_their_readers():
 
 
 def test_config_names_what_reader_targets_need():
-    with pytest.raises(ConfigError, match="reader_targets: needs a binary grouping"):
+    with pytest.raises(ConfigError, match="reader_targets: the readers' share .* binary grouping"):
         DataConfig(grouping="5class", reader_targets=True)
     with pytest.raises(ConfigError, match="train_on_excluded: .* not '5class'"):
         DataConfig(grouping="5class", train_on_excluded=True)

@@ -81,16 +81,12 @@ class DataConfig:
             check_fractions(self.split, "data.split:")
         except DataError as exc:
             raise ConfigError(str(exc)) from None
-        if self.reader_targets and self.grouping not in SOFT_GROUPINGS:
-            raise ConfigError(
-                f"data.reader_targets: needs a binary grouping ({', '.join(SOFT_GROUPINGS)}), not "
-                f"{self.grouping!r}"
-            )
-        if self.train_on_excluded and self.grouping not in SOFT_GROUPINGS:
-            raise ConfigError(
-                f"data.train_on_excluded: the left-out nodules train on their readers' share, which needs a "
-                f"binary grouping ({', '.join(SOFT_GROUPINGS)}), not {self.grouping!r}"
-            )
+        for name in ("reader_targets", "train_on_excluded"):
+            if getattr(self, name) and self.grouping not in SOFT_GROUPINGS:
+                raise ConfigError(
+                    f"data.{name}: the readers' share on the malignant side needs a binary grouping "
+                    f"({', '.join(SOFT_GROUPINGS)}), not {self.grouping!r}"
+                )
         if self.neighbour_slices and self.preprocess.channels != 3:
             raise ConfigError(
                 f"data.preprocess.channels: {self.preprocess.channels}; data.neighbour_slices makes three "
