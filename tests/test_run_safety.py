@@ -162,6 +162,30 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path, monkeypatch):
     assert summary["epochs_run"] == len(first) and summary["early_stopped"] == (len(first) < 6)
 
 
+def test_a_phase_killed_after_it_stopped_early_resumes_to_its_best_epoch(tmp_path, monkeypatch):
+    """A kill after the early-stopping epoch's checkpoint but before the phase's final weights: the resume
+    trains nothing and keeps the best epoch's weights (it once failed: no fit had attached the model)."""
+    from lungnet.training import fit
+
+    config = TrainingConfig(verbose=0, early_stopping_patience=1, monitor="val_loss")
+    straight = _tiny()
+    summary = _phase(straight, tmp_path / "a", config, epochs=40, learning_rate=0.5)
+    assert summary["early_stopped"] and summary["epochs_run"] < 40
+
+    def killed(model, path):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fit, "save_weights_atomically", killed)  # the final save only; checkpoints write
+        with pytest.raises(KeyboardInterrupt):
+            _phase(_tiny(), tmp_path / "b", config, epochs=40, learning_rate=0.5)
+    resumed = _tiny(seed=5)  # other initial weights: only the checkpoint can make them equal
+    again = _phase(resumed, tmp_path / "b", config, epochs=40, learning_rate=0.5)
+    assert again["early_stopped"] and again["epochs_run"] == summary["epochs_run"]
+    for a, b in zip(straight.get_weights(), resumed.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_a_full_disk_stops_before_writing_and_keeps_the_last_epoch(tmp_path, monkeypatch):
     config = TrainingConfig(verbose=0)
     real = checkpoints.shutil.disk_usage

@@ -378,6 +378,7 @@ def train_phase(
         train = train.repeat()
     if checkpoint.state["stopped"] or checkpoint.epochs_done >= epochs:  # killed after its last epoch
         model.load_weights(backup / checkpoint.state["weights"])
+        checkpoint.set_model(model)  # no fit attaches it here
         checkpoint.restore_best()
     else:
         # in the strategy's scope: a resume restores the optimizer's state into its (mirrored) variables
