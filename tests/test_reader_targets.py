@@ -5,6 +5,7 @@ patients."""
 from __future__ import annotations
 
 import cv2
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,8 +18,15 @@ from lungnet.data.preprocessing import PreprocessConfig
 from lungnet.errors import ConfigError, DataError
 from lungnet.training.fit import HardLabelAUC
 
-# per patient: the readers' ratings of its one nodule (median 1, 5 or 3 in turn)
+# per patient: the readers' ratings of its first nodule (median 1, 5 or 3 in turn); patients whose first
+# nodule is rated 1 or 5 also have a second, median-3 nodule, so some of those are in validation or test
 READERS = ("1;2;1", "5;4;4;5", "3;3;4;2", "2;1", "4;5", "3;4;3")
+SECOND = "3;3;2"
+
+
+def nodules_of(p: int) -> list[str]:
+    first = READERS[p % len(READERS)]
+    return [first, SECOND] if p % len(READERS) in (0, 1) else [first]
 
 
 def write_rated_crops(folder, n_patients: int = 24) -> str:
@@ -27,26 +35,26 @@ def write_rated_crops(folder, n_patients: int = 24) -> str:
     rng = np.random.default_rng(0)
     rows = []
     for p in range(n_patients):
-        readers = READERS[p % len(READERS)]
-        median = float(np.median([int(r) for r in readers.split(";")]))
-        for s in range(3):
-            image = rng.integers(0, 30, (48, 48)).astype(np.uint8)
-            radius = int(2 * median) + s
-            cv2.circle(image, (24, 24), radius, 200, -1)
-            name = f"P{p}_s{s}.png"
-            cv2.imwrite(str(folder / name), image)
-            rows.append(
-                {
-                    "image": name,
-                    "patient_id": f"P{p}",
-                    "nodule_id": f"P{p}/n0",
-                    "slice_index": s,
-                    "malignancy_ratings": readers,
-                    "malignancy_median": median,
-                    "diameter_mm": 2.0 * radius * 0.7,
-                    "pixel_spacing_mm": 0.7,
-                }
-            )
+        for n, readers in enumerate(nodules_of(p)):
+            median = float(np.median([int(r) for r in readers.split(";")]))
+            for s in range(3):
+                image = rng.integers(0, 30, (48, 48)).astype(np.uint8)
+                radius = int(2 * median) + s
+                cv2.circle(image, (24, 24), radius, 200, -1)
+                name = f"P{p}_n{n}_s{s}.png"
+                cv2.imwrite(str(folder / name), image)
+                rows.append(
+                    {
+                        "image": name,
+                        "patient_id": f"P{p}",
+                        "nodule_id": f"P{p}/n{n}",
+                        "slice_index": s,
+                        "malignancy_ratings": readers,
+                        "malignancy_median": median,
+                        "diameter_mm": 2.0 * radius * 0.7,
+                        "pixel_spacing_mm": 0.7,
+                    }
+                )
     path = folder / "manifest.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return str(path)
@@ -103,14 +111,18 @@ def test_excluded_nodules_train_but_validation_and_test_stay_as_they_were(tmp_pa
     extra = train[train["malignancy"] == 3]
     assert len(extra) > 0 and not set(extra["patient_id"]) & held_out
     assert len(train) == len(plain.train_manifest) + len(extra)
-    # patients with only median-3 nodules are in no split, so all of theirs join
-    only_threes = [p for p in range(24) if np.median([int(r) for r in READERS[p % 6].split(";")]) == 3]
-    assert len(extra) == 3 * len(only_threes)
+    # patients with only median-3 nodules are in no split, so all of theirs join; of the others' median-3
+    # nodules only the training patients' join
+    only_threes = {f"P{p}" for p in range(24) if len(nodules_of(p)) == 1 and p % 6 in (2, 5)}
+    with_second = {f"P{p}" for p in range(24) if len(nodules_of(p)) == 2}
+    assert with_second & held_out  # so leaving held-out patients' nodules out is put to the test
+    assert set(extra["patient_id"]) == only_threes | (with_second - held_out)
+    assert len(extra) == 3 * len(set(extra["patient_id"]))
     labels = np.concatenate([y.numpy() for _, y in data.train])
     expected = reader_soft_targets(train, "exclude-indeterminate")
     np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-6)  # [1 - p, p], in shuffled order
     np.testing.assert_allclose(np.sort(labels[:, 1]), np.sort(expected), atol=1e-6)
-    assert set(np.round(expected, 3)) == {0.0, 0.5, 0.667, 1.0}  # 0.5: "3;3;4;2", 0.667: "3;4;3"
+    assert set(np.round(expected, 3)) == {0.0, 0.333, 0.5, 0.667, 1.0}  # "3;3;2", "3;3;4;2", "3;4;3"
     val_labels = np.concatenate([y.numpy() for _, y in data.val])
     assert set(val_labels.ravel()) == {0.0, 1.0}
     # without reader_targets the classified nodules keep their hard class; only the left-out ones are soft
@@ -119,7 +131,7 @@ def test_excluded_nodules_train_but_validation_and_test_stay_as_they_were(tmp_pa
     soft = hard.train_manifest.set_index("image")["soft_target"]
     classified = plain.train_manifest.set_index("image")["target"]
     np.testing.assert_array_equal(soft[classified.index], classified.astype(float))
-    assert set(np.round(soft.drop(classified.index), 3)) == {0.5, 0.667}
+    assert set(np.round(soft.drop(classified.index), 3)) == {0.333, 0.5, 0.667}
 
 
 def test_a_soft_target_outside_0_1_is_named(tmp_path):
@@ -138,8 +150,12 @@ def test_a_soft_target_outside_0_1_is_named(tmp_path):
 
 def test_the_training_auc_reads_soft_labels_by_their_class():
     auc = HardLabelAUC()
-    auc.update_state(np.array([[0.25], [0.875], [0.0], [1.0]]), np.array([[0.2], [0.9], [0.1], [0.8]]))
+    y_true, y_pred = np.array([[0.25], [0.875], [0.0], [1.0]]), np.array([[0.05], [0.9], [0.1], [0.8]])
+    auc.update_state(y_true, y_pred)
     assert float(auc.result()) == pytest.approx(1.0)
+    plain = keras.metrics.AUC()  # Keras' own counts the 0.25 row as positive, and it ranks lowest
+    plain.update_state(y_true, y_pred)
+    assert float(plain.result()) == pytest.approx(2 / 3, abs=0.01)
 
 
 def test_an_exclude_indeterminate_run_trains_on_reader_targets(tmp_path, capsys):

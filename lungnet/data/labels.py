@@ -93,7 +93,7 @@ def reader_soft_targets(frame: pd.DataFrame, grouping: str, origin: str = "manif
     out = hard.copy()
     where = row_labels(frame, origin)
     for i, value in enumerate(frame[READER_RATINGS_COLUMN].tolist()):
-        if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
+        if pd.isna(value) or str(value).strip() == "":
             continue
         try:
             ratings = np.array([float(r) for r in str(value).split(";")])
