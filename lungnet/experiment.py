@@ -103,7 +103,8 @@ class ExperimentConfig:
 
 
 def check_models(config) -> None:
-    """What every experiment's model list must satisfy: named, uniquely, and masks for mask heads."""
+    """What every experiment's model list must satisfy: named, uniquely, masks for mask heads, and as many
+    ratings in ``data.attribute_targets`` as an attribute head rates."""
     if not config.models:
         raise ConfigError("models: an experiment needs at least one model")
     names = [m.name for m in config.models]
@@ -115,6 +116,14 @@ def check_models(config) -> None:
             f"models {segmenting} have mask_head: true and learn from masks: set data.masks to true "
             "(the source needs a mask column)"
         )
+    wanted = len(getattr(config.data, "attribute_targets", ()))
+    for m in config.models:
+        rated = getattr(m.model, "attributes", 0)
+        if rated and rated != wanted:
+            raise ConfigError(
+                f"models[{m.name}].model.attributes: {rated}, but data.attribute_targets names {wanted} "
+                "ratings: the head rates each of them, so make them the same"
+            )
 
 
 @dataclass(frozen=True)

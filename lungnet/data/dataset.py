@@ -19,6 +19,7 @@ import pandas as pd
 import tensorflow as tf
 
 from lungnet.config import from_dict, load_yaml
+from lungnet.data.attributes import check_attribute_names
 from lungnet.data.augmentation import AugmentConfig
 from lungnet.data.balancing import class_weights, oversample, weighted_resample
 from lungnet.data.labels import (
@@ -68,6 +69,9 @@ class DataConfig:
     # hard unless `reader_targets`), unless their patient is in validation or test.
     reader_targets: bool = False
     train_on_excluded: bool = False
+    # the readers' other ratings (median columns such as calcification, spiculation, texture) that ride on
+    # every classification target, for models with an attribute head (custom_cnn ``attributes``)
+    attribute_targets: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -79,6 +83,10 @@ class DataConfig:
                 raise ConfigError(f"data.{name}: {getattr(self, name)} must be >= 0")
         try:
             check_fractions(self.split, "data.split:")
+        except DataError as exc:
+            raise ConfigError(str(exc)) from None
+        try:
+            object.__setattr__(self, "attribute_targets", check_attribute_names(self.attribute_targets))
         except DataError as exc:
             raise ConfigError(str(exc)) from None
         for name in ("reader_targets", "train_on_excluded"):
@@ -151,9 +159,12 @@ def classification_pipeline(
     num_classes: int,
     training: bool = False,
     batch_size: int | None = None,
+    attributes: bool = False,
 ) -> tf.data.Dataset:
     """The config's pipeline over `frame` (rows with ``target``, and the neighbour columns for 2.5-D); every
-    caller (training, evaluation, explanations, external sets) reads images through this one function."""
+    caller (training, evaluation, explanations, external sets) reads images through this one function.
+    `attributes`: the targets carry ``data.attribute_targets`` (the run's own splits, for training; an
+    external set needs no ratings to be scored)."""
     return classification_dataset(
         frame,
         config.preprocess,
@@ -165,6 +176,7 @@ def classification_pipeline(
         seed=config.seed,
         neighbour_columns=NEIGHBOUR_COLUMNS if config.neighbour_slices else None,
         mask_column=mask_column(frame, config.view) if config.masks else None,
+        attribute_columns=config.attribute_targets if attributes else (),
     )
 
 
@@ -230,7 +242,7 @@ def prepare_data(config: DataConfig, progress: bool = True) -> PreparedData:
         weights = class_weights(train["target"], len(names))
 
     def pipeline(frame: pd.DataFrame, training: bool) -> tf.data.Dataset:
-        return classification_pipeline(frame, config, len(names), training)
+        return classification_pipeline(frame, config, len(names), training, attributes=True)
 
     val = manifest[manifest["split"] == "val"].reset_index(drop=True)
     test = manifest[manifest["split"] == "test"].reset_index(drop=True)

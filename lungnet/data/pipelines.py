@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from lungnet.data.attributes import attribute_targets
 from lungnet.data.augmentation import (
     RESAMPLERS,
     AugmentConfig,
@@ -134,6 +135,7 @@ def classification_dataset(
     resampler: Resampler = "opencv",
     neighbour_columns: tuple[str, str] | None = None,
     mask_column: str | None = None,
+    attribute_columns: tuple[str, ...] = (),
 ) -> tf.data.Dataset:
     """Batches of ``(image [S, S, C] float32, target)`` from a manifest with an int ``target`` column.
 
@@ -146,7 +148,9 @@ def classification_dataset(
     ``preprocess.channels`` must then be 3.
 
     `target` is one-hot float32 ``[num_classes]`` when `one_hot` (``[1 - p, p]`` for a binary row with a
-    ``soft_target`` p), else int32. In training, rows whose
+    ``soft_target`` p), else int32. With `attribute_columns` (readers' ratings, `lungnet.data.attributes`) the
+    one-hot target goes on with each rating scaled to [0, 1]: ``[num_classes + len(attribute_columns)]``
+    (`lungnet.training.fit.targets_for` splits them for a model's attribute head). In training, rows whose
     boolean ``augment_copy`` column is true (oversampled copies) are always augmented, with `augment` or,
     when that is None, the default `AugmentConfig`; with `augment` given every training sample is
     augmented. Nothing is shuffled or augmented when `training` is False, so batches follow the manifest
@@ -163,6 +167,10 @@ def classification_dataset(
     targets = _targets(manifest, num_classes, labels)
     if one_hot:
         targets = _target_rows(manifest, targets, num_classes, labels)
+        if attribute_columns:
+            targets = np.concatenate([targets, attribute_targets(manifest, attribute_columns)], axis=1)
+    elif attribute_columns:
+        raise ConfigError("attribute_columns: the readers' ratings ride on one-hot targets (one_hot=True)")
     copies = _augment_copies(manifest, labels)
     spacings = sample_spacings(manifest, preprocess, labels, image_column)
     grey = dataclasses.replace(preprocess, channels=1)

@@ -26,6 +26,8 @@ OUTPUT_NAME = "probabilities"
 EMBEDDING_NAME = "embedding"
 BACKBONE_INPUT_NAME = "backbone_input"
 AUX_PREFIX = "aux_"
+# a classifier's regression of the readers' other ratings, each in [0, 1] (`lungnet.data.attributes`)
+ATTRIBUTE_OUTPUT = "aux_attributes"
 EDGE_OUTPUT = "aux_edge"  # a side output supervised by the mask's boundary, not the mask (Inf-Net)
 
 Pyramid = dict  # {"P0" | "P1" | ...: KerasTensor [B, H / 2**k, W / 2**k, C_k]}, shallowest first

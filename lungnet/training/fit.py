@@ -29,7 +29,7 @@ import tensorflow as tf
 from lungnet.errors import ConfigError, LungnetError
 from lungnet.fileio import remove_unfinished_writes, write_json, write_text
 from lungnet.losses import LossConfig, build_loss
-from lungnet.models.contract import OUTPUT_NAME, output_names
+from lungnet.models.contract import ATTRIBUTE_OUTPUT, OUTPUT_NAME, output_names
 from lungnet.training.checkpoints import PhaseCheckpoint, save_weights_atomically
 from lungnet.training.distribute import distribution_scope, scaled_for_replicas, sharded
 from lungnet.training.multi_worker import any_worker
@@ -178,6 +178,12 @@ class HardLabelAUC(keras.metrics.AUC):
         return super().update_state(keras.ops.cast(y_true > 0.5, y_pred.dtype), y_pred, sample_weight)
 
 
+def _side_output_loss(name: str):
+    if name == ATTRIBUTE_OUTPUT:
+        return keras.losses.MeanSquaredError()
+    return build_loss(LossConfig())
+
+
 def compile_model(model: keras.Model, learning_rate: float, config: TrainingConfig) -> None:
     if binary_output(model):
         loss = keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing)
@@ -190,8 +196,8 @@ def compile_model(model: keras.Model, learning_rate: float, config: TrainingConf
             keras.metrics.F1Score(average="macro", name="f1_macro"),
         ]
     side = classifier_side_outputs(model)
-    if side:  # a classifier that also segments: its masks learn with the segmentation study's hybrid loss
-        loss = {OUTPUT_NAME: loss, **{name: build_loss(LossConfig()) for name in side}}
+    if side:  # masks learn with the segmentation study's hybrid loss, the readers' ratings by squared error
+        loss = {OUTPUT_NAME: loss, **{name: _side_output_loss(name) for name in side}}
         metrics = {OUTPUT_NAME: metrics}
     model.compile(
         optimizer=make_optimizer(learning_rate, config), loss=loss, metrics=metrics, jit_compile=config.xla
@@ -204,26 +210,37 @@ def targets_for(model: keras.Model, dataset: tf.data.Dataset) -> tf.data.Dataset
     One-hot classes become a single sigmoid column for a binary classifier; a model with side outputs
     (deep supervision) gets the same target for each of its named outputs. A classifier that also segments
     gets its pipeline's masks (``(target, mask)`` elements), area-resized to each side output's size; other
-    classifiers ignore masks a pipeline carries.
+    classifiers ignore masks a pipeline carries. Ratings after the class columns (``data.attribute_targets``)
+    go to a classifier's ``aux_attributes``; a classifier without that head ignores them.
     """
     with_masks = isinstance(dataset.element_spec[1], tuple)
     side = classifier_side_outputs(model)
-    if side or with_masks:
-        if side and not with_masks:
+    if side or with_masks or _target_width(dataset) not in (None, _class_width(model)):
+        if _mask_side_outputs(side) and not with_masks:
             raise ConfigError(
                 f"model {model.name!r} has side outputs {side} that learn from masks, but the pipeline has "
                 "none: set data.masks to true"
             )
+        classes = _class_width(model)
+        rated = ATTRIBUTE_OUTPUT in side
+        ratings = _target_width(dataset) - classes
+        if rated and ratings != int(model.output[ATTRIBUTE_OUTPUT].shape[-1]):
+            raise ConfigError(
+                f"model {model.name!r} rates {int(model.output[ATTRIBUTE_OUTPUT].shape[-1])} of the readers' "
+                f"characteristics (model.attributes), but the pipeline carries {ratings} "
+                "(data.attribute_targets): make them the same"
+            )
         binary = binary_output(model)
-        sizes = {name: tuple(model.output[name].shape[1:3]) for name in side}
+        sizes = {name: tuple(model.output[name].shape[1:3]) for name in _mask_side_outputs(side)}
 
         def split(x, y):
-            target, mask = y
-            target = target[:, 1:] if binary else target
-            if not side:
-                return x, target
-            masks = {name: tf.image.resize(mask, size, method="area") for name, size in sizes.items()}
-            return x, {OUTPUT_NAME: target, **masks}
+            target, mask = y if with_masks else (y, None)
+            outputs = {OUTPUT_NAME: target[:, 1:classes] if binary else target[:, :classes]}
+            if rated:
+                outputs[ATTRIBUTE_OUTPUT] = target[:, classes:]
+            for name, size in sizes.items():
+                outputs[name] = tf.image.resize(mask, size, method="area")
+            return x, outputs if side else outputs[OUTPUT_NAME]
 
         return dataset.map(split, num_parallel_calls=tf.data.AUTOTUNE)
     if binary_output(model):
@@ -232,6 +249,21 @@ def targets_for(model: keras.Model, dataset: tf.data.Dataset) -> tf.data.Dataset
     if len(names) > 1:
         return dataset.map(lambda x, y: (x, {n: y for n in names}), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset
+
+
+def _mask_side_outputs(side: list[str]) -> list[str]:
+    return [name for name in side if name != ATTRIBUTE_OUTPUT]
+
+
+def _class_width(model: keras.Model) -> int:
+    """Target columns of the model's classes: 2 for one sigmoid unit (the pipeline's one-hot pair)."""
+    return 2 if binary_output(model) else int(main_output(model).shape[-1])
+
+
+def _target_width(dataset: tf.data.Dataset) -> int | None:
+    spec = dataset.element_spec[1]
+    spec = spec[0] if isinstance(spec, tuple) else spec
+    return None if isinstance(spec, dict) or spec.shape.rank != 2 else spec.shape[-1]
 
 
 def load_checkpoint(model: keras.Model, path: Path) -> None:
