@@ -42,8 +42,7 @@ setup: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check lungnet tests benchmarks
-	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile --durations=25 tests
-	$(PY) -m pytest --nbmake notebooks
+	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile --durations=25 --nbmake notebooks tests
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow tests

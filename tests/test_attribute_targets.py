@@ -140,5 +140,10 @@ def test_a_run_learns_the_ratings_beside_the_class(tmp_path):
     log = pd.read_csv(run_dir / "logs" / "custom_cnn.csv")
     assert {"aux_attributes_loss", "val_aux_attributes_loss", "val_probabilities_auc"} <= set(log.columns)
     assert log["aux_attributes_loss"].iloc[-1] < log["aux_attributes_loss"].iloc[0]
-    predictions = pd.read_csv(next(run_dir.rglob("predictions.csv")))
-    assert len(predictions) > 0 and keras.config.backend() == "tensorflow"
+    saved = keras.models.load_model(run_dir / "models" / "custom_cnn.keras")
+    assert len(saved.outputs) == 1 and saved.output.shape[-1] == 1  # the run keeps probabilities only
+    # an external set needs no ratings: the network never reads them
+    external = tmp_path / "external.csv"
+    manifest.drop(columns=["calcification", "spiculation"]).to_csv(external, index=False)
+    assert main(["evaluate", str(run_dir), "--data", str(external), "--out", str(tmp_path / "eval")]) == 0
+    assert list((tmp_path / "eval").rglob("*.json"))
