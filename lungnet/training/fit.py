@@ -223,13 +223,14 @@ def targets_for(model: keras.Model, dataset: tf.data.Dataset) -> tf.data.Dataset
             )
         classes = _class_width(model)
         rated = ATTRIBUTE_OUTPUT in side
-        ratings = _target_width(dataset) - classes
-        if rated and ratings != int(model.output[ATTRIBUTE_OUTPUT].shape[-1]):
-            raise ConfigError(
-                f"model {model.name!r} rates {int(model.output[ATTRIBUTE_OUTPUT].shape[-1])} of the readers' "
-                f"characteristics (model.attributes), but the pipeline carries {ratings} "
-                "(data.attribute_targets): make them the same"
-            )
+        if rated:
+            head = int(model.output[ATTRIBUTE_OUTPUT].shape[-1])
+            carried = (_target_width(dataset) or classes) - classes
+            if carried != head:
+                raise ConfigError(
+                    f"model {model.name!r} rates {head} of the readers' characteristics (model.attributes), "
+                    f"but the pipeline carries {carried} (data.attribute_targets): make them the same"
+                )
         binary = binary_output(model)
         sizes = {name: tuple(model.output[name].shape[1:3]) for name in _mask_side_outputs(side)}
 
