@@ -4,8 +4,8 @@ LIDC-IDRI readers rated each nodule on eight characteristics beside malignancy; 
 manifest column in lidc-crops and in the phantom. A classifier with an attribute head (custom_cnn
 ``attributes: N``) learns them beside its class, the semantic multi-task design of Shen et al.'s HSCNN
 (Expert Syst. Appl. 2019). Why: calcification, spiculation and texture carry malignancy cues that size does
-not (a logistic regression of the readers' diameter and these ratings beats the diameter alone on the
-training and validation splits), and a network asked to rate them must look at them.
+not (on lidc-crops, a logistic regression of the readers' diameter and these ratings, fitted on the training
+split, beats the diameter alone on validation), and a network asked to rate them must look at them.
 
 Each rating is scaled to [0, 1] by its LIDC scale, so a sigmoid head regresses it with mean squared error.
 """
