@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from lungnet.data.manifest import row_labels
-from lungnet.errors import DataError
+from lungnet.errors import ConfigError, DataError
 
 # LIDC-IDRI rating scales (lowest, highest); calcification 6 = absent, internal structure 1 = soft tissue
 ATTRIBUTE_SCALES: dict[str, tuple[float, float]] = {
@@ -32,14 +32,14 @@ ATTRIBUTE_SCALES: dict[str, tuple[float, float]] = {
 
 
 def check_attribute_names(names, what: str = "data.attribute_targets") -> tuple[str, ...]:
-    """`names` as a tuple of known, distinct ratings, or a `DataError` naming the bad one."""
+    """`names` as a tuple of known, distinct ratings, or a `ConfigError` naming the bad one."""
     if isinstance(names, str) or not isinstance(names, list | tuple):
-        raise DataError(f"{what}: {names!r} must be a list of ratings ({', '.join(ATTRIBUTE_SCALES)})")
+        raise ConfigError(f"{what}: {names!r} must be a list of ratings ({', '.join(ATTRIBUTE_SCALES)})")
     for name in names:
         if name not in ATTRIBUTE_SCALES:
-            raise DataError(f"{what}: unknown rating {name!r}; choose from {', '.join(ATTRIBUTE_SCALES)}")
+            raise ConfigError(f"{what}: unknown rating {name!r}; choose from {', '.join(ATTRIBUTE_SCALES)}")
     if len(set(names)) != len(names):
-        raise DataError(f"{what}: {list(names)} names a rating twice")
+        raise ConfigError(f"{what}: {list(names)} names a rating twice")
     return tuple(names)
 
 

@@ -85,10 +85,7 @@ class DataConfig:
             check_fractions(self.split, "data.split:")
         except DataError as exc:
             raise ConfigError(str(exc)) from None
-        try:
-            object.__setattr__(self, "attribute_targets", check_attribute_names(self.attribute_targets))
-        except DataError as exc:
-            raise ConfigError(str(exc)) from None
+        object.__setattr__(self, "attribute_targets", check_attribute_names(self.attribute_targets))
         for name in ("reader_targets", "train_on_excluded"):
             if getattr(self, name) and self.grouping not in SOFT_GROUPINGS:
                 raise ConfigError(
