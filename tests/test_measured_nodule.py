@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from lungnet.cli import main
+from lungnet.data.segmentation import prepare_segmentation_data
 from lungnet.errors import ConfigError, DataError
 from lungnet.evaluation.measured_nodule import (
     MeasuredNoduleConfig,
@@ -20,6 +21,7 @@ from lungnet.evaluation.measured_nodule import (
     segmenter_manifest,
 )
 from lungnet.experiment import load_experiment, resolve_experiment_path
+from lungnet.runs import load_run_config
 from tests.test_physical_scale_and_neighbours import write_crops
 
 
@@ -38,6 +40,26 @@ def test_segmenter_split_follows_the_classification_patients():
     assert out["split"].tolist() == ["test", "val", "train"]
     with pytest.raises(DataError, match="no 'mask' column"):
         segmenter_manifest(source.drop(columns="mask"), split)
+
+
+def test_the_segmenter_learns_the_crops_where_the_source_has_both_views():
+    # the phantom: a whole slice with its mask, and the nodule's crop with its own mask, on every row
+    source = pd.DataFrame(
+        {
+            "image": ["s0", "s0", "s1"],
+            "mask": ["m0", "m0", "m1"],
+            "crop_image": ["c0", "c1", "c2"],
+            "crop_mask": ["cm0", "", "cm2"],
+            "patient_id": ["P1", "P1", "P2"],
+        }
+    )
+    split = pd.DataFrame({"patient_id": ["P1", "P2"], "split": ["train", "test"]})
+    crops = segmenter_manifest(source, split, "crop")
+    assert crops["crop_mask"].tolist() == ["cm0", "cm2"]  # rows without a crop mask are left out
+    assert crops["split"].tolist() == ["train", "test"]
+    assert len(segmenter_manifest(source, split, "full")) == 3
+    with pytest.raises(DataError, match="no row of the source has a 'crop_mask'"):
+        segmenter_manifest(source.assign(crop_mask=""), split, "crop")
 
 
 def test_the_region_nearest_the_centre_is_described():
@@ -131,3 +153,31 @@ def test_a_run_trains_its_segmenter_on_training_patients_and_scores_image_only(t
     assert external["calibration"]["temperature"] == calibration["temperature"]
     assert {"slice", "nodule"} <= set(external["against_size_only"])
     capsys.readouterr()
+
+
+def test_on_the_phantom_the_segmenter_outlines_the_crops_the_classifier_reads(
+    tmp_path, tiny_phantom_config, capsys
+):
+    run_dir = tmp_path / "run"
+    overrides = [
+        f"data.phantom.cache_dir={tiny_phantom_config.cache_dir}",
+        "data.phantom.max_patients=12",
+        "evaluation.explain=false",
+        "evaluation.tta=false",
+        "measured_nodule.enabled=true",
+        # the real recipe, whose view is the whole slice, shrunk to a few steps
+        "measured_nodule.overrides={data: {image_size: 32, batch_size: 4}, training: {epochs: 1, "
+        "steps_per_epoch: 2}, evaluation: {intensity_test: false, tta: false}}",
+    ]
+    args = ["train", "binary_nodule", "--profile", "smoke", "--out", str(run_dir)]
+    assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
+    capsys.readouterr()
+    seg_config = load_run_config(run_dir / "segmenter")
+    assert seg_config.data.view == "crop"
+    # what the segmenter trained on: the crops and their masks, not the 512 px slices
+    trained = pd.read_csv(run_dir / "segmenter_manifest.csv")
+    assert trained["crop_mask"].str.contains("crop_masks.npy#").all()
+    segmented = prepare_segmentation_data(seg_config.data, progress=False)
+    assert segmented.manifest["image_ref"].str.contains("crops.npy#").all()
+    measured = json.loads((run_dir / "metrics.json").read_text())["image_only"]["measured_nodule"]
+    assert 0 <= measured["auc"] <= 1 and measured["segmenter"]["test_slices_without_region"] >= 0

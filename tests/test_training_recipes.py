@@ -117,8 +117,9 @@ def test_the_measured_classifier_trains_its_segmenter_with_the_longer_recipe(tmp
     from lungnet.studies.measured_segmenter import segmenter_config
 
     real = load_experiment(resolve_experiment_path("binary_nodule"), profile="cpu-real-measured")
-    seg = segmenter_config(real.measured_nodule, tmp_path / "segmenter_manifest.csv")
+    seg = segmenter_config(real.measured_nodule, tmp_path / "segmenter_manifest.csv", real.data.view)
     assert [m.name for m in seg.models] == ["unet"] and seg.data.split_level == "manifest"
+    assert seg.data.view == real.data.view == "crop"  # it outlines what the classifier reads
     assert seg.data.augment.elastic > 0 and seg.training.lr_schedule == "plateau"
     assert seg.training.max_minutes == 25 and not seg.evaluation.intensity_test
 

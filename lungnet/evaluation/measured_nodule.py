@@ -26,6 +26,7 @@ from sklearn.preprocessing import StandardScaler
 
 from lungnet.data.io import read_image
 from lungnet.data.radiomics import radiomics_features
+from lungnet.data.segmentation import view_columns
 from lungnet.errors import ConfigError, DataError
 from lungnet.evaluation.radiomics_baseline import native_spacing
 
@@ -51,16 +52,22 @@ class MeasuredNoduleConfig:
             raise ConfigError(f"measured_nodule.C: {self.C!r} must be > 0")
 
 
-def segmenter_manifest(source_manifest: pd.DataFrame, split: pd.DataFrame) -> pd.DataFrame:
-    """The source's rows that have a mask, with ``split`` taken from the classification split per patient.
+def segmenter_manifest(
+    source_manifest: pd.DataFrame, split: pd.DataFrame, view: str = "crop"
+) -> pd.DataFrame:
+    """The source's rows that have a mask of the classified view (the phantom's crops have ``crop_mask``
+    beside the whole slice's ``mask``), with ``split`` taken from the classification split per patient.
 
     Patients the grouping left out (only indeterminate nodules, say) are in no validation or test split, so
     they train the segmenter; no validation or test patient's mask is ever trained on."""
-    if "mask" not in source_manifest.columns:
-        raise DataError("measured_nodule: the source has no 'mask' column; the segmenter needs nodule masks")
-    rows = source_manifest[source_manifest["mask"].fillna("").astype(str).str.strip() != ""]
+    _, mask_col = view_columns(source_manifest, view)
+    if mask_col not in source_manifest.columns:
+        raise DataError(
+            f"measured_nodule: the source has no {mask_col!r} column; the segmenter needs nodule masks"
+        )
+    rows = source_manifest[source_manifest[mask_col].fillna("").astype(str).str.strip() != ""]
     if rows.empty:
-        raise DataError("measured_nodule: no row of the source has a mask to train the segmenter on")
+        raise DataError(f"measured_nodule: no row of the source has a {mask_col!r} to train the segmenter on")
     by_patient = split.groupby(split["patient_id"].astype(str))["split"].first()
     out = rows.drop(columns=[c for c in ("source", "source_row", "split") if c in rows.columns])
     out = out.assign(split=out["patient_id"].astype(str).map(by_patient).fillna("train").to_numpy())

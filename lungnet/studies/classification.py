@@ -333,7 +333,9 @@ def measured_nodule_results(
     `lungnet.studies.measured_segmenter`), and its mean with the selected network's probabilities; both
     scored on the test split like the trained models."""
     settings = config.measured_nodule
-    seg_dir = train_segmenter(settings, data.source.manifest, data.manifest, run_dir, progress)
+    seg_dir = train_segmenter(
+        settings, data.source.manifest, data.manifest, config.data.view, run_dir, progress
+    )
     column = image_column(data.manifest, config.data.view)
     masks = predict_masks(seg_dir, data.manifest[column], settings.tta, progress)
     frames = {s: data.split(s) for s in ("train", "val", "test")}

@@ -26,8 +26,9 @@ from lungnet.runs.artifacts import load_run_model, run_preprocess
 from lungnet.runs.folder import run_status
 
 
-def segmenter_config(config: MeasuredNoduleConfig, manifest_path: Path):
-    """The segmentation experiment, one model, trained on `manifest_path` with its given split."""
+def segmenter_config(config: MeasuredNoduleConfig, manifest_path: Path, view: str):
+    """The segmentation experiment, one model, trained on `manifest_path` with its given split, on the
+    classified `view` (the phantom's crops, not its whole slices, when the classifier reads crops)."""
     experiment = load_experiment(resolve_experiment_path(config.experiment), profile=config.profile)
     specs = [m for m in experiment.models if m.name == config.model]
     if not specs:
@@ -37,19 +38,17 @@ def segmenter_config(config: MeasuredNoduleConfig, manifest_path: Path):
             f"(profile {config.profile}): choose one of {names}"
         )
     overrides = deep_merge(
-        {
-            "data": {"source": str(manifest_path), "split_level": "manifest"},
-            "models": [to_dict(specs[0])],
-        },
+        {"data": {"source": str(manifest_path), "split_level": "manifest"}, "models": [to_dict(specs[0])]},
         config.overrides,
     )
+    overrides = deep_merge(overrides, {"data": {"view": view}})  # always the view the features read
     return load_experiment(
         resolve_experiment_path(config.experiment), profile=config.profile, overrides=overrides
     )
 
 
 def train_segmenter(
-    config: MeasuredNoduleConfig, source_manifest, split, run_dir: Path, progress=True
+    config: MeasuredNoduleConfig, source_manifest, split, view: str, run_dir: Path, progress=True
 ) -> Path:
     """Train (or reuse, when already finished) the run's segmenter in ``run_dir/segmenter``."""
     from lungnet.studies.runner import run_study
@@ -59,9 +58,9 @@ def train_segmenter(
         return seg_dir
     seg_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = run_dir / "segmenter_manifest.csv"
-    write_csv(manifest_path, segmenter_manifest(source_manifest, split))
+    write_csv(manifest_path, segmenter_manifest(source_manifest, split, view))
     print(f"measured nodule: training the segmenter ({config.experiment} / {config.model}) in {seg_dir}")
-    run_study(segmenter_config(config, manifest_path), seg_dir, progress=progress)
+    run_study(segmenter_config(config, manifest_path, view), seg_dir, progress=progress)
     return seg_dir
 
 
