@@ -139,8 +139,16 @@ def _cmd_train(args) -> int:
     run_study(config, run_dir)
     if release_worker_copy(run_dir):  # a multi-worker run's other worker
         return 0
+    _warn_unconverged(run_dir)
     print(f"run folder: {run_dir}\nreport: {run_dir / 'report.html'}")
     return 0
+
+
+def _warn_unconverged(run_dir) -> None:
+    from lungnet.training.fit import unconverged_phases
+
+    for line in unconverged_phases(run_dir):
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def _cmd_evaluate(args) -> int:
@@ -204,6 +212,7 @@ def _cmd_reproduce(args) -> int:
     if release_worker_copy(run_dir):  # a multi-worker run's other worker
         return 0
     saved = export_run(run_dir)
+    _warn_unconverged(run_dir)
     print(f"\n{summary_line(summary, config.task)}\nreport: {run_dir / 'report.html'}\nSavedModel: {saved}")
     return 0
 

@@ -13,7 +13,7 @@ import tensorflow as tf
 from lungnet.errors import ConfigError
 from lungnet.experiment import ModelSpec, load_experiment, resolve_experiment_path
 from lungnet.models.ensemble import average_ensemble, ensemble_members, first_member
-from lungnet.training.fit import TrainingConfig, train_phase
+from lungnet.training.fit import TrainingConfig, train_phase, unconverged_phases
 
 
 def tiny_data(n: int = 16, classes: int = 2):
@@ -39,6 +39,25 @@ def test_the_time_budget_stops_before_an_epoch_that_would_overrun(tmp_path):
     assert summary["wall_seconds"] >= 0
     with pytest.raises(ConfigError, match="max_minutes: 0 must be > 0"):
         TrainingConfig(max_minutes=0)
+
+
+def test_a_budget_that_cuts_training_while_validation_improves_is_reported(tmp_path):
+    ds = tiny_data()
+    cut = TrainingConfig(verbose=0, max_minutes=1e-6, early_stopping_patience=10)
+    segmenter = tmp_path / "segmenter"  # a nested run, as a measured-nodule run's segmenter
+    summary = train_phase(
+        tiny_model(), ds, ds, run_dir=segmenter, phase="unet", epochs=5, learning_rate=1e-3, config=cut
+    )
+    assert summary["cut_while_improving"]  # its best epoch is its only one, inside the patience
+    unhurried = TrainingConfig(verbose=0, early_stopping_patience=10)
+    summary = train_phase(
+        tiny_model(), ds, ds, run_dir=tmp_path, phase="cnn", epochs=2, learning_rate=1e-3, config=unhurried
+    )
+    assert not summary["stopped_by_time_budget"] and not summary["cut_while_improving"]
+    (line,) = unconverged_phases(tmp_path)
+    assert line.startswith(
+        "segmenter/unet: its time budget stopped it after 1 epoch, best val_loss at epoch 1"
+    )
 
 
 def test_a_monitor_the_model_does_not_report_is_named(tmp_path):

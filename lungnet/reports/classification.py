@@ -10,7 +10,7 @@ from lungnet.evaluation import Calibration, fit_calibration, metric_definitions
 from lungnet.evaluation import figures as evaluation_figures
 from lungnet.evaluation.figures import save_figure
 from lungnet.reports.html import HtmlReport
-from lungnet.reports.training import CAPTION, learning_curves, run_note
+from lungnet.reports.training import CAPTION, convergence_notes, learning_curves, run_note
 
 PHANTOM_CAVEAT = (
     "These results come from lidc-phantom, a phantom rendered from real LIDC-IDRI annotations: the contours, "
@@ -239,6 +239,7 @@ def write_report(
     curves = learning_curves(run_dir, config.training.steps_per_epoch, config.training.monitor)
     if curves is not None:
         report.image(curves, CAPTION)
+    convergence_notes(report, run_dir)
     report.table(phase_table(results), "Per phase (logs/ holds the curves); an ensemble has a row per member")
     return report.save(run_dir / "report.html")
 

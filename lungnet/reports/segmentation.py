@@ -21,7 +21,7 @@ from lungnet.evaluation.segmentation_figures import (
 from lungnet.models.segmenters.unet import attention_layer_names
 from lungnet.reports.classification import PHANTOM_CAVEAT
 from lungnet.reports.html import HtmlReport
-from lungnet.reports.training import CAPTION, learning_curves, run_note
+from lungnet.reports.training import CAPTION, convergence_notes, learning_curves, run_note
 
 TABLE_COLUMNS = (
     ("dice", "Dice"),
@@ -234,6 +234,7 @@ def segmentation_report(
     curves = learning_curves(run_dir, config.training.steps_per_epoch, config.training.monitor)
     if curves is not None:
         report.image(curves, CAPTION)
+    convergence_notes(report, run_dir)
     report.table(training, "Training (phases: epochs run, best epoch, best validation loss)")
     return report
 

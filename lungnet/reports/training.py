@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from lungnet.evaluation.figures import learning_curve_figure, save_figure
+from lungnet.training.fit import unconverged_phases
 
 
 def learning_curves(run_dir: Path, steps_per_epoch: int | None, monitor: str = "val_loss") -> Path | None:
@@ -25,6 +26,12 @@ def learning_curves(run_dir: Path, steps_per_epoch: int | None, monitor: str = "
         return None
     figure = learning_curve_figure(logs, {p: steps_per_epoch for p in logs}, monitor=monitor)
     return save_figure(figure, run_dir / "figures" / "learning_curves.png")
+
+
+def convergence_notes(report, run_dir: Path) -> None:
+    """A note under the learning curves for each phase its time budget stopped while still improving."""
+    for line in unconverged_phases(run_dir):
+        report.note(f"Not converged. {line[0].upper()}{line[1:]}.")
 
 
 def run_note(run_dir: Path) -> str:
