@@ -311,6 +311,16 @@ def test_an_unexpected_crash_marks_the_run_failed(tmp_path, monkeypatch):
     status = run_status(run_dir)
     assert status["status"] == "failed" and status["error"] == "RuntimeError: a library failed"
     assert (run_dir / "partial.txt").is_file()  # nothing already written is lost
+    # a resume that finishes owns its status; the failed attempt is kept as history, not as its error
+    monkeypatch.setitem(registry.STUDIES, "segmentation", dataclasses.replace(study, run=lambda *a, **k: {}))
+    run_study(config, run_dir, progress=False)
+    status = run_status(run_dir)
+    assert status["status"] == "finished" and "error" not in status and "failed_at" not in status
+    (attempt,) = status["earlier_attempts"]
+    assert attempt["status"] == "failed" and attempt["error"] == "RuntimeError: a library failed"
+    assert status["wall_seconds_all_attempts"] == pytest.approx(
+        attempt["wall_seconds"] + status["wall_seconds"]
+    )
 
 
 @pytest.mark.parametrize(

@@ -56,7 +56,8 @@ def test_a_budget_that_cuts_training_while_validation_improves_is_reported(tmp_p
     assert not summary["stopped_by_time_budget"] and not summary["cut_while_improving"]
     (line,) = unconverged_phases(tmp_path)
     assert line.startswith(
-        "segmenter/unet: its time budget stopped it after 1 epoch, best val_loss at epoch 1"
+        "segmenter/unet: its time budget stopped it after 1 epoch, 0 after its best val_loss (epoch 1), before "
+        "early stopping would have"
     )
 
 

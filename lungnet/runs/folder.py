@@ -67,13 +67,23 @@ def unique_dir(parent: Path, prefix: str = "") -> Path:
     raise LungnetError(f"{parent}: 999 folders made in the same second; choose --out")
 
 
+ATTEMPT_KEYS = ("running_at", "status", "failed_at", "error", "wall_seconds")
+
+
 def mark_status(run_dir: Path, status: str, **details) -> None:
-    record = {
-        **run_status(run_dir),
-        "status": status,
-        f"{status}_at": dt.datetime.now(dt.UTC).isoformat(),
-        **details,
-    }
+    """Update ``run.json``. A resume (``running`` again) moves the earlier attempt's start, end state, error and
+    wall time to ``earlier_attempts``, so a finished run never shows an old error as its own; ``finished``
+    also records the wall time of all attempts together where each attempt's is known."""
+    record = run_status(run_dir)
+    if status == "running" and "running_at" in record:
+        attempt = {key: record.pop(key) for key in ATTEMPT_KEYS if key in record}
+        record["earlier_attempts"] = [*record.get("earlier_attempts", []), attempt]
+    record = {**record, "status": status, f"{status}_at": dt.datetime.now(dt.UTC).isoformat(), **details}
+    earlier = record.get("earlier_attempts", [])
+    if status == "finished" and earlier and all("wall_seconds" in a for a in earlier):
+        record["wall_seconds_all_attempts"] = round(
+            sum(a["wall_seconds"] for a in earlier) + record.get("wall_seconds", 0.0), 1
+        )
     write_json(run_dir / STATUS_FILE, record)
 
 

@@ -135,16 +135,20 @@ def run_study(config, run_dir: Path, progress: bool = True) -> dict:
         if discard_if_empty(run_dir):
             print(f"note: {run_dir} removed: the run stopped before it began", file=sys.stderr)
         else:
-            mark_status(run_dir, "failed", error=str(exc).splitlines()[0])
+            mark_status(run_dir, "failed", error=str(exc).splitlines()[0], wall_seconds=_since(started))
         raise
     except Exception as exc:  # a bug, or a library's own error: the folder must not claim to be running
         first_line = (str(exc).splitlines() or [""])[0]
-        mark_status(run_dir, "failed", error=f"{type(exc).__name__}: {first_line}".rstrip(": "))
+        error = f"{type(exc).__name__}: {first_line}".rstrip(": ")
+        mark_status(run_dir, "failed", error=error, wall_seconds=_since(started))
         raise
-    seconds = time.monotonic() - started
-    mark_status(run_dir, "finished", wall_seconds=round(seconds, 1))  # this process's share, if resumed
-    print(f"wall time: {format_duration(seconds)} (training, evaluation and report)")
+    mark_status(run_dir, "finished", wall_seconds=_since(started))  # this process's share, if resumed
+    print(f"wall time: {format_duration(time.monotonic() - started)} (training, evaluation and report)")
     return summary
+
+
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 1)
 
 
 def command_line() -> str | None:

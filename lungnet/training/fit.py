@@ -337,9 +337,10 @@ def unconverged_phases(run_dir: str | Path) -> list[str]:
                 where = "" if path.parent == run_dir else f"{path.parent.name}/"
                 lines.append(
                     f"{where}{phase}: its time budget stopped it after {info['epochs_run']} epoch"
-                    f"{'' if info['epochs_run'] == 1 else 's'}, best "
-                    f"{info['monitor']} at epoch {info['best_monitor_epoch']}; validation was still improving "
-                    "(raise training.max_minutes, or see the learning curves)"
+                    f"{'' if info['epochs_run'] == 1 else 's'}, {info['epochs_run'] - info['best_monitor_epoch']} "
+                    f"after its best {info['monitor']} (epoch {info['best_monitor_epoch']}), before early "
+                    "stopping would have: it may not have converged (raise training.max_minutes; see the "
+                    "learning curves)"
                 )
     return lines
 
