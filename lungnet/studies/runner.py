@@ -142,8 +142,9 @@ def run_study(config, run_dir: Path, progress: bool = True) -> dict:
         error = f"{type(exc).__name__}: {first_line}".rstrip(": ")
         mark_status(run_dir, "failed", error=error, wall_seconds=_since(started))
         raise
-    mark_status(run_dir, "finished", wall_seconds=_since(started))  # this process's share, if resumed
-    print(f"wall time: {format_duration(time.monotonic() - started)} (training, evaluation and report)")
+    seconds = _since(started)
+    mark_status(run_dir, "finished", wall_seconds=seconds)  # this process's share, if resumed
+    print(f"wall time: {format_duration(seconds)} (training, evaluation and report)")
     return summary
 
 

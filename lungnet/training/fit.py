@@ -319,20 +319,13 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def _improved_within(best_epoch: int | None, epochs_run: int, config: TrainingConfig) -> bool:
-    """Whether `monitor` last improved within the final `early_stopping_patience` epochs."""
-    return best_epoch is not None and epochs_run - best_epoch < config.early_stopping_patience
-
-
 def unconverged_phases(run_dir: str | Path) -> list[str]:
     """One line per phase of `run_dir` (and of the runs nested one level in it, such as a measured-nodule
     run's segmenter) that its time budget stopped while validation was still improving."""
     run_dir = Path(run_dir)
     lines = []
     for path in [run_dir / "phases.json", *sorted(run_dir.glob("*/phases.json"))]:
-        if not path.is_file():
-            continue
-        for phase, info in json.loads(path.read_text()).items():
+        for phase, info in _Phases(path.parent).finished().items():
             if info.get("cut_while_improving"):
                 where = "" if path.parent == run_dir else f"{path.parent.name}/"
                 lines.append(
@@ -468,7 +461,8 @@ def train_phase(
         "stopped_by_time_budget": budget.hit,
         # the budget ended it before early stopping would have: the kept weights may not be the best reachable
         "cut_while_improving": budget.hit
-        and _improved_within(checkpoint.state["best_epoch"], len(losses), config),
+        and checkpoint.state["best_epoch"] is not None
+        and len(losses) - checkpoint.state["best_epoch"] < config.early_stopping_patience,
     }
     phases.mark(phase, summary)
     shutil.rmtree(backup, ignore_errors=True)  # after the mark: a kill in between resumes from `final`
