@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from lungnet.machine import cpu_description  # noqa: E402
 from lungnet.models import CLASSIFIERS, SEGMENTERS  # noqa: E402
 from lungnet.models.contract import INPUT_NAME, output_names  # noqa: E402
 
@@ -197,6 +198,7 @@ def main(argv=None) -> int:
         "keras": keras.__version__,
         "python": platform.python_version(),
         "host": platform.node(),
+        "host_cpu": cpu_description(),  # what feeds the device: the input pipeline's side of the comparison
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "families", "precisions")},
         "results": results,

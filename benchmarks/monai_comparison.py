@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +37,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lungnet.fileio import write_json  # noqa: E402
+from lungnet.machine import cpu_description  # noqa: E402
 from lungnet.models import SEGMENTERS  # noqa: E402
 
 
@@ -115,7 +115,7 @@ def device_kind() -> tuple[str, str]:
 
     if torch.cuda.is_available():
         return "gpu", torch.cuda.get_device_name(0)
-    return "cpu", f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    return "cpu", cpu_description()
 
 
 def main(argv=None) -> int:

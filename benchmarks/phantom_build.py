@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 from lungnet.data.sources.phantom import PhantomConfig, build_phantom
 from lungnet.data.sources.phantom.annotations import load_scans
 from lungnet.fileio import write_json
+from lungnet.machine import cpu_description
 
 TARGET_SECONDS = 120.0
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -53,7 +53,7 @@ def main() -> int:
         "target_seconds": TARGET_SECONDS,
         "meets_target": total < TARGET_SECONDS,
         "cpu_count": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_description(),
     }
     name = "phantom_build_per_nodule.json" if args.per_nodule else "phantom_build.json"
     write_json(RESULTS / name, result)

@@ -36,6 +36,7 @@ import tensorflow as tf  # noqa: E402
 
 from lungnet.fileio import write_json  # noqa: E402
 from lungnet.losses import HybridLoss  # noqa: E402
+from lungnet.machine import cpu_description  # noqa: E402
 from lungnet.models import SEGMENTERS, build_segmenter  # noqa: E402
 
 SEGMENTATION_MODELS = ("unet", "attention_res_unet")  # the study's two; --models takes any of SEGMENTERS
@@ -116,7 +117,7 @@ def device_info() -> tuple[str, str]:
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
         return "/GPU:0", f"GPU: {details.get('device_name', gpus[0].name)} (of {len(gpus)} visible)"
-    return "/CPU:0", f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    return "/CPU:0", cpu_description()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,6 +30,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from lungnet.fileio import write_json  # noqa: E402
+from lungnet.machine import cpu_description  # noqa: E402
 from lungnet.runs import load_run_config  # noqa: E402
 from lungnet.runs.artifacts import run_model_names, run_preprocess  # noqa: E402
 from lungnet.serving.export import export_run  # noqa: E402
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     write_json(
         args.out,
         {
-            "device": f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "device": cpu_description(),
             "tensorflow": tf.__version__,
             "load_average_1min": os.getloadavg()[0],
             "smoke_models": not args.runs,

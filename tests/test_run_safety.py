@@ -321,6 +321,25 @@ def test_an_unexpected_crash_marks_the_run_failed(tmp_path, monkeypatch):
     assert status["wall_seconds_all_attempts"] == pytest.approx(
         attempt["wall_seconds"] + status["wall_seconds"]
     )
+    # each attempt names its machine, so wall times from different machines are not mixed up
+    for record in (status, attempt):
+        assert record["machine"]["cpus"] >= 1 and record["machine"]["cpu"]
+        assert record["machine"]["tensorflow"] == tf.__version__
+    from lungnet.reports.training import run_note
+
+    assert f"on {status['machine']['cpu']}, {status['machine']['cpus']} cores" in run_note(run_dir)
+
+
+def test_the_machine_is_read_from_cpuinfo(tmp_path):
+    from lungnet.machine import cpu_line, cpu_model
+
+    cpuinfo = tmp_path / "cpuinfo"
+    processor = "model name\t: Example CPU 9000\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16\n"
+    cpuinfo.write_text(processor + "\n" + processor.replace("processor", ""))
+    name, extensions = cpu_model(cpuinfo)
+    assert name == "Example CPU 9000" and extensions == ("avx2", "fma", "avx512f", "avx512_bf16")
+    assert cpu_line(name, 2, extensions) == "Example CPU 9000, 2 cores (avx2, fma, avx512f, avx512_bf16)"
+    assert cpu_model(tmp_path / "missing")[1] == ()  # not Linux: no extensions, no error
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from lungnet.evaluation.figures import learning_curve_figure, save_figure
+from lungnet.machine import cpu_line
 from lungnet.training.fit import unconverged_phases
 
 
@@ -35,7 +36,8 @@ def convergence_notes(report, run_dir: Path) -> None:
 
 
 def run_note(run_dir: Path) -> str:
-    """How this run was made: its command (when started from the CLI) and its wall time so far."""
+    """How this run was made: its command (when started from the CLI), its wall time so far and the machine
+    (wall times differ twofold between machines of the same core count)."""
     from lungnet.runs.folder import run_status
 
     status = run_status(run_dir)
@@ -44,6 +46,9 @@ def run_note(run_dir: Path) -> str:
     if started:
         elapsed = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(started)).total_seconds()
         parts.append(f"wall clock from its start to this report: {elapsed / 60:.1f} min")
+    machine = status.get("machine")
+    if machine:
+        parts.append("on " + cpu_line(machine["cpu"], machine["cpus"], machine.get("vector_extensions", [])))
     return "Run " + "; ".join(parts) + "." if parts else ""
 
 

@@ -67,12 +67,12 @@ def unique_dir(parent: Path, prefix: str = "") -> Path:
     raise LungnetError(f"{parent}: 999 folders made in the same second; choose --out")
 
 
-ATTEMPT_KEYS = ("running_at", "status", "failed_at", "error", "wall_seconds")
+ATTEMPT_KEYS = ("running_at", "status", "failed_at", "error", "wall_seconds", "machine")
 
 
 def mark_status(run_dir: Path, status: str, **details) -> None:
-    """Update ``run.json``. A resume (``running`` again) moves the earlier attempt's start, end state, error and
-    wall time to ``earlier_attempts``, so a finished run never shows an old error as its own; ``finished``
+    """Update ``run.json``. A resume (``running`` again) moves the earlier attempt's start, end state, error,
+    wall time and machine to ``earlier_attempts``, so a finished run never shows an old error as its own; ``finished``
     also records the wall time of all attempts together where each attempt's is known."""
     record = run_status(run_dir)
     if status == "running" and "running_at" in record:

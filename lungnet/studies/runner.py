@@ -13,6 +13,7 @@ import yaml
 
 from lungnet.errors import ConfigError, LungnetError
 from lungnet.experiment import deep_merge, load_experiment, resolve_experiment_path
+from lungnet.machine import machine_record
 from lungnet.runs import load_run_config, new_run_dir
 from lungnet.runs.folder import discard_if_empty, mark_status, require_finished, run_status
 from lungnet.studies.registry import get_study
@@ -127,7 +128,8 @@ def run_study(config, run_dir: Path, progress: bool = True) -> dict:
     a run stopped by an error before it wrote anything but its config is removed, any other is ``failed``
     (an unexpected exception too, with its type; Ctrl-C and kills leave ``running``: ``--resume`` continues).
     """
-    mark_status(run_dir, "running", **({"command": command_line()} if command_line() else {}))
+    command = {"command": command_line()} if command_line() else {}
+    mark_status(run_dir, "running", machine=machine_record(), **command)
     started = time.monotonic()
     try:
         summary = get_study(config.task).run(config, run_dir, progress=progress)
