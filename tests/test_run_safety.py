@@ -335,7 +335,7 @@ def test_the_machine_is_read_from_cpuinfo(tmp_path):
 
     cpuinfo = tmp_path / "cpuinfo"
     processor = "model name\t: Example CPU 9000\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16\n"
-    cpuinfo.write_text(processor + "\n" + processor.replace("processor", ""))
+    cpuinfo.write_text(processor + "\n" + processor)  # one block per logical CPU: the first is read
     name, extensions = cpu_model(cpuinfo)
     assert name == "Example CPU 9000" and extensions == ("avx2", "fma", "avx512f", "avx512_bf16")
     assert cpu_line(name, 2, extensions) == "Example CPU 9000, 2 cores (avx2, fma, avx512f, avx512_bf16)"

@@ -72,8 +72,8 @@ ATTEMPT_KEYS = ("running_at", "status", "failed_at", "error", "wall_seconds", "m
 
 def mark_status(run_dir: Path, status: str, **details) -> None:
     """Update ``run.json``. A resume (``running`` again) moves the earlier attempt's start, end state, error,
-    wall time and machine to ``earlier_attempts``, so a finished run never shows an old error as its own; ``finished``
-    also records the wall time of all attempts together where each attempt's is known."""
+    wall time and machine to ``earlier_attempts``, so a finished run never shows an old error as its own;
+    ``finished`` also records the wall time of all attempts together where each attempt's is known."""
     record = run_status(run_dir)
     if status == "running" and "running_at" in record:
         attempt = {key: record.pop(key) for key in ATTEMPT_KEYS if key in record}
