@@ -16,6 +16,7 @@ from lungnet.errors import ConfigError, DataError
 from lungnet.evaluation.measured_nodule import (
     MeasuredNoduleConfig,
     central_region,
+    cross_fitted_probs,
     fit_measured,
     measured_features,
     segmenter_manifest,
@@ -102,9 +103,29 @@ def test_the_classifier_learns_size_and_tolerates_empty_features():
     assert probs.shape == (2, 2) and probs[0, 1] < 0.2 < 0.8 < probs[1, 1]
 
 
+def test_cross_fitted_probabilities_never_come_from_the_rows_own_patient():
+    # 30 features of pure noise: fitted on all rows the classifier separates them (it memorises), but
+    # each row's cross-fitted probability comes from a fit without its patient, so it is near chance
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    patients = np.repeat(np.arange(40), 5)
+    y = patients % 2
+    features = pd.DataFrame(rng.normal(size=(200, 30)) + rng.normal(size=(40, 30))[patients])
+    in_sample = fit_measured(features, y, 100.0).predict(features, 2)[:, 1]
+    held_out = cross_fitted_probs(features, y, patients, 100.0, 2)
+    assert held_out.shape == (200, 2) and np.allclose(held_out.sum(axis=1), 1)
+    assert roc_auc_score(y, in_sample) > 0.9 and roc_auc_score(y, held_out[:, 1]) < 0.7
+    # too few patients for five folds, or a fold's rest with one class: no cross-fitting
+    assert cross_fitted_probs(features.iloc[:20], y[:20], patients[:20], 1.0, 2) is None
+    assert cross_fitted_probs(features, np.zeros(200, int), patients, 1.0, 2) is None
+
+
 def test_config_is_checked():
     with pytest.raises(ConfigError, match="measured_nodule.C"):
         MeasuredNoduleConfig(C=0)
+    with pytest.raises(ConfigError, match="measured_nodule.calibration: 'test'"):
+        MeasuredNoduleConfig(calibration="test")
     # the nodule is the region nearest the centre: a full slice is refused, naming the key
     with pytest.raises(ConfigError, match="measured_nodule.enabled needs data.view: crop"):
         load_experiment(
@@ -139,6 +160,9 @@ def test_a_run_trains_its_segmenter_on_training_patients_and_scores_image_only(t
     calibration = measured["calibration"]
     assert calibration["temperature"] > 0 and isinstance(calibration["prior_correction"], bool)
     assert 0 <= calibration["ece_after"] <= 1
+    # its 8 training patients are cross-fitted in 5 folds, and validation joins them
+    assert calibration["fitted_on"] == "cross-fitted training (5 patient folds) + validation"
+    assert "cross-fitted training" in (run_dir / "report.html").read_text()
     seg = pd.read_csv(run_dir / "segmenter_manifest.csv")
     cls = pd.read_csv(run_dir / "predictions.csv")  # the test split's rows
     trained_on = set(seg.loc[seg["split"] == "train", "patient_id"])
@@ -151,6 +175,7 @@ def test_a_run_trains_its_segmenter_on_training_patients_and_scores_image_only(t
     external = json.loads((out_dir / "metrics.json").read_text())["image_only"]["measured_nodule"]
     assert external["n"] == 48 and external["levels"]["nodule"]["n"] == 16
     assert external["calibration"]["temperature"] == calibration["temperature"]
+    assert external["calibration"]["fitted_on"] == calibration["fitted_on"]
     assert {"slice", "nodule"} <= set(external["against_size_only"])
     capsys.readouterr()
 

@@ -224,13 +224,16 @@ def ece_interval(y_true, probs, patients, samples: int = 1000, seed: int = 0) ->
     )
 
 
-def calibration_summary(calibration: Calibration, y_test, test_probs, patients=None) -> dict:
-    """The fitted calibration and the ECE of `test_probs` before and after it; given each test sample's
-    patient, also the ECEs' 95 % patient-bootstrap intervals (``ece_before_ci95``, ``ece_after_ci95``), so
-    a target such as ECE <= 0.05 can be read against the noise of one test split."""
+def calibration_summary(
+    calibration: Calibration, y_test, test_probs, patients=None, fitted_on: str = "validation"
+) -> dict:
+    """The fitted calibration (and what it was fitted on) and the ECE of `test_probs` before and after it;
+    given each test sample's patient, also the ECEs' 95 % patient-bootstrap intervals (``ece_before_ci95``,
+    ``ece_after_ci95``), so a target such as ECE <= 0.05 can be read against the noise of one test split."""
     calibrated = calibration.apply(test_probs)
     out = {
         **calibration.as_dict(),
+        "fitted_on": fitted_on,
         "ece_before": expected_calibration_error(y_test, test_probs),
         "ece_after": expected_calibration_error(y_test, calibrated),
     }

@@ -7,7 +7,9 @@ segmentation study's recipe (its own run folder, ``<run>/segmenter/``), predicts
 region nearest the crop's centre is described with `lungnet.data.radiomics` (first-order intensity, shape
 in millimetres from the pixel spacing, masked GLCM) plus the largest area and major axis over the nodule's
 slices; a class-balanced logistic regression on the standardised features is fitted on the training split.
-At inference it sees each slice, its pixel spacing and which slices belong to one nodule, never a reader's
+Its calibration is fitted on held-out predictions of every patient outside the test split: cross-fitted on
+the training patients (patient-grouped folds) and the validation split's, not on the validation split
+alone, whose 70-odd patients proved easier than the others. At inference it sees each slice, its pixel spacing and which slices belong to one nodule, never a reader's
 mask or measurement: it is image-only. The radiologists' masks only train the segmenter.
 """
 
@@ -21,6 +23,7 @@ import numpy as np
 import pandas as pd
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -33,6 +36,8 @@ from lungnet.evaluation.radiomics_baseline import native_spacing
 SEGMENTER_DIR = "segmenter"
 NODULE_FEATURES = ("shape_area_mm2", "shape_major_axis_mm")
 FITTED_FILE = "measured_nodule.joblib"
+CALIBRATION_DATA = ("cross-fitted", "validation")
+CALIBRATION_FOLDS = 5
 
 
 @dataclass(frozen=True)
@@ -46,10 +51,17 @@ class MeasuredNoduleConfig:
     overrides: dict = field(default_factory=dict)  # nested keys applied to it, as ``--set`` would
     tta: bool = False  # mean over flips and quarter turns when predicting the masks (5 passes)
     C: float = 1.0  # inverse L2 strength of the logistic regression
+    # what the temperature (and prior correction) is fitted on: cross-fitted training + validation
+    # predictions, or the validation split's alone (before 2026-12-05)
+    calibration: str = "cross-fitted"
 
     def __post_init__(self):
         if not self.C > 0:
             raise ConfigError(f"measured_nodule.C: {self.C!r} must be > 0")
+        if self.calibration not in CALIBRATION_DATA:
+            raise ConfigError(
+                f"measured_nodule.calibration: {self.calibration!r} is not one of {list(CALIBRATION_DATA)}"
+            )
 
 
 def segmenter_manifest(
@@ -157,3 +169,20 @@ def load_fitted(run_dir: Path) -> FittedMeasured | None:
         return None
     saved = joblib.load(path)
     return FittedMeasured(saved["model"], list(saved["columns"]))
+
+
+def cross_fitted_probs(
+    features: pd.DataFrame, y, patients, C: float, n_classes: int, folds: int = CALIBRATION_FOLDS
+) -> np.ndarray | None:
+    """Each row's probabilities from a classifier fitted without that row's patient (patient-grouped
+    `folds`-fold), or None where there are fewer patients than folds or a fold's rest lacks a class."""
+    y, patients = np.asarray(y), np.asarray(patients).astype(str)
+    if len(np.unique(patients)) < folds:
+        return None
+    out = np.zeros((len(y), n_classes))
+    for fit_rows, held_rows in GroupKFold(folds).split(features, y, patients):
+        if len(np.unique(y[fit_rows])) < 2:
+            return None
+        fitted = fit_measured(features.iloc[fit_rows], y[fit_rows], C)
+        out[held_rows] = fitted.predict(features.iloc[held_rows], n_classes)
+    return out

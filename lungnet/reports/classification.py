@@ -213,10 +213,13 @@ def write_report(
         "Predicted probability of each class, by true class",
     )
     calibration_rows = {n: r.calibration for n, r in results.items() if r.calibration}
+    calibration_rows.update(
+        {f"image-only: {n}": r["calibration"] for n, r in summary.get("image_only", {}).items()}
+    )
     if calibration_rows:
         report.table(
             pd.DataFrame(calibration_rows).T,
-            "Calibration per model, fitted on validation (ECE on the test split)",
+            "Calibration per model, fitted on the held-out predictions fitted_on names (ECE on the test split)",
         )
     tta_rows = {
         f"{n} ({k})": {m: v.get(m) for m in METRIC_COLUMNS}

@@ -30,7 +30,13 @@ from lungnet.evaluation import (
     predictions_at_threshold,
 )
 from lungnet.evaluation.aggregation import level_metrics
-from lungnet.evaluation.measured_nodule import fit_measured, measured_features, save_fitted
+from lungnet.evaluation.measured_nodule import (
+    CALIBRATION_FOLDS,
+    cross_fitted_probs,
+    fit_measured,
+    measured_features,
+    save_fitted,
+)
 from lungnet.evaluation.paired import paired_bootstrap_classification
 from lungnet.experiment import ExperimentConfig, ModelSpec
 from lungnet.fileio import write_csv, write_json
@@ -296,9 +302,10 @@ def baselines(
     return out
 
 
-def scored(y_train, y_val, val_probs, y_test, test_probs, test_frame, names) -> dict:
+def scored(y_train, y_val, val_probs, y_test, test_probs, test_frame, names, calibration_data=None) -> dict:
     """Test metrics of one set of probabilities, at slice, nodule and patient level, with the binary
-    threshold chosen on validation and the calibration fitted there, as the trained models report them."""
+    threshold chosen on validation and the calibration fitted there, as the trained models report them;
+    `calibration_data` ``(probs, targets, description)`` fits the calibration on other held-out data."""
     out = {
         **classification_metrics(y_test, test_probs, names),
         "levels": level_metrics(y_test, test_probs, test_frame, names),
@@ -312,13 +319,33 @@ def scored(y_train, y_val, val_probs, y_test, test_probs, test_frame, names) -> 
                 y_test, test_probs, names, y_pred=predictions_at_threshold(test_probs, threshold)
             ),
         }
+    calibration_probs, calibration_y, fitted_on = calibration_data or (val_probs, y_val, "validation")
     out["calibration"] = calibration_summary(
-        fit_calibration(val_probs, y_val, y_train),
+        fit_calibration(calibration_probs, calibration_y, y_train),
         y_test,
         test_probs,
         patients=test_frame["patient_id"].to_numpy(),
+        fitted_on=fitted_on,
     )
     return out
+
+
+def measured_calibration_data(settings, features: pd.DataFrame, frame: pd.DataFrame, y_val, val_probs):
+    """The held-out predictions the measured-nodule classifier is calibrated on: cross-fitted on the
+    training patients and the validation split's (None, so validation alone, where it is configured so or
+    the training split has too few patients to cross-fit)."""
+    if settings.calibration != "cross-fitted":
+        return None
+    y_train = frame["target"].to_numpy()
+    held_out = cross_fitted_probs(features, y_train, frame["patient_id"], settings.C, val_probs.shape[1])
+    if held_out is None:
+        print("measured_nodule: too few training patients to cross-fit; calibrated on validation alone")
+        return None
+    return (
+        np.concatenate([held_out, val_probs]),
+        np.concatenate([y_train, y_val]),
+        f"cross-fitted training ({CALIBRATION_FOLDS} patient folds) + validation",
+    )
 
 
 def measured_nodule_results(
@@ -347,7 +374,16 @@ def measured_nodule_results(
     y_train = frames["train"]["target"].to_numpy()
     y_val, y_test = frames["val"]["target"].to_numpy(), frames["test"]["target"].to_numpy()
     found = features["test"]["found"].to_numpy()
-    measured = scored(y_train, y_val, val_probs, y_test, test_probs, frames["test"], data.class_names)
+    measured = scored(
+        y_train,
+        y_val,
+        val_probs,
+        y_test,
+        test_probs,
+        frames["test"],
+        data.class_names,
+        measured_calibration_data(settings, features["train"], frames["train"], y_val, val_probs),
+    )
     measured["segmenter"] = {"run": str(seg_dir), "test_slices_without_region": int((found == 0).sum())}
     measured["against_size_only"] = against_size_only(data, test_probs, size_probs)
     mean_val = (val_probs + selected.val_probs) / 2

@@ -35,13 +35,17 @@ def scored_here(
     y, probs, labelled: pd.DataFrame, names, calibration_record: dict | None, size_probs=None
 ) -> dict:
     """Metrics of `probs` at slice, nodule and patient level, their ECE before and after the run's own
-    calibration (fitted on the run's validation split, never on this set), and, given the size-only
+    calibration (fitted on the run's held-out splits, never on this set), and, given the size-only
     baseline's probabilities, the differences from it with patient-bootstrap intervals."""
     out = {**classification_metrics(y, probs, names), "levels": level_metrics(y, probs, labelled, names)}
     calibration = Calibration.from_dict(calibration_record)
     if calibration is not None:
         out["calibration"] = calibration_summary(
-            calibration, y, probs, patients=labelled["patient_id"].to_numpy()
+            calibration,
+            y,
+            probs,
+            patients=labelled["patient_id"].to_numpy(),
+            fitted_on=calibration_record.get("fitted_on", "validation"),
         )
     if size_probs is not None:
         out["against_size_only"] = paired_bootstrap_classification(y, probs, size_probs, labelled, names)
@@ -195,10 +199,11 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
                     "ece_after_ci95",
                     "temperature",
                     "prior_correction",
+                    "fitted_on",
                 ]
             ],
-            "Slice-level ECE on this set before and after the run's calibration (fitted on the run's "
-            "validation split)",
+            "Slice-level ECE on this set before and after the run's calibration (fitted on the run's own "
+            "held-out predictions, as fitted_on says; never on this set)",
         )
     report.image(
         save_figure(
