@@ -20,12 +20,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from sklearn.model_selection import GroupKFold
 
 from lungnet.data.dataset import image_column, prepare_data
 from lungnet.evaluation import calibration_summary, expected_calibration_error, fit_calibration
-from lungnet.evaluation.measured_nodule import fit_measured, measured_features
+from lungnet.evaluation.measured_nodule import cross_fitted_probs, fit_measured, measured_features
 from lungnet.runs import load_run_config
 from lungnet.studies.measured_segmenter import predict_masks
 
@@ -35,7 +34,9 @@ def main(run: Path) -> None:
     data = prepare_data(config.data, progress=False)
     frames = {s: data.split(s) for s in ("train", "val", "test")}
     column = image_column(data.manifest, config.data.view)
-    masks = predict_masks(run / "segmenter", data.manifest[column], config.measured_nodule.tta, progress=False)
+    masks = predict_masks(
+        run / "segmenter", data.manifest[column], config.measured_nodule.tta, progress=False
+    )
     feats = {s: measured_features(f, column, masks) for s, f in frames.items()}
     y = {s: f["target"].to_numpy() for s, f in frames.items()}
     n = len(data.class_names)
@@ -43,10 +44,7 @@ def main(run: Path) -> None:
     fitted = fit_measured(feats["train"], y["train"], C)
     probs = {s: fitted.predict(feats[s], n) for s in ("val", "test")}
     groups = frames["train"]["patient_id"].astype(str).to_numpy()
-    oof = np.zeros((len(y["train"]), n))
-    for fit_rows, held in GroupKFold(5).split(feats["train"], y["train"], groups):
-        part = fit_measured(feats["train"].iloc[fit_rows], y["train"][fit_rows], C)
-        oof[held] = part.predict(feats["train"].iloc[held][fitted.columns], n)
+    oof = cross_fitted_probs(feats["train"], y["train"], groups, C, n)  # the same folds as GroupKFold(5)
     calibrations = {
         "validation": fit_calibration(probs["val"], y["val"], y["train"]),
         "cross-fitted training": fit_calibration(oof, y["train"], y["train"]),
