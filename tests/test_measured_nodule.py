@@ -116,6 +116,12 @@ def test_cross_fitted_probabilities_never_come_from_the_rows_own_patient():
     held_out = cross_fitted_probs(features, y, patients, 100.0, 2)
     assert held_out.shape == (200, 2) and np.allclose(held_out.sum(axis=1), 1)
     assert roc_auc_score(y, in_sample) > 0.9 and roc_auc_score(y, held_out[:, 1]) < 0.7
+    # five classes (the 5-class study): one probability per class, from the classes each fit saw
+    ratings = patients % 5
+    size = pd.DataFrame({"area": ratings * 10.0 + rng.normal(size=200)})
+    five = cross_fitted_probs(size, ratings, patients, 1.0, 5)
+    assert five.shape == (200, 5) and np.allclose(five.sum(axis=1), 1)
+    assert (five.argmax(axis=1) == ratings).mean() > 0.9
     # too few patients for five folds, or a fold's rest with one class: no cross-fitting
     assert cross_fitted_probs(features.iloc[:20], y[:20], patients[:20], 1.0, 2) is None
     assert cross_fitted_probs(features, np.zeros(200, int), patients, 1.0, 2) is None
