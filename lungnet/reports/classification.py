@@ -219,7 +219,7 @@ def write_report(
     if calibration_rows:
         report.table(
             pd.DataFrame(calibration_rows).T,
-            "Calibration per model, fitted on the held-out predictions fitted_on names (ECE on the test split)",
+            "Calibration per model (fitted_on: the held-out predictions it was fitted on; ECE on the test split)",
         )
     tta_rows = {
         f"{n} ({k})": {m: v.get(m) for m in METRIC_COLUMNS}
