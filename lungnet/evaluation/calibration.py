@@ -170,10 +170,12 @@ def prior_corrected(probs, prior) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Calibration:
-    """A temperature, after the prior correction when `prior` is set; fitted on the validation split."""
+    """A temperature, after the prior correction when `prior` is set; `fitted_on` names the held-out
+    predictions it was fitted on (the validation split's unless a study says otherwise)."""
 
     temperature: float
     prior: tuple[float, ...] | None = None
+    fitted_on: str = "validation"
 
     def apply(self, probs) -> np.ndarray:
         p = prior_corrected(probs, self.prior) if self.prior is not None else as_probs(probs)
@@ -189,25 +191,31 @@ class Calibration:
         if not record or record.get("temperature") is None:
             return None
         prior = record.get("train_prior") if record.get("prior_correction") else None
-        return cls(float(record["temperature"]), tuple(prior) if prior is not None else None)
+        return cls(
+            float(record["temperature"]),
+            tuple(prior) if prior is not None else None,
+            record.get("fitted_on", "validation"),
+        )
 
     def as_dict(self) -> dict:
         return {
             "temperature": self.temperature,
             "prior_correction": self.prior is not None,
             "train_prior": list(self.prior) if self.prior is not None else None,
+            "fitted_on": self.fitted_on,
         }
 
 
-def fit_calibration(val_probs, y_val, y_train) -> Calibration:
+def fit_calibration(val_probs, y_val, y_train, fitted_on: str = "validation") -> Calibration:
     """Temperature scaling, with or without the training split's prior correction, whichever gives the
-    lower validation NLL (the two are equal when training classes are already balanced)."""
+    lower NLL on the held-out predictions `val_probs` (the two are equal when training classes are already
+    balanced); `fitted_on` says what those predictions are."""
     p = as_probs(val_probs)
     prior = class_prior(y_train, p.shape[1])
     nll = {}
     for candidate_prior, q in ((None, p), (tuple(prior.tolist()), prior_corrected(p, prior))):
         t = fit_temperature(q, y_val, inputs="probs")
-        nll[Calibration(t, candidate_prior)] = negative_log_likelihood(
+        nll[Calibration(t, candidate_prior, fitted_on)] = negative_log_likelihood(
             y_val, apply_temperature(q, t, inputs="probs")
         )
     return min(nll, key=nll.get)
@@ -224,16 +232,13 @@ def ece_interval(y_true, probs, patients, samples: int = 1000, seed: int = 0) ->
     )
 
 
-def calibration_summary(
-    calibration: Calibration, y_test, test_probs, patients=None, fitted_on: str = "validation"
-) -> dict:
+def calibration_summary(calibration: Calibration, y_test, test_probs, patients=None) -> dict:
     """The fitted calibration (and what it was fitted on) and the ECE of `test_probs` before and after it;
     given each test sample's patient, also the ECEs' 95 % patient-bootstrap intervals (``ece_before_ci95``,
     ``ece_after_ci95``), so a target such as ECE <= 0.05 can be read against the noise of one test split."""
     calibrated = calibration.apply(test_probs)
     out = {
         **calibration.as_dict(),
-        "fitted_on": fitted_on,
         "ece_before": expected_calibration_error(y_test, test_probs),
         "ece_after": expected_calibration_error(y_test, calibrated),
     }

@@ -10,7 +10,8 @@ slices; a class-balanced logistic regression on the standardised features is fit
 Its calibration is fitted on held-out predictions of every patient outside the test split: cross-fitted on
 the training patients (patient-grouped folds) and the validation split's, not on the validation split
 alone, whose 70-odd patients proved easier than the others. At inference it sees each slice, its pixel
-spacing and which slices belong to one nodule, never a reader's mask or measurement: it is image-only. The radiologists' masks only train the segmenter.
+spacing and which slices belong to one nodule, never a reader's mask or measurement: it is image-only. The
+radiologists' masks only train the segmenter.
 """
 
 from __future__ import annotations

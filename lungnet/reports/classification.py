@@ -200,7 +200,8 @@ def write_report(
     )
     report.image(
         save_figure(fig, figures_dir / "reliability.png"),
-        f"Reliability diagram before and after calibration ({calibration.describe()}, fitted on validation;"
+        f"Reliability diagram before and after calibration ({calibration.describe()}, fitted on"
+        f" {calibration.fitted_on};"
         " the prior correction is used when it lowers validation NLL, see Metric definitions)",
     )
     fig = evaluation_figures.confidence_histogram_figure(y_test, selected.test_probs, names)
@@ -219,7 +220,7 @@ def write_report(
     if calibration_rows:
         report.table(
             pd.DataFrame(calibration_rows).T,
-            "Calibration per model (fitted_on: the held-out predictions it was fitted on; ECE on the test split)",
+            "Calibration per model (fitted_on: the held-out predictions it was fitted on; test-split ECE)",
         )
     tta_rows = {
         f"{n} ({k})": {m: v.get(m) for m in METRIC_COLUMNS}

@@ -321,11 +321,10 @@ def scored(y_train, y_val, val_probs, y_test, test_probs, test_frame, names, cal
         }
     calibration_probs, calibration_y, fitted_on = calibration_data or (val_probs, y_val, "validation")
     out["calibration"] = calibration_summary(
-        fit_calibration(calibration_probs, calibration_y, y_train),
+        fit_calibration(calibration_probs, calibration_y, y_train, fitted_on),
         y_test,
         test_probs,
         patients=test_frame["patient_id"].to_numpy(),
-        fitted_on=fitted_on,
     )
     return out
 

@@ -41,11 +41,7 @@ def scored_here(
     calibration = Calibration.from_dict(calibration_record)
     if calibration is not None:
         out["calibration"] = calibration_summary(
-            calibration,
-            y,
-            probs,
-            patients=labelled["patient_id"].to_numpy(),
-            fitted_on=calibration_record.get("fitted_on", "validation"),
+            calibration, y, probs, patients=labelled["patient_id"].to_numpy()
         )
     if size_probs is not None:
         out["against_size_only"] = paired_bootstrap_classification(y, probs, size_probs, labelled, names)

@@ -24,7 +24,12 @@ from sklearn.model_selection import GroupKFold
 
 from lungnet.data.dataset import image_column, prepare_data
 from lungnet.evaluation import calibration_summary, expected_calibration_error, fit_calibration
-from lungnet.evaluation.measured_nodule import cross_fitted_probs, fit_measured, measured_features
+from lungnet.evaluation.measured_nodule import (
+    CALIBRATION_FOLDS,
+    cross_fitted_probs,
+    fit_measured,
+    measured_features,
+)
 from lungnet.runs import load_run_config
 from lungnet.studies.measured_segmenter import predict_masks
 
@@ -44,7 +49,7 @@ def main(run: Path) -> None:
     fitted = fit_measured(feats["train"], y["train"], C)
     probs = {s: fitted.predict(feats[s], n) for s in ("val", "test")}
     groups = frames["train"]["patient_id"].astype(str).to_numpy()
-    oof = cross_fitted_probs(feats["train"], y["train"], groups, C, n)  # the same folds as GroupKFold(5)
+    oof = cross_fitted_probs(feats["train"], y["train"], groups, C, n)  # the folds below
     calibrations = {
         "validation": fit_calibration(probs["val"], y["val"], y["train"]),
         "cross-fitted training": fit_calibration(oof, y["train"], y["train"]),
@@ -61,16 +66,13 @@ def main(run: Path) -> None:
     )
     # the decision, on training patients only: each fold's held-out predictions calibrated by the other
     # folds' (about 300 patients), by validation's (about 70), or not at all, pooled over the folds
-    pooled = {"uncalibrated": [], "validation": [], "the other folds": []}
-    for _, held in GroupKFold(5).split(feats["train"], y["train"], groups):
-        rest = np.setdiff1d(np.arange(len(oof)), held)
+    pooled = {"uncalibrated": oof, "validation": calibrations["validation"].apply(oof)}
+    pooled["the other folds"] = np.zeros_like(oof)
+    for rest, held in GroupKFold(CALIBRATION_FOLDS).split(feats["train"], y["train"], groups):
         others = fit_calibration(oof[rest], y["train"][rest], y["train"])
-        pooled["uncalibrated"].append(oof[held])
-        pooled["validation"].append(calibrations["validation"].apply(oof[held]))
-        pooled["the other folds"].append(others.apply(oof[held]))
-    order = np.concatenate([held for _, held in GroupKFold(5).split(feats["train"], y["train"], groups)])
-    for name, parts in pooled.items():
-        ece = expected_calibration_error(y["train"][order], np.concatenate(parts))
+        pooled["the other folds"][held] = others.apply(oof[held])
+    for name, calibrated in pooled.items():
+        ece = expected_calibration_error(y["train"], calibrated)
         print(f"  training patients' held-out predictions, calibrated on {name}: ECE {ece:.3f}")
     patients = frames["test"]["patient_id"].to_numpy()
     for name, calibration in calibrations.items():
