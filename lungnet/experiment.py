@@ -44,10 +44,20 @@ class ModelSpec:
     # Train this many copies from seeds training.seed, +1, ... and average their probabilities (one model,
     # `lungnet.models.ensemble`). 1: a single model.
     ensemble: int = 1
+    # What an ensemble's members stop on and are calibrated on: the validation split ("split"), or
+    # "patient-folds": the training and validation patients pooled into `ensemble` patient folds, member i
+    # trained on the others and early-stopped on fold i; its out-of-fold predictions (every pooled row
+    # predicted by the member that never saw its patient) choose the threshold and fit the calibration.
+    ensemble_validation: Literal["split", "patient-folds"] = "split"
 
     def __post_init__(self):
         if isinstance(self.ensemble, bool) or not isinstance(self.ensemble, int) or self.ensemble < 1:
             raise ConfigError(f"models[{self.name}].ensemble: {self.ensemble!r} must be an integer >= 1")
+        if self.ensemble_validation == "patient-folds" and self.ensemble < 2:
+            raise ConfigError(
+                f"models[{self.name}].ensemble_validation: patient-folds needs ensemble >= 2 (one fold per "
+                f"member), got ensemble {self.ensemble}"
+            )
         if self.ensemble > 1 and self.fine_tune:
             raise ConfigError(
                 f"models[{self.name}]: ensemble ({self.ensemble}) with fine_tune is not supported; "
@@ -124,6 +134,15 @@ def check_models(config) -> None:
                 f"models[{m.name}].model.attributes: {rated}, but data.attribute_targets names {wanted} "
                 "ratings: the head rates each of them, so make them the same"
             )
+    folded = [m.name for m in config.models if getattr(m, "ensemble_validation", "split") != "split"]
+    soft = [k for k in ("reader_targets", "train_on_excluded") if getattr(config.data, k, False)]
+    if folded and soft:
+        # those targets exist on the training split only, and patient folds pool it with validation
+        raise ConfigError(
+            f"models {folded} have ensemble_validation: patient-folds, which pools the training and "
+            f"validation patients; data.{soft[0]} gives training rows other targets than validation's, "
+            "so use one or the other"
+        )
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import keras
@@ -170,6 +171,97 @@ def test_an_ensemble_run_trains_each_member_and_saves_one_model(tmp_path, tiny_p
     model = keras.models.load_model(tmp_path / "models" / "custom_cnn.keras")
     assert len(ensemble_members(model)) == 2 and summary["selected_model"] == "custom_cnn"
     assert (tmp_path / "figures" / "gradcam.png").is_file()  # explained through its first member
+
+
+@pytest.mark.filterwarnings("ignore:The least populated class")
+def test_patient_folds_keep_each_patient_in_one_fold_with_every_class_in_each():
+    import pandas as pd
+
+    from lungnet.data.splits import patient_folds
+    from lungnet.errors import DataError
+
+    rng = np.random.default_rng(0)
+    patients = np.repeat([f"p{i}" for i in range(30)], 3)
+    frame = pd.DataFrame({"patient_id": patients, "target": rng.integers(0, 2, len(patients))})
+    folds = patient_folds(frame, 5, seed=0)
+    assert set(folds) == set(range(5))
+    assert (frame.assign(fold=folds).groupby("patient_id")["fold"].nunique() == 1).all()
+    for fold in range(5):
+        assert set(frame.loc[folds == fold, "target"]) == {0, 1}
+    assert not np.array_equal(folds, patient_folds(frame, 5, seed=1))  # the seed shuffles patients
+    with pytest.raises(DataError, match="3 patients cannot make 5 patient folds"):
+        patient_folds(frame[frame["patient_id"].isin(["p0", "p1", "p2"])], 5)
+    one_malignant = frame.assign(target=(frame["patient_id"] == "p0").astype(int))
+    with pytest.raises(DataError, match="has no row of class"):
+        patient_folds(one_malignant, 5)
+
+
+def test_fold_ensemble_settings_are_checked():
+    with pytest.raises(ConfigError, match="patient-folds needs ensemble >= 2"):
+        ModelSpec(name="cnn", model=None, ensemble_validation="patient-folds")
+    model = {"name": "custom_cnn"}
+    with pytest.raises(ConfigError, match="data.reader_targets gives training rows other targets"):
+        load_experiment(
+            resolve_experiment_path("binary_nodule"),
+            profile="smoke",
+            overrides={
+                "data": {"reader_targets": True},
+                "models": [
+                    {"name": "cnn", "model": model, "ensemble": 2, "ensemble_validation": "patient-folds"}
+                ],
+            },
+        )
+    folds = load_experiment(resolve_experiment_path("binary_nodule"), profile="cpu-real-folds")
+    measured = load_experiment(resolve_experiment_path("binary_nodule"), profile="cpu-real-measured")
+    assert folds.models[0].ensemble_validation == "patient-folds" and folds.models[0].ensemble == 5
+    # the same recipe but for where the members stop
+    assert dataclasses.replace(folds.models[0], ensemble_validation="split") == measured.models[0]
+    assert (folds.data, folds.training, folds.measured_nodule) == (
+        measured.data,
+        measured.training,
+        measured.measured_nodule,
+    )
+
+
+def test_a_fold_ensemble_stops_each_member_on_patients_it_never_trains_on(tmp_path, tiny_phantom_config):
+    from lungnet.data.dataset import prepare_data
+    from lungnet.data.splits import patient_folds
+    from lungnet.studies.classification import _member_data, run_classification_study
+
+    config = load_experiment(
+        resolve_experiment_path("binary_nodule"),
+        profile="smoke",
+        overrides={
+            "data": {"phantom": {"cache_dir": tiny_phantom_config.cache_dir}},
+            "models": [
+                {
+                    "name": "custom_cnn",
+                    "model": {"name": "custom_cnn", "filters": [4, 4, 8, 8]},
+                    "ensemble": 2,
+                    "ensemble_validation": "patient-folds",
+                }
+            ],
+            "evaluation": {"explain": False, "outliers": False, "tta": False},
+        },
+    )
+    data = prepare_data(config.data, progress=False)
+    pool = data.manifest[data.manifest["split"] != "test"].reset_index(drop=True)
+    folds = patient_folds(pool, 2)
+    for fold in (0, 1):
+        member = _member_data(data, pool, folds, fold)
+        trained_on = set(member.train_manifest["patient_id"])
+        held = set(pool.loc[folds == fold, "patient_id"])
+        assert trained_on.isdisjoint(held) and trained_on | held == set(pool["patient_id"])
+        assert member.train_manifest["augment_copy"].any()  # balanced like the training split
+        assert sum(len(x) for x, _ in member.val) == (folds == fold).sum()
+
+    run_classification_study(config, tmp_path, progress=False)
+    record = json.loads((tmp_path / "metrics.json").read_text())["models"]["custom_cnn"]
+    where = "out-of-fold (2 patient folds of training + validation)"
+    assert record["training"]["stopped_on"] == where
+    assert sum(m["fold_patients"] for m in record["training"]["members"]) == pool["patient_id"].nunique()
+    assert record["calibration"]["fitted_on"] == where and record["threshold_from_val"]["chosen_on"] == where
+    assert where in (tmp_path / "report.html").read_text()
 
 
 def test_a_classifier_that_segments_learns_from_masks_and_serves_probabilities(tmp_path, capsys):

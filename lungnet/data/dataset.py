@@ -208,6 +208,19 @@ def excluded_training_rows(source: Source, manifest: pd.DataFrame, config: DataC
     return extra
 
 
+def balanced_training(
+    train: pd.DataFrame, config: DataConfig, num_classes: int
+) -> tuple[pd.DataFrame, dict[int, float] | None]:
+    """The training rows balanced as `config.balance` says, and the class weights where that is how."""
+    if config.balance == "oversample":
+        return oversample(train, extra=config.oversample_extra, seed=config.seed), None
+    if config.balance == "weighted_sampler":
+        return weighted_resample(train, seed=config.seed), None
+    if config.balance == "class_weight":
+        return train, class_weights(train["target"], num_classes)
+    return train, None
+
+
 def prepare_data(config: DataConfig, progress: bool = True) -> PreparedData:
     """Load, label, check every image (`check_source_images`), split, shuffle, balance, and build pipelines."""
     source = load_source(config.source, config.phantom, progress=progress)
@@ -230,13 +243,7 @@ def prepare_data(config: DataConfig, progress: bool = True) -> PreparedData:
         if SOFT_TARGET_COLUMN not in train.columns:
             train[SOFT_TARGET_COLUMN] = train["target"].astype(float)
         train = pd.concat([train, extra], ignore_index=True)
-    weights = None
-    if config.balance == "oversample":
-        train = oversample(train, extra=config.oversample_extra, seed=config.seed)
-    elif config.balance == "weighted_sampler":
-        train = weighted_resample(train, seed=config.seed)
-    elif config.balance == "class_weight":
-        weights = class_weights(train["target"], len(names))
+    train, weights = balanced_training(train, config, len(names))
 
     def pipeline(frame: pd.DataFrame, training: bool) -> tf.data.Dataset:
         return classification_pipeline(frame, config, len(names), training, attributes=True)

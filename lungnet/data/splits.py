@@ -126,3 +126,29 @@ def _check_classes_present(df: pd.DataFrame, fractions, class_names) -> None:
                     f"({int((df['target'] == target).sum())} samples of it in all); use more data, "
                     "other split fractions or another seed"
                 )
+
+
+def patient_folds(frame: pd.DataFrame, folds: int, seed: int = 0, origin: str = "data") -> np.ndarray:
+    """Each row's fold (0 .. `folds` - 1): a patient's rows share one fold, and each fold holds every class
+    (stratified by ``target``, shuffled by `seed`). A fold ensemble trains member i on the other folds and
+    stops it on fold i, so every row gets one prediction from a member that never saw its patient."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    patients = frame["patient_id"].astype(str).str.strip().to_numpy()
+    y = frame["target"].to_numpy()
+    if len(np.unique(patients)) < folds:
+        raise DataError(
+            f"{origin}: {len(np.unique(patients))} patients cannot make {folds} patient folds"
+        )
+    out = np.full(len(frame), -1)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for fold, (_, held) in enumerate(splitter.split(np.zeros(len(y)), y, patients)):
+        out[held] = fold
+    for fold in range(folds):
+        missing = sorted(set(np.unique(y)) - set(np.unique(y[out == fold])))
+        if missing:
+            raise DataError(
+                f"{origin}: patient fold {fold + 1} of {folds} has no row of class(es) {missing}; "
+                "use fewer folds (ensemble members) or more patients"
+            )
+    return out

@@ -15,7 +15,14 @@ import keras
 import numpy as np
 import pandas as pd
 
-from lungnet.data.dataset import PreparedData, image_column, prepare_data
+from lungnet.data.dataset import (
+    PreparedData,
+    balanced_training,
+    classification_pipeline,
+    image_column,
+    prepare_data,
+)
+from lungnet.data.splits import patient_folds
 from lungnet.errors import LungnetError
 from lungnet.evaluation import (
     SizeOnly,
@@ -142,8 +149,8 @@ def _with_genesis_base(
 def _train_model(
     spec: ModelSpec, config: ExperimentConfig, data: PreparedData, run_dir: Path, progress: bool = True
 ):
-    """Yield (name, model, phase summary) per phase of the transfer -> fine-tune schedule (an ensemble: one
-    averaged model after all its members)."""
+    """Yield (name, model, phase summary, held-out predictions or None) per phase of the transfer ->
+    fine-tune schedule (an ensemble: one averaged model after all its members)."""
     if spec.ensemble > 1:
         yield _train_ensemble(spec, config, data, run_dir)
         return
@@ -177,26 +184,76 @@ def _train_model(
     for i, (name, summary) in enumerate(phases):
         if note and i == 0:
             summary["note"] = note
-        yield name, model, {**summary, "weights": weights_provenance(spec.model, model)}
+        yield name, model, {**summary, "weights": weights_provenance(spec.model, model)}, None
+
+
+@dataclasses.dataclass
+class HeldOut:
+    """A fold ensemble's out-of-fold predictions: each row of `frame` (the pooled training and validation
+    rows, in manifest order, with their ``split``) predicted by the one member that never saw its patient."""
+
+    frame: pd.DataFrame
+    probs: np.ndarray
+    folds: int
+
+    @property
+    def description(self) -> str:
+        return f"out-of-fold ({self.folds} patient folds of training + validation)"
+
+    def split_probs(self, name: str) -> np.ndarray:
+        return self.probs[(self.frame["split"] == name).to_numpy()]
+
+
+def _member_data(data: PreparedData, pool: pd.DataFrame, folds: np.ndarray, fold: int) -> PreparedData:
+    """`data` whose training pipeline is the pooled rows outside `fold` (balanced as the config says) and
+    whose validation pipeline is the rows of `fold`."""
+    n = len(data.class_names)
+    train, weights = balanced_training(pool[folds != fold].reset_index(drop=True), data.config, n)
+    held = pool[folds == fold].reset_index(drop=True)
+    return dataclasses.replace(
+        data,
+        train_manifest=train,
+        class_weight=weights,
+        train=classification_pipeline(train, data.config, n, training=True, attributes=True),
+        val=classification_pipeline(held, data.config, n, attributes=True),
+    )
 
 
 def _train_ensemble(spec: ModelSpec, config: ExperimentConfig, data: PreparedData, run_dir: Path):
-    """(name, averaged model, summary): `spec.ensemble` members, each trained as its own phase
-    (``<name>_member<i>``, resumable) from seed ``training.seed + i - 1``."""
+    """(name, averaged model, summary, held-out predictions): `spec.ensemble` members, each trained as its
+    own phase (``<name>_member<i>``, resumable) from seed ``training.seed + i - 1``, stopped on the
+    validation split, or with ``ensemble_validation: patient-folds`` on its own fold of the pooled training
+    and validation patients (`HeldOut`; None for the split)."""
+    folded = spec.ensemble_validation == "patient-folds"
+    if folded:
+        pool = data.manifest[data.manifest["split"].isin(["train", "val"])].reset_index(drop=True)
+        folds = patient_folds(pool, spec.ensemble, seed=config.data.split_seed, origin=data.source.spec)
+        out_of_fold = np.full((len(pool), len(data.class_names)), np.nan)
     members, summaries = [], []
-    y_val = data.split("val")["target"].to_numpy()
     for i in range(1, spec.ensemble + 1):
         keras.utils.set_random_seed(config.training.seed + i - 1)
-        member = dataclasses.replace(spec, name=f"{spec.name}_member{i}", ensemble=1)
+        member = dataclasses.replace(
+            spec, name=f"{spec.name}_member{i}", ensemble=1, ensemble_validation="split"
+        )
+        member_data = _member_data(data, pool, folds, i - 1) if folded else data
         # a member without fine-tuning has one phase
-        [(_, model, summary)] = list(_train_model(member, config, data, run_dir))
+        [(_, model, summary, _)] = list(_train_model(member, config, member_data, run_dir))
         model = inference_model(model)
-        val = classification_metrics(y_val, predict_proba(model, data.val), data.class_names)
+        probs = predict_proba(model, member_data.val)
+        if folded:
+            out_of_fold[folds == i - 1] = probs
+            y_held = pool.loc[folds == i - 1, "target"].to_numpy()
+            summary["fold_patients"] = int(pool.loc[folds == i - 1, "patient_id"].nunique())
+        else:
+            y_held = data.split("val")["target"].to_numpy()
+        val = classification_metrics(y_held, probs, data.class_names)
         summary = {**summary, "seed": config.training.seed + i - 1, "val_auc": val.get("auc")}
-        print(f"{member.name}: validation AUC {val.get('auc') or float('nan'):.3f}, F1 {val['f1']:.3f}")
+        where = f"fold {i}" if folded else "validation"
+        print(f"{member.name}: {where} AUC {val.get('auc') or float('nan'):.3f}, F1 {val['f1']:.3f}")
         members.append(model)
         summaries.append(summary)
     model = average_ensemble(members, spec.name)
+    held_out = HeldOut(pool, out_of_fold, spec.ensemble) if folded else None
     summary = {
         "ensemble": spec.ensemble,
         "members": summaries,
@@ -204,8 +261,9 @@ def _train_ensemble(spec: ModelSpec, config: ExperimentConfig, data: PreparedDat
         "wall_seconds": round(sum(s.get("wall_seconds") or 0.0 for s in summaries), 1),
         "weights": summaries[0]["weights"],
         "monitor": config.training.monitor,
+        "stopped_on": held_out.description if folded else "validation",
     }
-    return spec.name, model, summary
+    return spec.name, model, summary, held_out
 
 
 def weights_provenance(model_config, model) -> str:
@@ -218,12 +276,28 @@ def weights_provenance(model_config, model) -> str:
     return provenance(None if weights == "imagenet" else weights)
 
 
-def evaluate_model(name, model, data: PreparedData, config: ExperimentConfig, run_dir: Path, training: dict):
+def evaluate_model(
+    name,
+    model,
+    data: PreparedData,
+    config: ExperimentConfig,
+    run_dir: Path,
+    training: dict,
+    held_out: HeldOut | None = None,
+):
+    """Score `model` on validation and test; a fold ensemble's validation predictions are its out-of-fold
+    ones (`held_out`: the averaged model has seen every validation patient), and its threshold and
+    calibration come from all of them, training patients' included."""
     model = inference_model(model)  # probabilities only: side outputs (aux_mask) are for the loss
     names = data.class_names
     y_val = data.split("val")["target"].to_numpy()
     y_test = data.split("test")["target"].to_numpy()
-    val_probs = predict_proba(model, data.val)
+    val_probs = predict_proba(model, data.val) if held_out is None else held_out.split_probs("val")
+    if held_out is None:
+        tuning_probs, y_tuning, fitted_on = val_probs, y_val, "validation"
+    else:
+        tuning_probs, fitted_on = held_out.probs, held_out.description
+        y_tuning = held_out.frame["target"].to_numpy()
     test_probs = predict_proba(model, data.test)
     path = save_run_model(run_dir, name, model)
     result = ModelResult(
@@ -236,9 +310,10 @@ def evaluate_model(name, model, data: PreparedData, config: ExperimentConfig, ru
         training,
     )
     if len(names) == 2:  # the study's F1 is at 0.5; a validation-chosen threshold is reported beside it
-        threshold = best_f1_threshold(y_val, val_probs)
+        threshold = best_f1_threshold(y_tuning, tuning_probs)
         result.threshold = {
             "threshold": threshold,
+            "chosen_on": fitted_on,
             "test": classification_metrics(
                 y_test, test_probs, names, y_pred=predictions_at_threshold(test_probs, threshold)
             ),
@@ -252,9 +327,10 @@ def evaluate_model(name, model, data: PreparedData, config: ExperimentConfig, ru
             "mean_probability": classification_metrics(y_test, mean_probability(tta), names),
         }
     if config.evaluation.temperature_scaling:
-        y_train = data.split("train")["target"].to_numpy()
+        # the prior the members learnt from before balancing: the training split's, or the pooled folds'
+        y_prior = data.split("train")["target"].to_numpy() if held_out is None else y_tuning
         result.calibration = calibration_summary(
-            fit_calibration(val_probs, y_val, y_train),
+            fit_calibration(tuning_probs, y_tuning, y_prior, fitted_on),
             y_test,
             test_probs,
             patients=data.split("test")["patient_id"].to_numpy(),
@@ -431,8 +507,8 @@ def run_classification_study(config: ExperimentConfig, run_dir: Path, progress: 
     skipped: dict[str, str] = {}
     for spec in config.models:
         try:  # evaluate each phase as it finishes: fine-tuning continues from the same model object
-            for name, model, summary in _train_model(spec, config, data, run_dir, progress):
-                results[name] = evaluate_model(name, model, data, config, run_dir, summary)
+            for name, model, summary, held_out in _train_model(spec, config, data, run_dir, progress):
+                results[name] = evaluate_model(name, model, data, config, run_dir, summary, held_out)
                 results[name].explanation_layer = CLASSIFIERS.entry_for(spec.model).explanation_layer(
                     spec.model
                 )
