@@ -137,9 +137,7 @@ def patient_folds(frame: pd.DataFrame, folds: int, seed: int = 0, origin: str = 
     patients = frame["patient_id"].astype(str).str.strip().to_numpy()
     y = frame["target"].to_numpy()
     if len(np.unique(patients)) < folds:
-        raise DataError(
-            f"{origin}: {len(np.unique(patients))} patients cannot make {folds} patient folds"
-        )
+        raise DataError(f"{origin}: {len(np.unique(patients))} patients cannot make {folds} patient folds")
     out = np.full(len(frame), -1)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     for fold, (_, held) in enumerate(splitter.split(np.zeros(len(y)), y, patients)):
