@@ -264,6 +264,22 @@ def test_a_fold_ensemble_stops_each_member_on_patients_it_never_trains_on(tmp_pa
     assert where in (tmp_path / "report.html").read_text()
 
 
+def test_the_mean_with_a_fold_ensemble_is_calibrated_on_both_models_held_out_rows():
+    import pandas as pd
+
+    from lungnet.studies.classification import HeldOut, mean_calibration_data
+
+    # pooled rows in manifest order; the measured classifier's come as training rows, then validation's
+    frame = pd.DataFrame({"split": ["train", "val", "train", "val"], "target": [0, 1, 1, 0]})
+    network = HeldOut(frame, np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3]]), folds=2)
+    measured = (np.array([[0.5, 0.5], [0.1, 0.9], [0.3, 0.7], [0.6, 0.4]]), np.array([0, 1, 1, 0]), "cf")
+    probs, y, description = mean_calibration_data(measured, network)
+    # rows: train 1, train 2, val 1, val 2
+    np.testing.assert_allclose(probs, [[0.7, 0.3], [0.25, 0.75], [0.25, 0.75], [0.65, 0.35]])
+    assert y.tolist() == [0, 1, 1, 0] and description == f"mean of cf and {network.description}"
+    assert mean_calibration_data(None, network) is None and mean_calibration_data(measured, None) is None
+
+
 def test_a_classifier_that_segments_learns_from_masks_and_serves_probabilities(tmp_path, capsys):
     from test_physical_scale_and_neighbours import write_crops
 

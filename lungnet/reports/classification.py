@@ -155,7 +155,9 @@ def write_report(
     )
     thresholds = {
         name: {
-            "threshold (chosen on validation)": r["threshold_from_val"]["threshold"],
+            "threshold": r["threshold_from_val"]["threshold"],
+            # a fold ensemble's comes from its out-of-fold predictions
+            "chosen on": r["threshold_from_val"].get("chosen_on", "validation"),
             **{m: r["threshold_from_val"]["test"].get(m) for m in ("f1", "f1_macro", "precision", "recall")},
         }
         for name, r in summary["models"].items()
@@ -164,7 +166,8 @@ def write_report(
     if thresholds:
         report.table(
             pd.DataFrame(thresholds).T,
-            "Beside the study's 0.5 threshold: test metrics at the threshold that maximises validation F1",
+            "Beside the study's 0.5 threshold: test metrics at the threshold that maximises F1 on held-out "
+            "predictions (the validation split's, or a fold ensemble's out-of-fold ones)",
         )
     for name, why in summary.get("skipped_models", {}).items():
         report.note(f"{name}: {why}")

@@ -77,6 +77,7 @@ class ModelResult:
     calibration: dict | None = None
     threshold: dict | None = None  # binary: threshold maximising validation F1, and test metrics at it
     explanation_layer: str | None = None  # Grad-CAM's feature map, as the model's registry entry declares
+    held_out: HeldOut | None = None  # a fold ensemble's out-of-fold predictions
 
 
 def input_shape(config: ExperimentConfig) -> tuple[int, int, int]:
@@ -308,6 +309,7 @@ def evaluate_model(
         classification_metrics(y_val, val_probs, names),
         classification_metrics(y_test, test_probs, names),
         training,
+        held_out=held_out,
     )
     if len(names) == 2:  # the study's F1 is at 0.5; a validation-chosen threshold is reported beside it
         threshold = best_f1_threshold(y_tuning, tuning_probs)
@@ -423,6 +425,17 @@ def measured_calibration_data(settings, features: pd.DataFrame, frame: pd.DataFr
     )
 
 
+def mean_calibration_data(measured: tuple | None, network: HeldOut | None) -> tuple | None:
+    """Held-out predictions of the mean of the measured classifier and a fold ensemble on the training and
+    validation rows, where both have them (each row's two predictions come from fits without its patient);
+    None, so validation alone, otherwise."""
+    if measured is None or network is None:
+        return None
+    probs, y, description = measured
+    held = np.concatenate([network.split_probs("train"), network.split_probs("val")])
+    return (probs + held) / 2, y, f"mean of {description} and {network.description}"
+
+
 def measured_nodule_results(
     config: ExperimentConfig,
     data: PreparedData,
@@ -449,15 +462,11 @@ def measured_nodule_results(
     y_train = frames["train"]["target"].to_numpy()
     y_val, y_test = frames["val"]["target"].to_numpy(), frames["test"]["target"].to_numpy()
     found = features["test"]["found"].to_numpy()
+    calibration_data = measured_calibration_data(
+        settings, features["train"], frames["train"], y_val, val_probs
+    )
     measured = scored(
-        y_train,
-        y_val,
-        val_probs,
-        y_test,
-        test_probs,
-        frames["test"],
-        data.class_names,
-        measured_calibration_data(settings, features["train"], frames["train"], y_val, val_probs),
+        y_train, y_val, val_probs, y_test, test_probs, frames["test"], data.class_names, calibration_data
     )
     measured["segmenter"] = {"run": str(seg_dir), "test_slices_without_region": int((found == 0).sum())}
     measured["against_size_only"] = against_size_only(data, test_probs, size_probs)
@@ -474,7 +483,16 @@ def measured_nodule_results(
             }
         ),
     )
-    mean = scored(y_train, y_val, mean_val, y_test, mean_test, frames["test"], data.class_names)
+    mean = scored(
+        y_train,
+        y_val,
+        mean_val,
+        y_test,
+        mean_test,
+        frames["test"],
+        data.class_names,
+        mean_calibration_data(calibration_data, selected.held_out),
+    )
     mean["against_size_only"] = against_size_only(data, mean_test, size_probs)
     return {"measured_nodule": measured, f"mean of measured_nodule and {selected.name}": mean}
 
