@@ -224,6 +224,9 @@ def test_fold_ensemble_settings_are_checked():
 
 
 def test_a_fold_ensemble_stops_each_member_on_patients_it_never_trains_on(tmp_path, tiny_phantom_config):
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
     from lungnet.data.dataset import prepare_data
     from lungnet.data.splits import patient_folds
     from lungnet.studies.classification import _member_data, run_classification_study
@@ -262,6 +265,15 @@ def test_a_fold_ensemble_stops_each_member_on_patients_it_never_trains_on(tmp_pa
     assert sum(m["fold_patients"] for m in record["training"]["members"]) == pool["patient_id"].nunique()
     assert record["calibration"]["fitted_on"] == where and record["threshold_from_val"]["chosen_on"] == where
     assert where in (tmp_path / "report.html").read_text()
+    held_out = pd.read_csv(tmp_path / "out_of_fold_custom_cnn.csv")
+    assert len(held_out) == len(pool) and set(held_out["split"]) == {"train", "val"}
+    for member, rows in held_out.groupby("member"):  # each slice predicted by the member of its fold
+        assert set(rows["patient_id"]) == set(pool.loc[folds == member - 1, "patient_id"])
+    # the model's validation score is its out-of-fold predictions of the validation slices
+    val = held_out[held_out["split"] == "val"]
+    assert record["val"]["auc"] == pytest.approx(
+        roc_auc_score(val["label"] == "malignant", val["prob_malignant"])
+    )
 
 
 def test_the_mean_with_a_fold_ensemble_is_calibrated_on_both_models_held_out_rows():
@@ -271,7 +283,9 @@ def test_the_mean_with_a_fold_ensemble_is_calibrated_on_both_models_held_out_row
 
     # pooled rows in manifest order; the measured classifier's come as training rows, then validation's
     frame = pd.DataFrame({"split": ["train", "val", "train", "val"], "target": [0, 1, 1, 0]})
-    network = HeldOut(frame, np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3]]), folds=2)
+    network = HeldOut(
+        frame, np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3]]), np.array([0, 1, 1, 0])
+    )
     measured = (np.array([[0.5, 0.5], [0.1, 0.9], [0.3, 0.7], [0.6, 0.4]]), np.array([0, 1, 1, 0]), "cf")
     probs, y, description = mean_calibration_data(measured, network)
     # rows: train 1, train 2, val 1, val 2

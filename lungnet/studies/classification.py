@@ -195,14 +195,27 @@ class HeldOut:
 
     frame: pd.DataFrame
     probs: np.ndarray
-    folds: int
+    fold: np.ndarray  # each row's fold, 0-based: member fold + 1 predicted it
 
     @property
     def description(self) -> str:
-        return f"out-of-fold ({self.folds} patient folds of training + validation)"
+        return f"out-of-fold ({int(self.fold.max()) + 1} patient folds of training + validation)"
 
     def split_probs(self, name: str) -> np.ndarray:
         return self.probs[(self.frame["split"] == name).to_numpy()]
+
+    def table(self, view: str, class_names) -> pd.DataFrame:
+        """One row per pooled slice: its split, fold (the member that predicted it) and probabilities."""
+        return pd.DataFrame(
+            {
+                "image": self.frame[image_column(self.frame, view)],
+                "patient_id": self.frame["patient_id"],
+                "split": self.frame["split"],
+                "member": self.fold + 1,
+                "label": self.frame["class_name"],
+                **{f"prob_{name}": self.probs[:, i] for i, name in enumerate(class_names)},
+            }
+        )
 
 
 def _member_data(data: PreparedData, pool: pd.DataFrame, folds: np.ndarray, fold: int) -> PreparedData:
@@ -254,7 +267,7 @@ def _train_ensemble(spec: ModelSpec, config: ExperimentConfig, data: PreparedDat
         members.append(model)
         summaries.append(summary)
     model = average_ensemble(members, spec.name)
-    held_out = HeldOut(pool, out_of_fold, spec.ensemble) if folded else None
+    held_out = HeldOut(pool, out_of_fold, folds) if folded else None
     summary = {
         "ensemble": spec.ensemble,
         "members": summaries,
@@ -299,6 +312,7 @@ def evaluate_model(
     else:
         tuning_probs, fitted_on = held_out.probs, held_out.description
         y_tuning = held_out.frame["target"].to_numpy()
+        write_csv(run_dir / f"out_of_fold_{name}.csv", held_out.table(data.config.view, names))
     test_probs = predict_proba(model, data.test)
     path = save_run_model(run_dir, name, model)
     result = ModelResult(
