@@ -306,10 +306,11 @@ def evaluate_model(
     names = data.class_names
     y_val = data.split("val")["target"].to_numpy()
     y_test = data.split("test")["target"].to_numpy()
-    val_probs = predict_proba(model, data.val) if held_out is None else held_out.split_probs("val")
     if held_out is None:
+        val_probs = predict_proba(model, data.val)
         tuning_probs, y_tuning, fitted_on = val_probs, y_val, "validation"
     else:
+        val_probs = held_out.split_probs("val")
         tuning_probs, fitted_on = held_out.probs, held_out.description
         y_tuning = held_out.frame["target"].to_numpy()
         write_csv(run_dir / f"out_of_fold_{name}.csv", held_out.table(data.config.view, names))
