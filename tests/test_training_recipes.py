@@ -145,23 +145,26 @@ def test_the_measured_classifier_trains_its_segmenter_with_the_longer_recipe(tmp
     assert seg.training.max_minutes == 25 and not seg.evaluation.intensity_test
 
 
-def test_an_ensemble_run_trains_each_member_and_saves_one_model(tmp_path, tiny_phantom_config):
-    from lungnet.studies.classification import run_classification_study
-
-    config = load_experiment(
+def smoke_ensemble(phantom, evaluation: dict, **spec):
+    """The smoke profile on the tiny phantom with a 2-member custom CNN ensemble (`spec`: more fields)."""
+    model = {"name": "custom_cnn", "model": {"name": "custom_cnn", "filters": [4, 4, 8, 8]}, "ensemble": 2}
+    return load_experiment(
         resolve_experiment_path("binary_nodule"),
         profile="smoke",
         overrides={
-            "data": {"phantom": {"cache_dir": tiny_phantom_config.cache_dir}},
-            "models": [
-                {
-                    "name": "custom_cnn",
-                    "model": {"name": "custom_cnn", "filters": [4, 4, 8, 8]},
-                    "ensemble": 2,
-                }
-            ],
-            "evaluation": {"explain": True, "outliers": False, "lime_samples": 20, "explain_samples": 2},
+            "data": {"phantom": {"cache_dir": phantom.cache_dir}},
+            "models": [{**model, **spec}],
+            "evaluation": evaluation,
         },
+    )
+
+
+def test_an_ensemble_run_trains_each_member_and_saves_one_model(tmp_path, tiny_phantom_config):
+    from lungnet.studies.classification import run_classification_study
+
+    config = smoke_ensemble(
+        tiny_phantom_config,
+        evaluation={"explain": True, "outliers": False, "lime_samples": 20, "explain_samples": 2},
     )
     summary = run_classification_study(config, tmp_path, progress=False)
     training = json.loads((tmp_path / "metrics.json").read_text())["models"]["custom_cnn"]["training"]
@@ -231,21 +234,10 @@ def test_a_fold_ensemble_stops_each_member_on_patients_it_never_trains_on(tmp_pa
     from lungnet.data.splits import patient_folds
     from lungnet.studies.classification import _member_data, run_classification_study
 
-    config = load_experiment(
-        resolve_experiment_path("binary_nodule"),
-        profile="smoke",
-        overrides={
-            "data": {"phantom": {"cache_dir": tiny_phantom_config.cache_dir}},
-            "models": [
-                {
-                    "name": "custom_cnn",
-                    "model": {"name": "custom_cnn", "filters": [4, 4, 8, 8]},
-                    "ensemble": 2,
-                    "ensemble_validation": "patient-folds",
-                }
-            ],
-            "evaluation": {"explain": False, "outliers": False, "tta": False},
-        },
+    config = smoke_ensemble(
+        tiny_phantom_config,
+        evaluation={"explain": False, "outliers": False, "tta": False},
+        ensemble_validation="patient-folds",
     )
     data = prepare_data(config.data, progress=False)
     pool = data.manifest[data.manifest["split"] != "test"].reset_index(drop=True)

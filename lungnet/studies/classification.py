@@ -206,16 +206,22 @@ class HeldOut:
 
     def table(self, view: str, class_names) -> pd.DataFrame:
         """One row per pooled slice: its split, fold (the member that predicted it) and probabilities."""
-        return pd.DataFrame(
-            {
-                "image": self.frame[image_column(self.frame, view)],
-                "patient_id": self.frame["patient_id"],
-                "split": self.frame["split"],
-                "member": self.fold + 1,
-                "label": self.frame["class_name"],
-                **{f"prob_{name}": self.probs[:, i] for i, name in enumerate(class_names)},
-            }
-        )
+        table = probability_table(self.frame, view, self.probs, class_names)
+        table.insert(2, "split", self.frame["split"].to_numpy())
+        table.insert(3, "member", self.fold + 1)
+        return table
+
+
+def probability_table(frame: pd.DataFrame, view: str, probs: np.ndarray, class_names) -> pd.DataFrame:
+    """One row per slice of `frame`: image, patient, true label and one ``prob_<class>`` column per class."""
+    return pd.DataFrame(
+        {
+            "image": frame[image_column(frame, view)].to_numpy(),
+            "patient_id": frame["patient_id"].to_numpy(),
+            "label": frame["class_name"].to_numpy(),
+            **{f"prob_{name}": probs[:, i] for i, name in enumerate(class_names)},
+        }
+    )
 
 
 def _member_data(data: PreparedData, pool: pd.DataFrame, folds: np.ndarray, fold: int) -> PreparedData:
@@ -255,9 +261,10 @@ def _train_ensemble(spec: ModelSpec, config: ExperimentConfig, data: PreparedDat
         model = inference_model(model)
         probs = predict_proba(model, member_data.val)
         if folded:
-            out_of_fold[folds == i - 1] = probs
-            y_held = pool.loc[folds == i - 1, "target"].to_numpy()
-            summary["fold_patients"] = int(pool.loc[folds == i - 1, "patient_id"].nunique())
+            in_fold = folds == i - 1
+            out_of_fold[in_fold] = probs
+            y_held = pool.loc[in_fold, "target"].to_numpy()
+            summary["fold_patients"] = int(pool.loc[in_fold, "patient_id"].nunique())
         else:
             y_held = data.split("val")["target"].to_numpy()
         val = classification_metrics(y_held, probs, data.class_names)
@@ -489,14 +496,7 @@ def measured_nodule_results(
     mean_test = (test_probs + selected.test_probs) / 2
     write_csv(
         run_dir / "measured_nodule_predictions.csv",
-        pd.DataFrame(
-            {
-                "image": frames["test"][column],
-                "patient_id": frames["test"]["patient_id"],
-                "label": frames["test"]["class_name"],
-                **{f"prob_{name}": test_probs[:, i] for i, name in enumerate(data.class_names)},
-            }
-        ),
+        probability_table(frames["test"], config.data.view, test_probs, data.class_names),
     )
     mean = scored(
         y_train,
@@ -513,18 +513,8 @@ def measured_nodule_results(
 
 
 def predictions_table(data: PreparedData, result: ModelResult) -> pd.DataFrame:
-    test = data.split("test")
-    column = image_column(test, data.config.view)
-    table = pd.DataFrame(
-        {
-            "image": test[column],
-            "patient_id": test["patient_id"],
-            "label": test["class_name"],
-            "pred": [data.class_names[i] for i in result.test_probs.argmax(axis=1)],
-        }
-    )
-    for i, name in enumerate(data.class_names):
-        table[f"prob_{name}"] = result.test_probs[:, i]
+    table = probability_table(data.split("test"), data.config.view, result.test_probs, data.class_names)
+    table.insert(3, "pred", [data.class_names[i] for i in result.test_probs.argmax(axis=1)])
     return table
 
 
