@@ -454,6 +454,27 @@ def test_a_fitted_size_only_baseline_survives_json_and_matches_scikit_learn(name
     assert SizeOnly.from_dict(None) is None
 
 
+def test_cross_fitted_size_only_never_fits_a_fold_on_its_own_rows():
+    from lungnet.evaluation import cross_fitted_size_only, fit_size_only
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 120)
+    sizes = 5 + 8 * y + rng.uniform(-4, 4, 120)
+    folds = np.arange(120) % 3
+    probs = cross_fitted_size_only(sizes, y, folds, BINARY)
+    for fold in range(3):
+        held = folds == fold
+        expected = fit_size_only(sizes[~held], y[~held], BINARY).predict(sizes[held])
+        assert probs[held] == pytest.approx(expected)
+    flipped = y.copy()
+    flipped[folds == 0] = 1 - flipped[folds == 0]  # fold 0's own labels do not move fold 0's predictions
+    again = cross_fitted_size_only(sizes, flipped, folds, BINARY)
+    assert again[folds == 0] == pytest.approx(probs[folds == 0])
+    assert not np.allclose(again[folds == 1], probs[folds == 1])
+    with pytest.raises(DataError, match="120 sizes, 120 labels, 119 folds"):
+        cross_fitted_size_only(sizes, y, folds[:-1], BINARY)
+
+
 def test_majority_baseline():
     probs = majority_baseline([0, 0, 1, 0], 3, BINARY)
     assert probs.tolist() == [[0.75, 0.25]] * 3

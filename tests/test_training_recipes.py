@@ -232,6 +232,7 @@ def test_a_fold_ensemble_stops_each_member_on_patients_it_never_trains_on(tmp_pa
 
     from lungnet.data.dataset import prepare_data
     from lungnet.data.splits import patient_folds
+    from lungnet.evaluation import cross_fitted_size_only
     from lungnet.studies.classification import _member_data, run_classification_study
 
     config = smoke_ensemble(
@@ -266,6 +267,18 @@ def test_a_fold_ensemble_stops_each_member_on_patients_it_never_trains_on(tmp_pa
     assert record["val"]["auc"] == pytest.approx(
         roc_auc_score(val["label"] == "malignant", val["prob_malignant"])
     )
+    # out of fold, against the diameter fitted without each fold's patients, on all the pooled patients
+    against = record["out_of_fold_against_size_only"]
+    assert against["predictions"] == where and against["slice"]["n_patients"] == pool["patient_id"].nunique()
+    is_malignant = held_out["label"] == "malignant"
+    assert against["slice"]["auc"]["a"] == pytest.approx(
+        roc_auc_score(is_malignant, held_out["prob_malignant"])
+    )
+    size = cross_fitted_size_only(
+        pool["diameter_mm"], pool["target"], held_out["member"] - 1, data.class_names
+    )
+    assert against["slice"]["auc"]["b"] == pytest.approx(roc_auc_score(is_malignant, size[:, 1]))
+    assert "Out of fold, on every training and validation patient" in (tmp_path / "report.html").read_text()
 
 
 def test_the_mean_with_a_fold_ensemble_is_calibrated_on_both_models_held_out_rows():

@@ -5,7 +5,13 @@ definitions are in `lungnet.evaluation.metrics`. Figures live in `lungnet.evalua
 first use, so the metrics need no matplotlib).
 """
 
-from lungnet.evaluation.baselines import SizeOnly, fit_size_only, majority_baseline, size_only_baseline
+from lungnet.evaluation.baselines import (
+    SizeOnly,
+    cross_fitted_size_only,
+    fit_size_only,
+    majority_baseline,
+    size_only_baseline,
+)
 from lungnet.evaluation.calibration import (
     Calibration,
     apply_temperature,
@@ -51,6 +57,7 @@ __all__ = [
     "size_only_baseline",
     "SizeOnly",
     "fit_size_only",
+    "cross_fitted_size_only",
     "summarise",
 ]
 

@@ -138,6 +138,20 @@ def size_only_baseline(
     return fitted.predict(test_sizes, "test_sizes")
 
 
+def cross_fitted_size_only(sizes, y, folds, class_names: Sequence[str]) -> np.ndarray:
+    """Each row's size-only probabilities from `fit_size_only` on the rows of the other `folds` (0-based
+    fold per row): the baseline beside a fold ensemble's out-of-fold predictions, held out the same way."""
+    sizes, y, folds = np.asarray(sizes), np.asarray(y), np.asarray(folds)
+    if not len(sizes) == len(y) == len(folds):
+        raise DataError(f"cross-fitted size-only: {len(sizes)} sizes, {len(y)} labels, {len(folds)} folds")
+    out = np.zeros((len(y), len(class_names)))
+    for fold in np.unique(folds):
+        held = folds == fold
+        fitted = fit_size_only(sizes[~held], y[~held], class_names)
+        out[held] = fitted.predict(sizes[held], "sizes")
+    return out
+
+
 def majority_baseline(train_y, n_test: int, class_names: Sequence[str]) -> np.ndarray:
     """Training class frequencies repeated for each of ``n_test`` samples: [n_test, K].
 

@@ -29,6 +29,7 @@ from lungnet.evaluation import (
     best_f1_threshold,
     calibration_summary,
     classification_metrics,
+    cross_fitted_size_only,
     fit_calibration,
     fit_size_only,
     majority_baseline,
@@ -370,6 +371,20 @@ def size_only_fit(data: PreparedData) -> SizeOnly | None:
     return fit_size_only(train["diameter_mm"], train["target"], data.class_names)
 
 
+def out_of_fold_against_size_only(data: PreparedData, held_out: HeldOut | None) -> dict | None:
+    """A fold ensemble's out-of-fold predictions against the size-only baseline cross-fitted over the same
+    patient folds: the comparison on every training and validation patient, not only the test split's few.
+    None for other models, or where the data has no diameters."""
+    if held_out is None or "diameter_mm" not in held_out.frame.columns:
+        return None
+    y = held_out.frame["target"].to_numpy()
+    sizes = cross_fitted_size_only(held_out.frame["diameter_mm"], y, held_out.fold, data.class_names)
+    return {
+        "predictions": held_out.description,
+        **paired_bootstrap_classification(y, held_out.probs, sizes, held_out.frame, data.class_names),
+    }
+
+
 def against_size_only(data: PreparedData, test_probs, size_probs) -> dict | None:
     """AUC and macro F1 against the size-only baseline on the same test patients, with bootstrap intervals."""
     if size_probs is None:
@@ -566,6 +581,8 @@ def run_classification_study(config: ExperimentConfig, run_dir: Path, progress: 
                 "tta": r.tta,
                 "calibration": r.calibration,
                 "training": r.training,
+                # a fold ensemble: its out-of-fold predictions against the diameter, on the pooled patients
+                "out_of_fold_against_size_only": out_of_fold_against_size_only(data, r.held_out),
             }
             for r in results.values()
         },

@@ -32,8 +32,12 @@ from sklearn.metrics import roc_auc_score
 
 from lungnet.data.dataset import classification_pipeline, prepare_data
 from lungnet.data.splits import patient_folds
-from lungnet.evaluation import classification_metrics, expected_calibration_error, fit_calibration
-from lungnet.evaluation.baselines import fit_size_only
+from lungnet.evaluation import (
+    classification_metrics,
+    cross_fitted_size_only,
+    expected_calibration_error,
+    fit_calibration,
+)
 from lungnet.evaluation.calibration import ece_interval
 from lungnet.evaluation.paired import paired_bootstrap_classification
 from lungnet.inference import predict_proba
@@ -72,11 +76,7 @@ def main(run: Path, name: str | None) -> None:
     probs, y, fold = out_of_fold(run, name, data, members)
     print(f"{name}: {len(members)} members, {len(y)} out-of-fold slices")
     pool = data.manifest[data.manifest["split"].isin(["train", "val"])].reset_index(drop=True)
-    size = np.zeros_like(probs)
-    for i in range(len(members)):
-        rest = fold != i
-        fitted_size = fit_size_only(pool["diameter_mm"][rest], y[rest], data.class_names)
-        size[~rest] = fitted_size.predict(pool["diameter_mm"][~rest])
+    size = cross_fitted_size_only(pool["diameter_mm"], y, fold, data.class_names)
     print("0. out of fold (AUC / macro F1 at argmax):")
     for label, p in (("the members", probs), ("size-only, cross-fitted over the same folds", size)):
         scores = classification_metrics(y, p, data.class_names)
