@@ -9,7 +9,8 @@ before that file existed (the run's folds, each member predicting its own fold).
      one-vs-rest for 5 classes) and macro F1 at argmax, with the size-only logistic regression cross-fitted
      over the same patient folds (fitted on the other four, applied to each), and the difference with its
      95 % patient-bootstrap interval at slice and nodule level (slightly flattering the members: each
-     member's epoch was chosen on its own fold);
+     member's epoch was chosen on its own fold), as new runs write it to ``metrics.json``
+     (``out_of_fold_against_size_only``, the same function);
   1. on the out-of-fold predictions only (what a decision may use): ECE uncalibrated, with the calibration
      fitted on all of them (as the run does), and cross-fitted over members (fitted on the other folds'
      predictions, applied to each fold's);
@@ -32,36 +33,30 @@ from sklearn.metrics import roc_auc_score
 
 from lungnet.data.dataset import classification_pipeline, prepare_data
 from lungnet.data.splits import patient_folds
-from lungnet.evaluation import (
-    classification_metrics,
-    cross_fitted_size_only,
-    expected_calibration_error,
-    fit_calibration,
-)
+from lungnet.evaluation import expected_calibration_error, fit_calibration
 from lungnet.evaluation.calibration import ece_interval
-from lungnet.evaluation.paired import paired_bootstrap_classification
 from lungnet.inference import predict_proba
 from lungnet.models.ensemble import ensemble_members
 from lungnet.runs import load_run_config
 from lungnet.runs.artifacts import load_run_model
+from lungnet.studies.classification import HeldOut, out_of_fold_against_size_only
 
 
-def out_of_fold(run: Path, name: str, data, members) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(probabilities, targets, member index) of the pooled training and validation slices."""
+def out_of_fold(run: Path, name: str, data, members) -> HeldOut:
+    """The pooled training and validation slices with their out-of-fold probabilities and folds."""
     pool = data.manifest[data.manifest["split"].isin(["train", "val"])].reset_index(drop=True)
-    y = pool["target"].to_numpy()
     saved = run / f"out_of_fold_{name}.csv"
     if saved.is_file():
         table = pd.read_csv(saved)
         columns = [f"prob_{c}" for c in data.class_names]
-        return table[columns].to_numpy(), y, table["member"].to_numpy() - 1
+        return HeldOut(pool, table[columns].to_numpy(), table["member"].to_numpy() - 1)
     folds = patient_folds(pool, len(members), seed=data.config.split_seed)
     probs = np.zeros((len(pool), len(data.class_names)))
     for i, member in enumerate(members):
         frame = pool[folds == i].reset_index(drop=True)
         ds = classification_pipeline(frame, data.config, len(data.class_names))
         probs[folds == i] = predict_proba(member, ds)
-    return probs, y, folds
+    return HeldOut(pool, probs, folds)
 
 
 def overconfidence(y, probs) -> float:
@@ -73,23 +68,20 @@ def main(run: Path, name: str | None) -> None:
     data = prepare_data(config.data, progress=False)
     model, name = load_run_model(run, name)
     members = ensemble_members(model)
-    probs, y, fold = out_of_fold(run, name, data, members)
+    held = out_of_fold(run, name, data, members)
+    probs, y, fold, pool = held.probs, held.frame["target"].to_numpy(), held.fold, held.frame
     print(f"{name}: {len(members)} members, {len(y)} out-of-fold slices")
-    pool = data.manifest[data.manifest["split"].isin(["train", "val"])].reset_index(drop=True)
-    size = cross_fitted_size_only(pool["diameter_mm"], y, fold, data.class_names)
-    print("0. out of fold (AUC / macro F1 at argmax):")
-    for label, p in (("the members", probs), ("size-only, cross-fitted over the same folds", size)):
-        scores = classification_metrics(y, p, data.class_names)
-        print(f"   {label}: {scores['auc']:.3f} / {scores['f1_macro']:.3f}")
-    paired = paired_bootstrap_classification(y, probs, size, pool, data.class_names)
+    print("0. out of fold, the members (a) against size-only cross-fitted over the same folds (b):")
+    paired = out_of_fold_against_size_only(data, held)
     for level in ("slice", "nodule"):
         if level in paired:
             row = paired[level]
             cells = [
-                f"{m} {row[m]['difference']:+.3f} ({row[m]['ci95'][0]:+.3f} .. {row[m]['ci95'][1]:+.3f})"
+                f"{m} a {row[m]['a']:.3f}, b {row[m]['b']:.3f}, a - b {row[m]['difference']:+.3f} "
+                f"({row[m]['ci95'][0]:+.3f} .. {row[m]['ci95'][1]:+.3f})"
                 for m in ("auc", "f1_macro")
             ]
-            print(f"   members - size-only, {level} ({row['n_patients']} patients): {'; '.join(cells)}")
+            print(f"   {level} ({row['n_patients']} patients): {'; '.join(cells)}")
     if probs.shape[1] == 2:  # the diameter needs no fit to be ranked
         test = data.split("test")
         print(
