@@ -147,6 +147,9 @@ def test_a_run_trains_its_segmenter_on_training_patients_and_scores_image_only(t
     run_dir = tmp_path / "run"
     overrides = [
         "data.split=[0.5,0.25,0.25]",
+        # a fold ensemble, so the image-only rows are also judged on every training and validation patient
+        "models=[{name: custom_cnn, model: {name: custom_cnn, filters: [4, 4, 8, 8], dense_units: 8}, "
+        "ensemble: 2, ensemble_validation: patient-folds}]",
         "evaluation.explain=false",
         "evaluation.tta=false",
         "measured_nodule.enabled=true",
@@ -160,8 +163,18 @@ def test_a_run_trains_its_segmenter_on_training_patients_and_scores_image_only(t
     measured = metrics["image_only"]["measured_nodule"]
     assert 0 <= measured["auc"] <= 1 and measured["levels"]["nodule"]["n"] == 4
     assert "mean of measured_nodule and custom_cnn" in metrics["image_only"]
+    pooled = pd.read_csv(run_dir / "out_of_fold_custom_cnn.csv")
     for row in metrics["image_only"].values():
-        assert {"slice", "nodule"} <= set(row["against_size_only"])
+        assert {"slice", "nodule", "patient"} <= set(row["against_size_only"])
+        against = row["out_of_fold_against_size_only"]
+        assert against["slice"]["n"] == len(pooled)
+        assert against["patient"]["n_patients"] == pooled["patient_id"].nunique() == 12
+    assert metrics["image_only"]["measured_nodule"]["out_of_fold_against_size_only"]["predictions"] == (
+        "cross-fitted training (5 patient folds) + validation"
+    )
+    report = (run_dir / "report.html").read_text()
+    out_of_fold_table = report.split("Out of fold, on every")[1].split("</table>")[0]
+    assert "image-only: measured_nodule" in out_of_fold_table
     assert "Against the diameter" in (run_dir / "report.html").read_text()
     calibration = measured["calibration"]
     assert calibration["temperature"] > 0 and isinstance(calibration["prior_correction"], bool)

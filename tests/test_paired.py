@@ -10,6 +10,7 @@ import pytest
 
 from lungnet.cli import main
 from lungnet.errors import DataError
+from lungnet.evaluation.aggregation import level_metrics
 from lungnet.evaluation.paired import paired_bootstrap, paired_bootstrap_classification
 
 
@@ -98,10 +99,11 @@ def _labelled_nodules(n_patients: int = 40, seed: int = 0):
     return frame, y, np.c_[1 - a, a], np.c_[1 - b, b]
 
 
-def test_classification_bootstrap_finds_the_better_classifier_at_both_levels():
+def test_classification_bootstrap_finds_the_better_classifier_at_every_level():
     frame, y, a, b = _labelled_nodules()
     result = paired_bootstrap_classification(y, a, b, frame, ["benign", "malignant"], samples=200)
-    for level, n in (("slice", len(frame)), ("nodule", frame["nodule_id"].nunique())):
+    levels = (("slice", len(frame)), ("nodule", frame["nodule_id"].nunique()), ("patient", 40))
+    for level, n in levels:
         assert result[level]["n"] == n and result[level]["n_patients"] == 40
         auc = result[level]["auc"]
         assert auc["a"] > 0.9 and abs(auc["b"] - 0.5) < 0.15
@@ -109,6 +111,11 @@ def test_classification_bootstrap_finds_the_better_classifier_at_both_levels():
         assert 0 < auc["ci95"][0] <= auc["difference"] <= auc["ci95"][1]
         assert auc["share_of_resamples_a_better"] == 1.0
         assert result[level]["f1_macro"]["ci95"][0] > 0
+    # the patient level is the one the run reports: a patient's highest nodule probability of malignancy
+    for probs, side in ((a, "a"), (b, "b")):
+        patient = level_metrics(y, probs, frame, ["benign", "malignant"])["patient"]
+        assert result["patient"]["auc"][side] == pytest.approx(patient["auc"])
+        assert result["patient"]["f1_macro"][side] == pytest.approx(patient["f1_macro"])
     swapped = paired_bootstrap_classification(y, b, a, frame, ["benign", "malignant"], samples=200)
     assert swapped["nodule"]["auc"]["difference"] == pytest.approx(-result["nodule"]["auc"]["difference"])
     assert swapped["nodule"]["auc"]["ci95"][1] < 0

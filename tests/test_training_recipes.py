@@ -299,6 +299,52 @@ def test_the_mean_with_a_fold_ensemble_is_calibrated_on_both_models_held_out_row
     assert mean_calibration_data(None, network) is None and mean_calibration_data(measured, None) is None
 
 
+def test_image_only_rows_are_judged_against_the_diameter_on_the_fold_ensembles_patients():
+    import types
+
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from lungnet.errors import DataError
+    from lungnet.evaluation import cross_fitted_size_only
+    from lungnet.studies.classification import HeldOut, held_out_against_size_only
+
+    rng = np.random.default_rng(0)
+    patients = np.repeat(np.arange(40), 2)
+    target = rng.integers(0, 2, 40)[patients]
+    # pooled rows in manifest order, training and validation patients interleaved
+    frame = pd.DataFrame(
+        {
+            "patient_id": [f"P{p}" for p in patients],
+            "nodule_id": [f"P{p}/0" for p in patients],
+            "split": np.where(patients % 3 == 0, "val", "train"),
+            "target": target,
+            "diameter_mm": 6 + 8 * target + rng.uniform(0, 8, len(patients)),
+        }
+    )
+    folds = patients % 4
+    network = HeldOut(frame, np.full((len(frame), 2), 0.5), folds)
+    ordered = frame.iloc[
+        np.r_[np.flatnonzero(frame["split"] == "train"), np.flatnonzero(frame["split"] == "val")]
+    ]
+    p = np.clip(0.3 + 0.4 * ordered["target"].to_numpy() + rng.normal(0, 0.2, len(frame)), 0, 1)
+    held = (np.c_[1 - p, p], ordered["target"].to_numpy(), "cross-fitted measured classifier")
+    data = types.SimpleNamespace(class_names=["benign", "malignant"])
+
+    result = held_out_against_size_only(data, held, network)
+    assert result["predictions"] == "cross-fitted measured classifier"
+    assert {"slice", "nodule", "patient"} <= set(result) and result["patient"]["n"] == 40
+    y = ordered["target"].to_numpy()
+    assert result["slice"]["auc"]["a"] == pytest.approx(roc_auc_score(y, p))
+    # the diameter is cross-fitted over the fold ensemble's folds, carried with each row
+    size = cross_fitted_size_only(ordered["diameter_mm"], y, folds[ordered.index], data.class_names)
+    assert result["slice"]["auc"]["b"] == pytest.approx(roc_auc_score(y, size[:, 1]))
+    assert held_out_against_size_only(data, None, network) is None
+    assert held_out_against_size_only(data, held, None) is None
+    with pytest.raises(DataError, match="not the fold ensemble's training"):
+        held_out_against_size_only(data, (held[0], frame["target"].to_numpy()[::-1], "x"), network)
+
+
 def test_a_classifier_that_segments_learns_from_masks_and_serves_probabilities(tmp_path, capsys):
     from test_physical_scale_and_neighbours import write_crops
 

@@ -45,13 +45,20 @@ def nodule_level(y_true, probs, frame: pd.DataFrame):
     return yn, pn, first, mixed
 
 
+def patient_level(y_true, probs, frame: pd.DataFrame):
+    """``(y, probs, patient_ids, n_mixed)`` with one row per patient: the highest nodule probability of
+    malignancy for two classes, the mean over the patient's nodules for more."""
+    y, p, patient_keys, _ = nodule_level(y_true, probs, frame)
+    yp, pp, mixed = _group(y, p, patient_keys, "max" if p.shape[1] == 2 else "mean")
+    return yp, pp, np.unique(patient_keys), mixed
+
+
 def level_metrics(y_true, probs, frame: pd.DataFrame, class_names) -> dict:
     """``{"nodule": metrics, "patient": metrics}`` (each with ``n`` groups and ``n_mixed``), as available."""
     out = {}
-    y, p, patient_keys, mixed = nodule_level(y_true, probs, frame)
     if "nodule_id" in frame.columns:
+        y, p, _, mixed = nodule_level(y_true, probs, frame)
         out["nodule"] = {**classification_metrics(y, p, class_names), "n_mixed": mixed}
-    reduce = "max" if p.shape[1] == 2 else "mean"
-    yp, pp, mixed = _group(y, p, patient_keys, reduce)
+    yp, pp, _, mixed = patient_level(y_true, probs, frame)
     out["patient"] = {**classification_metrics(yp, pp, class_names), "n_mixed": mixed}
     return out

@@ -158,12 +158,13 @@ def paired_bootstrap_classification(
     seed: int = 0,
 ) -> dict:
     """Is classifier a better than b on the same test split? AUC and macro F1 (a - b) with patient-bootstrap
-    95 % intervals, at slice level and at nodule level (probabilities averaged over a nodule's slices).
+    95 % intervals, at slice level, at nodule level (probabilities averaged over a nodule's slices) and at
+    patient level (`lungnet.evaluation.aggregation.patient_level`).
 
     AUC and F1 are set-level metrics, so each resample recomputes them on the drawn patients' samples (the
     same draw for a and b); draws that lack a class, where AUC is undefined, are left out and counted.
     """
-    from lungnet.evaluation.aggregation import nodule_level
+    from lungnet.evaluation.aggregation import nodule_level, patient_level
 
     y = np.asarray(y_true)
     pa, pb = np.asarray(probs_a, np.float64), np.asarray(probs_b, np.float64)
@@ -177,6 +178,8 @@ def paired_bootstrap_classification(
     if "nodule_id" in frame.columns:
         yn, na, patients, _ = nodule_level(y, pa, frame)
         levels["nodule"] = (yn, na, nodule_level(y, pb, frame)[1], patients)
+    yp, pa_patient, patients, _ = patient_level(y, pa, frame)
+    levels["patient"] = (yp, pa_patient, patient_level(y, pb, frame)[1], patients)
     rng = np.random.default_rng(seed)
     out = {"samples": int(samples), "seed": int(seed), "resampled": "patients, with replacement"}
     for level, (yl, a, b, patients) in levels.items():

@@ -25,7 +25,9 @@ OUT_OF_FOLD_CAPTION = (
     "Out of fold, on every training and validation patient: each slice predicted by the one fold-ensemble "
     "member that never saw its patient (one member, not the ensemble's mean; each member's epoch was chosen "
     "on its own fold, which flatters it a little), against the size-only baseline cross-fitted over the same "
-    "patient folds; 95 % intervals from {samples} patient-bootstrap resamples"
+    "patient folds; 95 % intervals from {samples} patient-bootstrap resamples. The image-only rows' held-out "
+    "predictions: the measured classifier's on training patients cross-fitted over them (its segmenter was "
+    "trained on those patients, which flatters it), on validation patients from its fit on the training split"
 )
 METRIC_COLUMNS = ("f1", "f1_macro", "auc", "accuracy", "precision", "recall")
 
@@ -107,7 +109,7 @@ def against_size_only_table(comparisons: dict[str, dict | None]) -> pd.DataFrame
     """Each row's AUC and macro F1 minus the size-only baseline's, with their bootstrap intervals."""
     rows = []
     for model, comparison in comparisons.items():
-        for level in ("slice", "nodule"):
+        for level in ("slice", "nodule", "patient"):
             if not comparison or level not in comparison:
                 continue
             row = {"model": model, "level": level, "patients": comparison[level]["n_patients"]}
@@ -155,9 +157,13 @@ def write_report(
     against = against_size_only_table(against_size_only_rows(summary, summary["selected_model"]))
     if against is not None:
         report.table(against, AGAINST_CAPTION.format(samples=summary["against_size_only"]["samples"]))
+    records = {
+        **summary["models"],
+        **{f"image-only: {k}": v for k, v in summary.get("image_only", {}).items()},
+    }
     out_of_fold = {
         name: record["out_of_fold_against_size_only"]
-        for name, record in summary["models"].items()
+        for name, record in records.items()
         if record.get("out_of_fold_against_size_only")
     }
     if out_of_fold:

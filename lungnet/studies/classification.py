@@ -23,7 +23,7 @@ from lungnet.data.dataset import (
     prepare_data,
 )
 from lungnet.data.splits import patient_folds
-from lungnet.errors import LungnetError
+from lungnet.errors import DataError, LungnetError
 from lungnet.evaluation import (
     SizeOnly,
     best_f1_threshold,
@@ -197,13 +197,26 @@ class HeldOut:
     frame: pd.DataFrame
     probs: np.ndarray
     fold: np.ndarray  # each row's fold, 0-based: member fold + 1 predicted it
+    predicted_by: str | None = None  # where the predictions come from, if not the fold members
 
     @property
     def description(self) -> str:
-        return f"out-of-fold ({int(self.fold.max()) + 1} patient folds of training + validation)"
+        folds = f"{int(self.fold.max()) + 1} patient folds of training + validation"
+        return self.predicted_by or f"out-of-fold ({folds})"
 
     def split_probs(self, name: str) -> np.ndarray:
         return self.probs[(self.frame["split"] == name).to_numpy()]
+
+    def by_split(self, *names: str) -> HeldOut:
+        """These rows regrouped split by split in the order named (the measured classifier's order)."""
+        index = np.concatenate([np.flatnonzero((self.frame["split"] == n).to_numpy()) for n in names])
+        return HeldOut(self.frame.iloc[index].reset_index(drop=True), self.probs[index], self.fold[index])
+
+    def with_probs(self, probs: np.ndarray, description: str) -> HeldOut:
+        """Other held-out predictions of the same rows (same folds), described as `description`."""
+        if len(probs) != len(self.frame):
+            raise DataError(f"held-out predictions: {len(probs)} rows for {len(self.frame)} pooled rows")
+        return HeldOut(self.frame, probs, self.fold, description)
 
     def table(self, view: str, class_names) -> pd.DataFrame:
         """One row per pooled slice: its split, fold (the member that predicted it) and probabilities."""
@@ -469,8 +482,24 @@ def mean_calibration_data(measured: tuple | None, network: HeldOut | None) -> tu
     if measured is None or network is None:
         return None
     probs, y, description = measured
-    held = np.concatenate([network.split_probs("train"), network.split_probs("val")])
+    held = network.by_split("train", "val").probs
     return (probs + held) / 2, y, f"mean of {description} and {network.description}"
+
+
+def held_out_against_size_only(data: PreparedData, held: tuple | None, network: HeldOut | None):
+    """Held-out predictions `held` ``(probs, targets, description)`` of the training rows, then the
+    validation rows, against the size-only baseline cross-fitted over the fold ensemble `network`'s patient
+    folds (None where either is missing): the image-only rows judged on every pooled patient, as the fold
+    ensemble is by `out_of_fold_against_size_only`."""
+    if held is None or network is None:
+        return None
+    probs, y, description = held
+    pooled = network.by_split("train", "val")
+    if not np.array_equal(y, pooled.frame["target"].to_numpy()):
+        raise DataError(
+            "held-out predictions: their rows are not the fold ensemble's training + validation rows"
+        )
+    return out_of_fold_against_size_only(data, pooled.with_probs(probs, description))
 
 
 def measured_nodule_results(
@@ -509,6 +538,7 @@ def measured_nodule_results(
     measured["against_size_only"] = against_size_only(data, test_probs, size_probs)
     mean_val = (val_probs + selected.val_probs) / 2
     mean_test = (test_probs + selected.test_probs) / 2
+    mean_calibration = mean_calibration_data(calibration_data, selected.held_out)
     write_csv(
         run_dir / "measured_nodule_predictions.csv",
         probability_table(frames["test"], config.data.view, test_probs, data.class_names),
@@ -521,9 +551,16 @@ def measured_nodule_results(
         mean_test,
         frames["test"],
         data.class_names,
-        mean_calibration_data(calibration_data, selected.held_out),
+        mean_calibration,
     )
     mean["against_size_only"] = against_size_only(data, mean_test, size_probs)
+    if size_probs is not None:
+        measured["out_of_fold_against_size_only"] = held_out_against_size_only(
+            data, calibration_data, selected.held_out
+        )
+        mean["out_of_fold_against_size_only"] = held_out_against_size_only(
+            data, mean_calibration, selected.held_out
+        )
     return {"measured_nodule": measured, f"mean of measured_nodule and {selected.name}": mean}
 
 

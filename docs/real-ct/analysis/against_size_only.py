@@ -34,7 +34,7 @@ out = {}
 for k, p in rows.items():
     r = paired_bootstrap_classification(y, p, size, test, names)
     out[k] = r
-    for lvl in ("slice", "nodule"):
+    for lvl in ("slice", "nodule", "patient"):
         print(
             k,
             lvl,

@@ -8,7 +8,7 @@ before that file existed (the run's folds, each member predicting its own fold).
   0. out of fold, the ensemble's members against the readers' diameter on the same slices: AUC (macro
      one-vs-rest for 5 classes) and macro F1 at argmax, with the size-only logistic regression cross-fitted
      over the same patient folds (fitted on the other four, applied to each), and the difference with its
-     95 % patient-bootstrap interval at slice and nodule level (slightly flattering the members: each
+     95 % patient-bootstrap interval at slice, nodule and patient level (slightly flattering the members: each
      member's epoch was chosen on its own fold), as new runs write it to ``metrics.json``
      (``out_of_fold_against_size_only``, the same function);
   1. on the out-of-fold predictions only (what a decision may use): ECE uncalibrated, with the calibration
@@ -73,7 +73,7 @@ def main(run: Path, name: str | None) -> None:
     print(f"{name}: {len(members)} members, {len(y)} out-of-fold slices")
     print("0. out of fold, the members (a) against size-only cross-fitted over the same folds (b):")
     paired = out_of_fold_against_size_only(data, held)
-    for level in ("slice", "nodule"):
+    for level in ("slice", "nodule", "patient"):
         if level in paired:
             row = paired[level]
             cells = [
