@@ -195,7 +195,7 @@ def test_a_run_trains_its_segmenter_on_training_patients_and_scores_image_only(t
     assert external["n"] == 48 and external["levels"]["nodule"]["n"] == 16
     assert external["calibration"]["temperature"] == calibration["temperature"]
     assert external["calibration"]["fitted_on"] == calibration["fitted_on"]
-    assert {"slice", "nodule"} <= set(external["against_size_only"])
+    assert {"slice", "nodule", "patient"} <= set(external["against_size_only"])
     capsys.readouterr()
 
 

@@ -45,6 +45,9 @@ def test_run_folder_holds_every_artefact(smoke_run):
         metrics["auc"] - metrics["baselines"]["size_only"]["auc"]
     )
     assert against["nodule"]["n"] == metrics["levels"]["nodule"]["n"]
+    patient = metrics["levels"]["patient"]  # per patient, the same aggregation as the run's own levels
+    assert against["patient"]["n"] == patient["n"]
+    assert against["patient"]["f1_macro"]["a"] == pytest.approx(patient["f1_macro"])
     assert (run_dir / "figures" / "learning_curves.png").is_file()
     predictions = pd.read_csv(run_dir / "predictions.csv")
     assert list(predictions.columns) == [
