@@ -11,7 +11,11 @@ import pytest
 from lungnet.cli import main
 from lungnet.errors import DataError
 from lungnet.evaluation.aggregation import level_metrics
-from lungnet.evaluation.paired import paired_bootstrap, paired_bootstrap_classification
+from lungnet.evaluation.paired import (
+    describe_levels,
+    paired_bootstrap,
+    paired_bootstrap_classification,
+)
 
 
 def _predictions(shift: float, noise: float, n_patients: int = 30, per_patient: int = 4, seed: int = 0):
@@ -116,6 +120,9 @@ def test_classification_bootstrap_finds_the_better_classifier_at_every_level():
         patient = level_metrics(y, probs, frame, ["benign", "malignant"])["patient"]
         assert result["patient"]["auc"][side] == pytest.approx(patient["auc"])
         assert result["patient"]["f1_macro"][side] == pytest.approx(patient["f1_macro"])
+    lines = describe_levels(result)  # what the analysis scripts print
+    assert [line.split(" ")[0] for line in lines] == ["slice", "nodule", "patient"]
+    assert f"{result['patient']['auc']['difference']:+.3f}" in lines[2]
     swapped = paired_bootstrap_classification(y, b, a, frame, ["benign", "malignant"], samples=200)
     assert swapped["nodule"]["auc"]["difference"] == pytest.approx(-result["nodule"]["auc"]["difference"])
     assert swapped["nodule"]["auc"]["ci95"][1] < 0

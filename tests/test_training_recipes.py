@@ -233,7 +233,7 @@ def test_a_fold_ensemble_stops_each_member_on_patients_it_never_trains_on(tmp_pa
     from lungnet.data.dataset import prepare_data
     from lungnet.data.splits import patient_folds
     from lungnet.evaluation import cross_fitted_size_only
-    from lungnet.studies.classification import _member_data, run_classification_study
+    from lungnet.studies.classification import HeldOut, _member_data, run_classification_study
 
     config = smoke_ensemble(
         tiny_phantom_config,
@@ -260,6 +260,10 @@ def test_a_fold_ensemble_stops_each_member_on_patients_it_never_trains_on(tmp_pa
     assert where in (tmp_path / "report.html").read_text()
     held_out = pd.read_csv(tmp_path / "out_of_fold_custom_cnn.csv")
     assert len(held_out) == len(pool) and set(held_out["split"]) == {"train", "val"}
+    # the saved table reads back as the rows' folds and probabilities (the analysis scripts use it)
+    read_back = HeldOut.from_table(pool, held_out, data.class_names)
+    np.testing.assert_array_equal(read_back.fold, folds)
+    assert read_back.probs[:, 1] == pytest.approx(held_out["prob_malignant"].to_numpy())
     for member, rows in held_out.groupby("member"):  # each slice predicted by the member of its fold
         assert set(rows["patient_id"]) == set(pool.loc[folds == member - 1, "patient_id"])
     # the model's validation score is its out-of-fold predictions of the validation slices

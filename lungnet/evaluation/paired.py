@@ -93,6 +93,22 @@ def describe(result: dict) -> str:
 CLASSIFICATION_METRICS = ("auc", "f1_macro")
 
 
+def describe_levels(result: dict) -> list[str]:
+    """One line per level of a `paired_bootstrap_classification` result: a, b, a - b and its interval."""
+    lines = []
+    for level in ("slice", "nodule", "patient"):
+        if level not in result:
+            continue
+        row = result[level]
+        cells = [
+            f"{m} {row[m]['a']:.3f} vs {row[m]['b']:.3f}, {row[m]['difference']:+.3f} "
+            + ("(no interval)" if row[m]["ci95"] is None else "({:+.3f} .. {:+.3f})".format(*row[m]["ci95"]))
+            for m in CLASSIFICATION_METRICS
+        ]
+        lines.append(f"{level} ({row['n_patients']} patients, {row['n']} rows): {'; '.join(cells)}")
+    return lines
+
+
 def _patient_rows(patients: np.ndarray) -> list[np.ndarray]:
     return [np.flatnonzero(patients == p) for p in np.unique(patients)]
 

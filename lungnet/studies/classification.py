@@ -201,8 +201,17 @@ class HeldOut:
 
     @property
     def description(self) -> str:
-        folds = f"{int(self.fold.max()) + 1} patient folds of training + validation"
-        return self.predicted_by or f"out-of-fold ({folds})"
+        if self.predicted_by:
+            return self.predicted_by
+        return f"out-of-fold ({int(self.fold.max()) + 1} patient folds of training + validation)"
+
+    @classmethod
+    def from_table(cls, pool: pd.DataFrame, table: pd.DataFrame, class_names) -> HeldOut:
+        """The pooled rows `pool` with the predictions of a saved `table` (``out_of_fold_<model>.csv``)."""
+        if len(table) != len(pool):
+            raise DataError(f"out-of-fold table: {len(table)} rows for {len(pool)} pooled rows")
+        probs = table[[f"prob_{c}" for c in class_names]].to_numpy()
+        return cls(pool, probs, table["member"].to_numpy() - 1)
 
     def split_probs(self, name: str) -> np.ndarray:
         return self.probs[(self.frame["split"] == name).to_numpy()]
@@ -211,12 +220,6 @@ class HeldOut:
         """These rows regrouped split by split in the order named (the measured classifier's order)."""
         index = np.concatenate([np.flatnonzero((self.frame["split"] == n).to_numpy()) for n in names])
         return HeldOut(self.frame.iloc[index].reset_index(drop=True), self.probs[index], self.fold[index])
-
-    def with_probs(self, probs: np.ndarray, description: str) -> HeldOut:
-        """Other held-out predictions of the same rows (same folds), described as `description`."""
-        if len(probs) != len(self.frame):
-            raise DataError(f"held-out predictions: {len(probs)} rows for {len(self.frame)} pooled rows")
-        return HeldOut(self.frame, probs, self.fold, description)
 
     def table(self, view: str, class_names) -> pd.DataFrame:
         """One row per pooled slice: its split, fold (the member that predicted it) and probabilities."""
@@ -499,7 +502,26 @@ def held_out_against_size_only(data: PreparedData, held: tuple | None, network: 
         raise DataError(
             "held-out predictions: their rows are not the fold ensemble's training + validation rows"
         )
-    return out_of_fold_against_size_only(data, pooled.with_probs(probs, description))
+    return out_of_fold_against_size_only(
+        data, dataclasses.replace(pooled, probs=probs, predicted_by=description)
+    )
+
+
+def measured_split_features(
+    data: PreparedData,
+    view: str,
+    seg_dir: Path,
+    tta: bool,
+    splits: tuple[str, ...] = ("train", "val", "test"),
+    progress: bool = True,
+) -> tuple[dict, dict, dict]:
+    """``(frames, features, masks)`` of `splits`: each split's rows, the measured-nodule features of its
+    slices, and the masks the segmenter of `seg_dir` predicted for them (keyed by image path)."""
+    column = image_column(data.manifest, view)
+    images = data.manifest.loc[data.manifest["split"].isin(splits), column]
+    masks = predict_masks(seg_dir, images, tta, progress)
+    frames = {s: data.split(s) for s in splits}
+    return frames, {s: measured_features(f, column, masks) for s, f in frames.items()}, masks
 
 
 def measured_nodule_results(
@@ -517,10 +539,9 @@ def measured_nodule_results(
     seg_dir = train_segmenter(
         settings, data.source.manifest, data.manifest, config.data.view, run_dir, progress
     )
-    column = image_column(data.manifest, config.data.view)
-    masks = predict_masks(seg_dir, data.manifest[column], settings.tta, progress)
-    frames = {s: data.split(s) for s in ("train", "val", "test")}
-    features = {s: measured_features(f, column, masks) for s, f in frames.items()}
+    frames, features, _ = measured_split_features(
+        data, config.data.view, seg_dir, settings.tta, progress=progress
+    )
     n = len(data.class_names)
     fitted = fit_measured(features["train"], frames["train"]["target"], settings.C)
     save_fitted(fitted, run_dir)  # `lungnet evaluate` scores external sets with it
@@ -554,13 +575,12 @@ def measured_nodule_results(
         mean_calibration,
     )
     mean["against_size_only"] = against_size_only(data, mean_test, size_probs)
-    if size_probs is not None:
-        measured["out_of_fold_against_size_only"] = held_out_against_size_only(
-            data, calibration_data, selected.held_out
-        )
-        mean["out_of_fold_against_size_only"] = held_out_against_size_only(
-            data, mean_calibration, selected.held_out
-        )
+    measured["out_of_fold_against_size_only"] = held_out_against_size_only(
+        data, calibration_data, selected.held_out
+    )
+    mean["out_of_fold_against_size_only"] = held_out_against_size_only(
+        data, mean_calibration, selected.held_out
+    )
     return {"measured_nodule": measured, f"mean of measured_nodule and {selected.name}": mean}
 
 

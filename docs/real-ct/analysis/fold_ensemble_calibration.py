@@ -35,6 +35,7 @@ from lungnet.data.dataset import classification_pipeline, prepare_data
 from lungnet.data.splits import patient_folds
 from lungnet.evaluation import expected_calibration_error, fit_calibration
 from lungnet.evaluation.calibration import ece_interval
+from lungnet.evaluation.paired import describe_levels
 from lungnet.inference import predict_proba
 from lungnet.models.ensemble import ensemble_members
 from lungnet.runs import load_run_config
@@ -47,9 +48,7 @@ def out_of_fold(run: Path, name: str, data, members) -> HeldOut:
     pool = data.manifest[data.manifest["split"].isin(["train", "val"])].reset_index(drop=True)
     saved = run / f"out_of_fold_{name}.csv"
     if saved.is_file():
-        table = pd.read_csv(saved)
-        columns = [f"prob_{c}" for c in data.class_names]
-        return HeldOut(pool, table[columns].to_numpy(), table["member"].to_numpy() - 1)
+        return HeldOut.from_table(pool, pd.read_csv(saved), data.class_names)
     folds = patient_folds(pool, len(members), seed=data.config.split_seed)
     probs = np.zeros((len(pool), len(data.class_names)))
     for i, member in enumerate(members):
@@ -72,16 +71,8 @@ def main(run: Path, name: str | None) -> None:
     probs, y, fold, pool = held.probs, held.frame["target"].to_numpy(), held.fold, held.frame
     print(f"{name}: {len(members)} members, {len(y)} out-of-fold slices")
     print("0. out of fold, the members (a) against size-only cross-fitted over the same folds (b):")
-    paired = out_of_fold_against_size_only(data, held)
-    for level in ("slice", "nodule", "patient"):
-        if level in paired:
-            row = paired[level]
-            cells = [
-                f"{m} a {row[m]['a']:.3f}, b {row[m]['b']:.3f}, a - b {row[m]['difference']:+.3f} "
-                f"({row[m]['ci95'][0]:+.3f} .. {row[m]['ci95'][1]:+.3f})"
-                for m in ("auc", "f1_macro")
-            ]
-            print(f"   {level} ({row['n_patients']} patients): {'; '.join(cells)}")
+    for line in describe_levels(out_of_fold_against_size_only(data, held)):
+        print(f"   {line}")
     if probs.shape[1] == 2:  # the diameter needs no fit to be ranked
         test = data.split("test")
         print(

@@ -19,17 +19,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from lungnet.data.dataset import image_column, prepare_data
-from lungnet.evaluation.measured_nodule import load_fitted, measured_features
+from lungnet.data.dataset import prepare_data
+from lungnet.evaluation.measured_nodule import load_fitted
+from lungnet.evaluation.paired import describe_levels
 from lungnet.runs import load_run_config
 from lungnet.studies.classification import (
     HeldOut,
     held_out_against_size_only,
     mean_calibration_data,
     measured_calibration_data,
+    measured_split_features,
     out_of_fold_against_size_only,
 )
-from lungnet.studies.measured_segmenter import predict_masks
 
 
 def main(run: Path) -> None:
@@ -37,14 +38,12 @@ def main(run: Path) -> None:
     data = prepare_data(config.data, progress=False)
     name = next(s.name for s in config.models if s.ensemble_validation == "patient-folds")
     pool = data.manifest[data.manifest["split"].isin(["train", "val"])].reset_index(drop=True)
-    table = pd.read_csv(run / f"out_of_fold_{name}.csv")
-    network = HeldOut(pool, table[[f"prob_{c}" for c in data.class_names]].to_numpy(), table["member"] - 1)
+    network = HeldOut.from_table(pool, pd.read_csv(run / f"out_of_fold_{name}.csv"), data.class_names)
 
-    settings, column = config.measured_nodule, image_column(data.manifest, config.data.view)
-    frames = {s: data.split(s) for s in ("train", "val")}
-    images = pd.concat([frames["train"][column], frames["val"][column]])
-    masks = predict_masks(run / "segmenter", images, settings.tta, progress=True)
-    features = {s: measured_features(f, column, masks) for s, f in frames.items()}
+    settings = config.measured_nodule
+    frames, features, _ = measured_split_features(
+        data, config.data.view, run / "segmenter", settings.tta, splits=("train", "val")
+    )
     y_val = frames["val"]["target"].to_numpy()
     val_probs = load_fitted(run).predict(features["val"], len(data.class_names))
     measured = measured_calibration_data(settings, features["train"], frames["train"], y_val, val_probs)
@@ -58,14 +57,8 @@ def main(run: Path) -> None:
     print(f"{run}: {pool['patient_id'].nunique()} pooled patients, {len(pool)} slices")
     for row, paired in rows.items():
         print(f"{row}: {paired['predictions']}")
-        for level in ("slice", "nodule", "patient"):
-            r = paired[level]
-            cells = [
-                f"{m} {r[m]['a']:.3f} vs {r[m]['b']:.3f}, {r[m]['difference']:+.3f} "
-                f"({r[m]['ci95'][0]:+.3f} .. {r[m]['ci95'][1]:+.3f})"
-                for m in ("auc", "f1_macro")
-            ]
-            print(f"   {level} ({r['n_patients']} patients, {r['n']} rows): {'; '.join(cells)}")
+        for line in describe_levels(paired):
+            print(f"   {line}")
 
 
 if __name__ == "__main__":

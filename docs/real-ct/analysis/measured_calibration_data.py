@@ -22,27 +22,23 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import GroupKFold
 
-from lungnet.data.dataset import image_column, prepare_data
+from lungnet.data.dataset import prepare_data
 from lungnet.evaluation import calibration_summary, expected_calibration_error, fit_calibration
 from lungnet.evaluation.measured_nodule import (
     CALIBRATION_FOLDS,
     cross_fitted_probs,
     fit_measured,
-    measured_features,
 )
 from lungnet.runs import load_run_config
-from lungnet.studies.measured_segmenter import predict_masks
+from lungnet.studies.classification import measured_split_features
 
 
 def main(run: Path) -> None:
     config = load_run_config(run)
     data = prepare_data(config.data, progress=False)
-    frames = {s: data.split(s) for s in ("train", "val", "test")}
-    column = image_column(data.manifest, config.data.view)
-    masks = predict_masks(
-        run / "segmenter", data.manifest[column], config.measured_nodule.tta, progress=False
+    frames, feats, _ = measured_split_features(
+        data, config.data.view, run / "segmenter", config.measured_nodule.tta, progress=False
     )
-    feats = {s: measured_features(f, column, masks) for s, f in frames.items()}
     y = {s: f["target"].to_numpy() for s, f in frames.items()}
     n = len(data.class_names)
     C = config.measured_nodule.C
