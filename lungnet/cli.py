@@ -125,7 +125,7 @@ def _cmd_data_harmonize(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from lungnet.studies.runner import prepare_run, release_worker_copy, run_study
+    from lungnet.studies.runner import prepare_run, release_worker_copy, run_study, summary_line
 
     config, run_dir = prepare_run(
         args.config,
@@ -136,11 +136,11 @@ def _cmd_train(args) -> int:
         assignments=args.assignments,
     )
     print(f"run folder: {run_dir}")
-    run_study(config, run_dir)
+    summary = run_study(config, run_dir)
     if release_worker_copy(run_dir):  # a multi-worker run's other worker
         return 0
     _warn_unconverged(run_dir)
-    print(f"run folder: {run_dir}\nreport: {run_dir / 'report.html'}")
+    print(f"\n{summary_line(summary, config.task)}\nrun folder: {run_dir}\nreport: {run_dir / 'report.html'}")
     return 0
 
 

@@ -158,7 +158,7 @@ def test_a_run_trains_its_segmenter_on_training_patients_and_scores_image_only(t
     ]
     args = ["train", "binary_nodule", "--profile", "smoke", "--data", manifest, "--out", str(run_dir)]
     assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
-    capsys.readouterr()
+    printed = capsys.readouterr().out
     metrics = json.loads((run_dir / "metrics.json").read_text())
     measured = metrics["image_only"]["measured_nodule"]
     assert 0 <= measured["auc"] <= 1 and measured["levels"]["nodule"]["n"] == 4
@@ -188,9 +188,19 @@ def test_a_run_trains_its_segmenter_on_training_patients_and_scores_image_only(t
     assert trained_on.isdisjoint(set(cls["patient_id"]))
     assert json.loads((run_dir / "segmenter" / "run.json").read_text())["status"] == "finished"
     assert "image-only: measured_nodule" in (run_dir / "report.html").read_text()
+    # the recommended model: the best validation F1 of the network and the image-only rows
+    validation_f1 = {"custom_cnn": metrics["models"]["custom_cnn"]["val"]["f1"]}
+    validation_f1.update({k: v["val"]["f1"] for k, v in metrics["image_only"].items()})
+    recommended = metrics["recommended"]
+    assert recommended["validation_f1"] == validation_f1
+    assert validation_f1[recommended["model"]] == max(f for f in validation_f1.values() if f is not None)
+    assert "Recommended model" in (run_dir / "report.html").read_text()
+    assert f"recommended model {recommended['model']}" in printed, printed[-800:]
 
     out_dir = tmp_path / "eval"
     assert main(["evaluate", str(run_dir), "--data", manifest, "--out", str(out_dir)]) == 0
+    assert json.loads((out_dir / "metrics.json").read_text())["recommended"] == recommended["model"]
+    assert f"The run recommends {recommended['model']}" in (out_dir / "report.html").read_text()
     external = json.loads((out_dir / "metrics.json").read_text())["image_only"]["measured_nodule"]
     assert external["n"] == 48 and external["levels"]["nodule"]["n"] == 16
     assert external["calibration"]["temperature"] == calibration["temperature"]

@@ -11,6 +11,7 @@ from lungnet.evaluation import figures as evaluation_figures
 from lungnet.evaluation.figures import save_figure
 from lungnet.reports.html import HtmlReport
 from lungnet.reports.training import CAPTION, convergence_notes, learning_curves, run_note
+from lungnet.studies.recommended import candidates, recommended_model
 
 PHANTOM_CAVEAT = (
     "These results come from lidc-phantom, a phantom rendered from real LIDC-IDRI annotations: the contours, "
@@ -97,6 +98,25 @@ def levels_table(summary: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["model", "level"])
 
 
+def recommended_table(summary: dict) -> pd.DataFrame:
+    """Each image-only candidate's validation F1 (what ranks them) beside its test AUC and macro F1 at
+    every level and its test ECE after calibration; the recommended one marked."""
+    chosen = summary.get("recommended") or recommended_model(summary)
+    rows = []
+    for name, record in candidates(summary).items():
+        row = {
+            "model": name,
+            "recommended": "yes" if name == chosen["model"] else "",
+            "validation F1": record.get("val", {}).get("f1"),
+        }
+        for level, scores in {"slice": record, **record.get("levels", {})}.items():
+            row[f"{level} AUC"] = scores.get("auc")
+            row[f"{level} macro F1"] = scores.get("f1_macro")
+        row["ECE after calibration"] = (record.get("calibration") or {}).get("ece_after")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("model")
+
+
 def against_size_only_rows(summary: dict, model: str) -> dict[str, dict | None]:
     """``{row: comparison}`` for `model` and each image-only row of a classification `summary`."""
     rows = {model: summary.get("against_size_only")}
@@ -154,6 +174,12 @@ def write_report(
     )
     report.table(comparison_table(summary, config, data_label))
     report.table(levels_table(summary))
+    if summary.get("image_only"):
+        report.table(
+            recommended_table(summary),
+            "Recommended model: of the selected network and the image-only rows beside it, the one with "
+            "the best validation F1 (chosen without the test split; test scores beside it)",
+        )
     against = against_size_only_table(against_size_only_rows(summary, summary["selected_model"]))
     if against is not None:
         report.table(against, AGAINST_CAPTION.format(samples=summary["against_size_only"]["samples"]))

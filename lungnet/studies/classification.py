@@ -59,6 +59,7 @@ from lungnet.runs import save_config
 from lungnet.runs.artifacts import save_run_model
 from lungnet.studies.external import evaluate_classification_run
 from lungnet.studies.measured_segmenter import predict_masks, train_segmenter
+from lungnet.studies.recommended import recommended_line, recommended_model
 from lungnet.studies.registry import Study, register_study
 from lungnet.training.distribute import distribution_scope
 from lungnet.training.fit import set_global_options, train_phase
@@ -650,6 +651,7 @@ def run_classification_study(config: ExperimentConfig, run_dir: Path, progress: 
     }
     if config.measured_nodule.enabled:  # image-only rows beside the trained models (not selectable)
         summary["image_only"] = measured_nodule_results(config, data, selected, run_dir, size_probs, progress)
+    summary["recommended"] = recommended_model(summary)
     write_json(run_dir / "metrics.json", summary)
     explanations = explain_selected(config, data, selected, run_dir) if config.evaluation.explain else {}
     write_report(run_dir, config, data, results, selected, summary, explanations)
@@ -659,7 +661,10 @@ def run_classification_study(config: ExperimentConfig, run_dir: Path, progress: 
 def classification_summary_line(summary: dict) -> str:
     name = summary["selected_model"]
     auc = summary["auc"] if summary.get("auc") is not None else float("nan")
-    return f"selected model {name}: test F1 {summary['f1']:.3f}, AUC {auc:.3f} ({summary['data']})"
+    line = f"selected model {name}: test F1 {summary['f1']:.3f}, AUC {auc:.3f} ({summary['data']})"
+    if summary.get("image_only"):
+        line += "\n" + recommended_line(summary)
+    return line
 
 
 register_study(

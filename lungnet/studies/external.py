@@ -29,6 +29,7 @@ from lungnet.reports.html import HtmlReport
 from lungnet.runs import load_run_config
 from lungnet.runs.artifacts import evaluation_dir, load_run_model, run_class_names, run_metrics
 from lungnet.studies.measured_segmenter import predict_masks
+from lungnet.studies.recommended import recommended_model
 
 
 def scored_here(
@@ -93,6 +94,18 @@ def measured_on(
     return out
 
 
+RECOMMENDED_BY = "best validation F1 of the run's image-only models, chosen without its test split"
+
+
+def run_recommendation(recorded: dict, rows: list[str]) -> str | None:
+    """The model the run recommends (`lungnet.studies.recommended`), where it is among the models scored
+    here and the run has image-only rows to choose from; None otherwise."""
+    if not recorded.get("image_only") or "selected_model" not in recorded:
+        return None
+    model = (recorded.get("recommended") or recommended_model(recorded))["model"]
+    return model if model in rows else None
+
+
 def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name: str | None = None) -> Path:
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
@@ -119,6 +132,7 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
     image_only = measured_on(
         run_dir, labelled, column, probs, name, names, recorded.get("image_only", {}), size_probs
     )
+    recommended = run_recommendation(recorded, [name, *(image_only or {})])
     out = evaluation_dir(run_dir, source.spec, out)
     table = pd.DataFrame(
         {
@@ -142,11 +156,16 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
             "split": "all samples",
             "levels": levels,  # nodule level (mean over slices) and patient level
             **({"image_only": image_only} if image_only else {}),
+            **({"recommended": recommended} if recommended else {}),
             "baselines": {"size_only": size_only},
         },
     )
     report = HtmlReport(f"External evaluation of {name} ({run_dir.name}) on {source.spec}")
     report.paragraph(f"Data: {source.description}; every sample, grouping '{config.data.grouping}'.")
+    if recommended:
+        report.paragraph(
+            f"The run recommends {recommended} ({RECOMMENDED_BY}); its rows below are the ones to read."
+        )
     keys = ("f1", "f1_macro", "auc", "accuracy", "precision", "recall")
     calibration_rows = {
         label: scored["calibration"]
