@@ -159,6 +159,16 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_predict(args) -> int:
+    from lungnet.studies.predict import predict_classification_run
+
+    out = predict_classification_run(args.run, args.data, out=args.out, model_name=args.model)
+    chosen = json.loads((out / "prediction.json").read_text())
+    print(f"{chosen['model']} ({chosen['chosen_by']}), calibration {chosen['calibration_described']}")
+    print(f"predictions written to {out} (predictions.csv, nodules.csv, patients.csv, prediction.json)")
+    return 0
+
+
 def _cmd_serve_config(args) -> int:
     from lungnet.serving.tf_serving import serve_config
 
@@ -366,6 +376,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="output folder (default: RUN/evaluations/<source>-<time>)")
     evaluate.add_argument("--model", help="which trained model of the run (default: the selected one)")
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    predict = commands.add_parser(
+        "predict", help="a classification run's model on unlabelled images: calibrated probabilities"
+    )
+    predict.add_argument("run", metavar="RUN", help="a finished classification run folder")
+    predict.add_argument(
+        "--data", required=True, metavar="SOURCE", help="images to predict (no labels needed)"
+    )
+    predict.add_argument("--out", help="output folder (default: RUN/predictions/<source>-<time>)")
+    predict.add_argument(
+        "--model",
+        help="a trained network or image-only row of the run (default: the run's recommended model)",
+    )
+    predict.set_defaults(func=_cmd_predict)
 
     serving = commands.add_parser(
         "serve-config", help="TF Serving's layout (<name>/<version>/) and models.config for runs"

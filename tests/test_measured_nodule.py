@@ -12,7 +12,8 @@ import pytest
 
 from lungnet.cli import main
 from lungnet.data.segmentation import prepare_segmentation_data
-from lungnet.errors import ConfigError, DataError
+from lungnet.errors import ConfigError, DataError, LungnetError
+from lungnet.evaluation import Calibration
 from lungnet.evaluation.measured_nodule import (
     MeasuredNoduleConfig,
     central_region,
@@ -23,6 +24,7 @@ from lungnet.evaluation.measured_nodule import (
 )
 from lungnet.experiment import load_experiment, resolve_experiment_path
 from lungnet.runs import load_run_config
+from lungnet.studies.predict import predict_classification_run
 from tests.test_physical_scale_and_neighbours import write_crops
 
 
@@ -206,6 +208,55 @@ def test_a_run_trains_its_segmenter_on_training_patients_and_scores_image_only(t
     assert external["calibration"]["temperature"] == calibration["temperature"]
     assert external["calibration"]["fitted_on"] == calibration["fitted_on"]
     assert {"slice", "nodule", "patient"} <= set(external["against_size_only"])
+    capsys.readouterr()
+    check_predictions_without_labels(tmp_path, run_dir, manifest, out_dir, recommended["model"], capsys)
+
+
+def check_predictions_without_labels(tmp_path, run_dir, manifest, evaluated, recommended, capsys):
+    """`lungnet predict` on the same crops with every label column removed: the recommended model by
+    default, its calibration applied, nodules and patients aggregated, a network's raw probabilities
+    the ones `lungnet evaluate` computed, and an unknown model a clear error."""
+    frame = pd.read_csv(manifest)
+    unlabelled = tmp_path / "unlabelled.csv"
+    keep = ["image", "mask", "patient_id", "nodule_id", "slice_index", "is_central", "pixel_spacing_mm"]
+    frame[[c for c in keep if c in frame.columns]].to_csv(unlabelled, index=False)
+    out = tmp_path / "predicted"
+    assert main(["predict", str(run_dir), "--data", str(unlabelled), "--out", str(out)]) == 0
+    assert f"{recommended} (best validation F1" in capsys.readouterr().out
+    record = json.loads((out / "prediction.json").read_text())
+    assert record["model"] == recommended and (record["slices"], record["nodules"]) == (48, 16)
+    slices = pd.read_csv(out / "predictions.csv")
+    calibration = Calibration.from_dict(record["calibration"])
+    raw = slices[["uncalibrated_prob_benign", "uncalibrated_prob_malignant"]].to_numpy()
+    np.testing.assert_allclose(slices[["prob_benign", "prob_malignant"]], calibration.apply(raw), atol=1e-6)
+    nodules = pd.read_csv(out / "nodules.csv").set_index("nodule_id")
+    mean = slices.groupby("nodule_id")["prob_malignant"].mean()
+    np.testing.assert_allclose(nodules.loc[mean.index, "prob_malignant"], mean, atol=1e-6)
+    patients = pd.read_csv(out / "patients.csv").set_index("patient_id")
+    highest = nodules.groupby("patient_id")["prob_malignant"].max()
+    np.testing.assert_allclose(patients.loc[highest.index, "prob_malignant"], highest, atol=1e-6)
+
+    network = tmp_path / "predicted_network"
+    assert (
+        main(
+            [
+                "predict",
+                str(run_dir),
+                "--data",
+                str(unlabelled),
+                "--out",
+                str(network),
+                "--model",
+                "custom_cnn",
+            ]
+        )
+        == 0
+    )
+    ours = pd.read_csv(network / "predictions.csv")["uncalibrated_prob_malignant"]
+    theirs = pd.read_csv(evaluated / "predictions.csv")["prob_malignant"]
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    with pytest.raises(LungnetError, match="no such model.*measured_nodule"):
+        predict_classification_run(run_dir, str(unlabelled), tmp_path / "p3", model_name="nope")
     capsys.readouterr()
 
 

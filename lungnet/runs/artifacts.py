@@ -82,18 +82,18 @@ def run_class_names(run_dir: Path) -> list[str] | None:
     return json.loads(path.read_text()).get("class_names") if path.is_file() else None
 
 
-def evaluation_dir(run_dir: Path, source_spec: str, out=None) -> Path:
-    """`out`, or a new ``RUN/evaluations/<source>-<UTC time>``; created. An evaluation never writes into the
-    run's own results: `out` may not be the run folder (or inside it, but for ``evaluations/``), nor a folder
-    that already holds files."""
+def evaluation_dir(run_dir: Path, source_spec: str, out=None, folder: str = "evaluations") -> Path:
+    """`out`, or a new ``RUN/<folder>/<source>-<UTC time>``; created. An evaluation (or a prediction, with
+    `folder` ``predictions``) never writes into the run's own results: `out` may not be the run folder (or
+    inside it, but for `folder`), nor a folder that already holds files."""
     if out is None:
         slug = re.sub(r"[^A-Za-z0-9]+", "-", Path(source_spec).stem or source_spec).strip("-")
-        return unique_dir(run_dir / "evaluations", f"{slug}-")
+        return unique_dir(run_dir / folder, f"{slug}-")
     out, run = Path(out), Path(run_dir).resolve()
     target = out.resolve()
-    if target == run or (run in target.parents and (run / "evaluations") not in [target, *target.parents]):
+    if target == run or (run in target.parents and (run / folder) not in [target, *target.parents]):
         raise LungnetError(
             f"--out {out}: inside run {run_dir}, whose own results it would overwrite; choose a folder outside "
-            f"it, or leave --out out (evaluations go to {run_dir / 'evaluations'})"
+            f"it, or leave --out out (they go to {run_dir / folder})"
         )
     return new_run_dir("", out)

@@ -72,26 +72,41 @@ def size_only_here(labelled: pd.DataFrame, names, recorded: dict) -> tuple[dict,
     }, probs
 
 
+def measured_probs(run_dir: Path, frame: pd.DataFrame, column: str, n_classes: int) -> np.ndarray | None:
+    """The run's measured-nodule classifier on `frame` (its own segmenter outlines every slice first), or
+    None where the run has none."""
+    fitted = load_fitted(run_dir)
+    if fitted is None:
+        return None
+    masks = predict_masks(
+        run_dir / SEGMENTER_DIR, frame[column], tta=load_run_config(run_dir).measured_nodule.tta
+    )
+    return fitted.predict(measured_features(frame, column, masks), n_classes)
+
+
+def image_only_probs(
+    run_dir: Path, frame: pd.DataFrame, column: str, network_probs, name: str, n_classes: int
+) -> dict[str, np.ndarray]:
+    """``{row: probabilities}`` of the run's image-only rows on `frame`: the measured-nodule classifier and
+    its mean with the network `name`'s `network_probs` (empty where the run has no measured classifier)."""
+    measured = measured_probs(run_dir, frame, column, n_classes)
+    if measured is None:
+        return {}
+    return {
+        "measured_nodule": measured,
+        f"mean of measured_nodule and {name}": (measured + network_probs) / 2,
+    }
+
+
 def measured_on(
     run_dir: Path, labelled: pd.DataFrame, column: str, probs, name: str, names, recorded: dict, size_probs
 ) -> dict:
-    """The run's measured-nodule classifier (and its mean with the evaluated model) on `labelled`, when
-    the run has one: its own segmenter outlines every slice first. `recorded`: the run's ``image_only``."""
-    fitted = load_fitted(run_dir)
-    if fitted is None:
-        return {}
-    masks = predict_masks(
-        run_dir / SEGMENTER_DIR, labelled[column], tta=load_run_config(run_dir).measured_nodule.tta
-    )
-    measured = fitted.predict(measured_features(labelled, column, masks), len(names))
+    """The run's image-only rows scored on `labelled`. `recorded`: the run's ``image_only``."""
     y = labelled["target"].to_numpy()
-    out = {}
-    for key, p in (
-        ("measured_nodule", measured),
-        (f"mean of measured_nodule and {name}", (measured + probs) / 2),
-    ):
-        out[key] = scored_here(y, p, labelled, names, recorded.get(key, {}).get("calibration"), size_probs)
-    return out
+    return {
+        key: scored_here(y, p, labelled, names, recorded.get(key, {}).get("calibration"), size_probs)
+        for key, p in image_only_probs(run_dir, labelled, column, probs, name, len(names)).items()
+    }
 
 
 RECOMMENDED_BY = "best validation F1 of the run's image-only models, chosen without its test split"
