@@ -1,6 +1,6 @@
 """The recommended model: the best validation F1 among the selected network and the image-only rows."""
 
-from lungnet.studies.recommended import candidates, recommended_line, recommended_model, recommended_record
+from lungnet.evaluation.recommended import candidates, recommended_line, recommended_model, recommended_record
 
 
 def summary(network_f1, measured_f1, mean_f1):

@@ -9,9 +9,9 @@ import pandas as pd
 from lungnet.evaluation import Calibration, fit_calibration, metric_definitions
 from lungnet.evaluation import figures as evaluation_figures
 from lungnet.evaluation.figures import save_figure
+from lungnet.evaluation.recommended import candidates, recommended_model
 from lungnet.reports.html import HtmlReport
 from lungnet.reports.training import CAPTION, convergence_notes, learning_curves, run_note
-from lungnet.studies.recommended import candidates, recommended_model
 
 PHANTOM_CAVEAT = (
     "These results come from lidc-phantom, a phantom rendered from real LIDC-IDRI annotations: the contours, "

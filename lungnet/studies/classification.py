@@ -46,6 +46,7 @@ from lungnet.evaluation.measured_nodule import (
     save_fitted,
 )
 from lungnet.evaluation.paired import paired_bootstrap_classification
+from lungnet.evaluation.recommended import recommended_line, recommended_model
 from lungnet.experiment import ExperimentConfig, ModelSpec
 from lungnet.fileio import write_csv, write_json
 from lungnet.inference import predict_proba, predict_tta
@@ -59,7 +60,6 @@ from lungnet.runs import save_config
 from lungnet.runs.artifacts import save_run_model
 from lungnet.studies.external import evaluate_classification_run
 from lungnet.studies.measured_segmenter import predict_masks, train_segmenter
-from lungnet.studies.recommended import recommended_line, recommended_model
 from lungnet.studies.registry import Study, register_study
 from lungnet.training.distribute import distribution_scope
 from lungnet.training.fit import set_global_options, train_phase

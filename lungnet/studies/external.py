@@ -22,6 +22,7 @@ from lungnet.evaluation.aggregation import level_metrics
 from lungnet.evaluation.figures import save_figure
 from lungnet.evaluation.measured_nodule import SEGMENTER_DIR, load_fitted, measured_features
 from lungnet.evaluation.paired import paired_bootstrap_classification
+from lungnet.evaluation.recommended import recommended_model
 from lungnet.fileio import write_csv, write_json
 from lungnet.inference import predict_proba
 from lungnet.reports.classification import AGAINST_CAPTION, against_size_only_rows, against_size_only_table
@@ -29,7 +30,6 @@ from lungnet.reports.html import HtmlReport
 from lungnet.runs import load_run_config
 from lungnet.runs.artifacts import evaluation_dir, load_run_model, run_class_names, run_metrics
 from lungnet.studies.measured_segmenter import predict_masks
-from lungnet.studies.recommended import recommended_model
 
 
 def scored_here(
@@ -113,7 +113,7 @@ RECOMMENDED_BY = "best validation F1 of the run's image-only models, chosen with
 
 
 def run_recommendation(recorded: dict, rows: list[str]) -> str | None:
-    """The model the run recommends (`lungnet.studies.recommended`), where it is among the models scored
+    """The model the run recommends (`lungnet.evaluation.recommended`), where it is among the models scored
     here and the run has image-only rows to choose from; None otherwise."""
     if not recorded.get("image_only") or "selected_model" not in recorded:
         return None

@@ -1,6 +1,6 @@
 """`lungnet predict`: a classification run's model on images that carry no labels.
 
-The model is the run's recommended one (`lungnet.studies.recommended`: a network, the measured-nodule
+The model is the run's recommended one (`lungnet.evaluation.recommended`: a network, the measured-nodule
 classifier, or their mean) unless one is named. Each slice gets its probabilities before and after the
 run's own calibration (fitted on the run's held-out predictions) and the class the run's F1 is reported at
 (the argmax before calibration). Nodules (where the source has ``nodule_id``) get the mean of their
@@ -24,12 +24,12 @@ from lungnet.data.registry import load_source
 from lungnet.errors import ConfigError, LungnetError
 from lungnet.evaluation import Calibration
 from lungnet.evaluation.aggregation import nodule_level, patient_level
+from lungnet.evaluation.recommended import recommended_model
 from lungnet.fileio import write_csv, write_json
 from lungnet.inference import predict_proba
 from lungnet.runs import load_run_config
 from lungnet.runs.artifacts import evaluation_dir, load_run_model, run_metrics
 from lungnet.studies.external import RECOMMENDED_BY, measured_probs
-from lungnet.studies.recommended import recommended_model
 
 MEASURED = "measured_nodule"
 MEAN_PREFIX = f"mean of {MEASURED} and "
