@@ -203,7 +203,15 @@ def test_a_run_trains_its_segmenter_on_training_patients_and_scores_image_only(t
     assert main(["evaluate", str(run_dir), "--data", manifest, "--out", str(out_dir)]) == 0
     assert json.loads((out_dir / "metrics.json").read_text())["recommended"] == recommended["model"]
     assert f"The run recommends {recommended['model']}" in (out_dir / "report.html").read_text()
+    # the run's own thresholds, chosen on its held-out predictions, applied to the external set
+    network = json.loads((out_dir / "metrics.json").read_text())
+    threshold = metrics["models"]["custom_cnn"]["threshold_from_val"]["threshold"]
+    assert network["at_run_threshold"]["threshold"] == threshold
+    called = int((pd.read_csv(out_dir / "predictions.csv")["prob_malignant"] >= threshold).sum())
+    assert np.asarray(network["at_run_threshold"]["confusion_matrix"])[:, 1].sum() == called
+    assert f"threshold {threshold:.3f}" in (out_dir / "report.html").read_text()
     external = json.loads((out_dir / "metrics.json").read_text())["image_only"]["measured_nodule"]
+    assert external["at_run_threshold"]["threshold"] == measured["threshold_from_val"]["threshold"]
     assert external["n"] == 48 and external["levels"]["nodule"]["n"] == 16
     assert external["calibration"]["temperature"] == calibration["temperature"]
     assert external["calibration"]["fitted_on"] == calibration["fitted_on"]

@@ -16,7 +16,13 @@ from lungnet.data.labels import assign_labels, class_names
 from lungnet.data.pipelines import data_errors
 from lungnet.data.registry import load_source
 from lungnet.errors import DataError
-from lungnet.evaluation import Calibration, SizeOnly, calibration_summary, classification_metrics
+from lungnet.evaluation import (
+    Calibration,
+    SizeOnly,
+    calibration_summary,
+    classification_metrics,
+    predictions_at_threshold,
+)
 from lungnet.evaluation import figures as evaluation_figures
 from lungnet.evaluation.aggregation import level_metrics
 from lungnet.evaluation.figures import save_figure
@@ -32,18 +38,24 @@ from lungnet.runs.artifacts import evaluation_dir, load_run_model, run_class_nam
 from lungnet.studies.measured_segmenter import predict_masks
 
 
-def scored_here(
-    y, probs, labelled: pd.DataFrame, names, calibration_record: dict | None, size_probs=None
-) -> dict:
-    """Metrics of `probs` at slice, nodule and patient level, their ECE before and after the run's own
-    calibration (fitted on the run's held-out splits, never on this set), and, given the size-only
-    baseline's probabilities, the differences from it with patient-bootstrap intervals."""
+def scored_here(y, probs, labelled: pd.DataFrame, names, recorded_row: dict, size_probs=None) -> dict:
+    """Metrics of `probs` at slice, nodule and patient level; their ECE before and after the run's own
+    calibration (fitted on the run's held-out splits, never on this set); for two classes, the slice metrics
+    at the threshold the run chose on its held-out predictions (``at_run_threshold``); and, given the
+    size-only baseline's probabilities, the differences from it with patient-bootstrap intervals.
+    `recorded_row`: the run's record of this model (its ``calibration`` and ``threshold_from_val``)."""
     out = {**classification_metrics(y, probs, names), "levels": level_metrics(y, probs, labelled, names)}
-    calibration = Calibration.from_dict(calibration_record)
+    calibration = Calibration.from_dict(recorded_row.get("calibration"))
     if calibration is not None:
         out["calibration"] = calibration_summary(
             calibration, y, probs, patients=labelled["patient_id"].to_numpy()
         )
+    threshold = (recorded_row.get("threshold_from_val") or {}).get("threshold")
+    if threshold is not None and len(names) == 2:
+        out["at_run_threshold"] = {
+            "threshold": threshold,
+            **classification_metrics(y, probs, names, y_pred=predictions_at_threshold(probs, threshold)),
+        }
     if size_probs is not None:
         out["against_size_only"] = paired_bootstrap_classification(y, probs, size_probs, labelled, names)
     return out
@@ -104,9 +116,19 @@ def measured_on(
     """The run's image-only rows scored on `labelled`. `recorded`: the run's ``image_only``."""
     y = labelled["target"].to_numpy()
     return {
-        key: scored_here(y, p, labelled, names, recorded.get(key, {}).get("calibration"), size_probs)
+        key: scored_here(y, p, labelled, names, recorded.get(key, {}), size_probs)
         for key, p in image_only_probs(run_dir, labelled, column, probs, name, len(names)).items()
     }
+
+
+def level_rows(slice_scores: dict, levels: dict) -> dict[str, dict]:
+    """The report's rows of one model: slice level at 0.5, at the run's own threshold where it has one, then
+    nodule and patient level."""
+    rows = {"slice": slice_scores}
+    at_threshold = slice_scores.get("at_run_threshold")
+    if at_threshold:
+        rows[f"slice, run's threshold {at_threshold['threshold']:.3f}"] = at_threshold
+    return {**rows, **levels}
 
 
 RECOMMENDED_BY = "best validation F1 of the run's image-only models, chosen without its test split"
@@ -140,9 +162,7 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
     y = labelled["target"].to_numpy()
     recorded = run_metrics(run_dir)
     size_only, size_probs = size_only_here(labelled, names, recorded)
-    metrics = scored_here(
-        y, probs, labelled, names, recorded.get("models", {}).get(name, {}).get("calibration"), size_probs
-    )
+    metrics = scored_here(y, probs, labelled, names, recorded.get("models", {}).get(name, {}), size_probs)
     levels = metrics.pop("levels")
     image_only = measured_on(
         run_dir, labelled, column, probs, name, names, recorded.get("image_only", {}), size_probs
@@ -187,7 +207,7 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
         for label, scored in (("network: " + name, metrics), *(image_only or {}).items())
         if scored.get("calibration")
     }
-    rows = {"slice": metrics, **levels}
+    rows = level_rows(metrics, levels)
     report.table(
         pd.DataFrame(
             {k: [m.get(k) for m in rows.values()] for k in (*keys, "n")},
@@ -195,7 +215,7 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
         )
     )
     for other, scores in (image_only or {}).items():
-        rows = {"slice": scores, **scores["levels"]}
+        rows = level_rows(scores, scores["levels"])
         report.table(
             pd.DataFrame(
                 {k: [m.get(k) for m in rows.values()] for k in (*keys, "n")},
