@@ -100,6 +100,14 @@ def central_region(mask: np.ndarray) -> np.ndarray:
     return labels == 1 + int(np.argmin(distances))
 
 
+MEASURED_ROW = "measured_nodule"  # the image-only rows' names in metrics.json, evaluate and predict
+
+
+def mean_row(network: str) -> str:
+    """The name of the mean of the measured classifier and the network `network`."""
+    return f"mean of {MEASURED_ROW} and {network}"
+
+
 def measured_features(frame: pd.DataFrame, image_col: str, masks: dict[str, np.ndarray]) -> pd.DataFrame:
     """One row of features per row of `frame`: radiomics inside its predicted region (NaN where the
     segmenter found nothing, with ``found`` 0), and the nodule's largest area and axis over its slices."""

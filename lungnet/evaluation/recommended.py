@@ -31,6 +31,11 @@ def candidates(summary: dict) -> dict[str, dict]:
     return rows
 
 
+CRITERION = (
+    "best validation F1 among the selected network and the image-only rows, chosen without the test split"
+)
+
+
 def recommended_model(summary: dict) -> dict:
     """``{"model", "criterion", "validation_f1": {row: F1}}``: the row of `candidates` with the highest
     validation F1 (the malignant class's when binary, macro when 5-class); a tie keeps the network. Rows
@@ -40,14 +45,22 @@ def recommended_model(summary: dict) -> dict:
     model = max(defined, key=defined.get) if defined else summary["selected_model"]
     return {
         "model": model,
-        "criterion": "best validation F1 among the selected network and the image-only rows beside it",
+        "criterion": CRITERION,
         "validation_f1": scores,
     }
 
 
+def recommended_name(summary: dict) -> str | None:
+    """The model a run recommends: as recorded, or computed from its record for a run made before
+    recommendations were; None where it has no image-only rows to choose among."""
+    if not summary.get("image_only"):
+        return None
+    return (summary.get("recommended") or recommended_model(summary))["model"]
+
+
 def recommended_record(summary: dict) -> tuple[str, dict]:
     """(name, record) of the recommended model: its test metrics, levels, calibration and comparisons."""
-    name = (summary.get("recommended") or recommended_model(summary))["model"]
+    name = recommended_name(summary) or summary["selected_model"]
     return name, candidates(summary)[name]
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 from lungnet.evaluation import Calibration, fit_calibration, metric_definitions
 from lungnet.evaluation import figures as evaluation_figures
 from lungnet.evaluation.figures import save_figure
-from lungnet.evaluation.recommended import candidates, recommended_model
+from lungnet.evaluation.recommended import CRITERION, candidates, recommended_name
 from lungnet.reports.html import HtmlReport
 from lungnet.reports.training import CAPTION, convergence_notes, learning_curves, run_note
 
@@ -101,12 +101,12 @@ def levels_table(summary: dict) -> pd.DataFrame:
 def recommended_table(summary: dict) -> pd.DataFrame:
     """Each image-only candidate's validation F1 (what ranks them) beside its test AUC and macro F1 at
     every level and its test ECE after calibration; the recommended one marked."""
-    chosen = summary.get("recommended") or recommended_model(summary)
+    chosen = recommended_name(summary)
     rows = []
     for name, record in candidates(summary).items():
         row = {
             "model": name,
-            "recommended": "yes" if name == chosen["model"] else "",
+            "recommended": "yes" if name == chosen else "",
             "validation F1": record.get("val", {}).get("f1"),
         }
         for level, scores in {"slice": record, **record.get("levels", {})}.items():
@@ -177,8 +177,7 @@ def write_report(
     if summary.get("image_only"):
         report.table(
             recommended_table(summary),
-            "Recommended model: of the selected network and the image-only rows beside it, the one with "
-            "the best validation F1 (chosen without the test split; test scores beside it)",
+            f"Recommended model: the {CRITERION} (test scores beside it)",
         )
     against = against_size_only_table(against_size_only_rows(summary, summary["selected_model"]))
     if against is not None:

@@ -40,8 +40,10 @@ from lungnet.evaluation import (
 from lungnet.evaluation.aggregation import level_metrics
 from lungnet.evaluation.measured_nodule import (
     CALIBRATION_FOLDS,
+    MEASURED_ROW,
     cross_fitted_probs,
     fit_measured,
+    mean_row,
     measured_features,
     save_fitted,
 )
@@ -58,7 +60,7 @@ from lungnet.pretraining import pretrain_encoder
 from lungnet.pretraining.pretrain import training_patients_images
 from lungnet.runs import save_config
 from lungnet.runs.artifacts import save_run_model
-from lungnet.studies.external import evaluate_classification_run
+from lungnet.studies.external import evaluate_classification_run, probability_columns
 from lungnet.studies.measured_segmenter import predict_masks, train_segmenter
 from lungnet.studies.registry import Study, register_study
 from lungnet.training.distribute import distribution_scope
@@ -237,7 +239,7 @@ def probability_table(frame: pd.DataFrame, view: str, probs: np.ndarray, class_n
             "image": frame[image_column(frame, view)].to_numpy(),
             "patient_id": frame["patient_id"].to_numpy(),
             "label": frame["class_name"].to_numpy(),
-            **{f"prob_{name}": probs[:, i] for i, name in enumerate(class_names)},
+            **probability_columns(probs, class_names),
         }
     )
 
@@ -582,7 +584,7 @@ def measured_nodule_results(
     mean["out_of_fold_against_size_only"] = held_out_against_size_only(
         data, mean_calibration, selected.held_out
     )
-    return {"measured_nodule": measured, f"mean of measured_nodule and {selected.name}": mean}
+    return {MEASURED_ROW: measured, mean_row(selected.name): mean}
 
 
 def predictions_table(data: PreparedData, result: ModelResult) -> pd.DataFrame:

@@ -26,9 +26,15 @@ from lungnet.evaluation import (
 from lungnet.evaluation import figures as evaluation_figures
 from lungnet.evaluation.aggregation import level_metrics
 from lungnet.evaluation.figures import save_figure
-from lungnet.evaluation.measured_nodule import SEGMENTER_DIR, load_fitted, measured_features
+from lungnet.evaluation.measured_nodule import (
+    MEASURED_ROW,
+    SEGMENTER_DIR,
+    load_fitted,
+    mean_row,
+    measured_features,
+)
 from lungnet.evaluation.paired import paired_bootstrap_classification
-from lungnet.evaluation.recommended import recommended_model
+from lungnet.evaluation.recommended import CRITERION, recommended_name
 from lungnet.fileio import write_csv, write_json
 from lungnet.inference import predict_proba
 from lungnet.reports.classification import AGAINST_CAPTION, against_size_only_rows, against_size_only_table
@@ -84,6 +90,11 @@ def size_only_here(labelled: pd.DataFrame, names, recorded: dict) -> tuple[dict,
     }, probs
 
 
+def probability_columns(probs: np.ndarray, names, prefix: str = "prob_") -> dict[str, np.ndarray]:
+    """``{prefix + class: column}`` of a [N, K] probability array, the layout of every predictions table."""
+    return {f"{prefix}{name}": probs[:, i] for i, name in enumerate(names)}
+
+
 def measured_probs(run_dir: Path, frame: pd.DataFrame, column: str, n_classes: int) -> np.ndarray | None:
     """The run's measured-nodule classifier on `frame` (its own segmenter outlines every slice first), or
     None where the run has none."""
@@ -104,10 +115,7 @@ def image_only_probs(
     measured = measured_probs(run_dir, frame, column, n_classes)
     if measured is None:
         return {}
-    return {
-        "measured_nodule": measured,
-        f"mean of measured_nodule and {name}": (measured + network_probs) / 2,
-    }
+    return {MEASURED_ROW: measured, mean_row(name): (measured + network_probs) / 2}
 
 
 def measured_on(
@@ -131,15 +139,10 @@ def level_rows(slice_scores: dict, levels: dict) -> dict[str, dict]:
     return {**rows, **levels}
 
 
-RECOMMENDED_BY = "best validation F1 of the run's image-only models, chosen without its test split"
-
-
 def run_recommendation(recorded: dict, rows: list[str]) -> str | None:
     """The model the run recommends (`lungnet.evaluation.recommended`), where it is among the models scored
-    here and the run has image-only rows to choose from; None otherwise."""
-    if not recorded.get("image_only") or "selected_model" not in recorded:
-        return None
-    model = (recorded.get("recommended") or recommended_model(recorded))["model"]
+    here; None otherwise."""
+    model = recommended_name(recorded) if "selected_model" in recorded else None
     return model if model in rows else None
 
 
@@ -177,8 +180,7 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
             "pred": [names[i] for i in probs.argmax(axis=1)],
         }
     )
-    for i, class_name in enumerate(names):
-        table[f"prob_{class_name}"] = probs[:, i]
+    table = table.assign(**probability_columns(probs, names))
     write_csv(out / "predictions.csv", table)
     write_json(
         out / "metrics.json",
@@ -199,7 +201,7 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
     report.paragraph(f"Data: {source.description}; every sample, grouping '{config.data.grouping}'.")
     if recommended:
         report.paragraph(
-            f"The run recommends {recommended} ({RECOMMENDED_BY}); its rows below are the ones to read."
+            f"The run recommends {recommended} ({CRITERION}); its rows below are the ones to read."
         )
     keys = ("f1", "f1_macro", "auc", "accuracy", "precision", "recall")
     calibration_rows = {

@@ -24,15 +24,15 @@ from lungnet.data.registry import load_source
 from lungnet.errors import ConfigError, LungnetError
 from lungnet.evaluation import Calibration
 from lungnet.evaluation.aggregation import nodule_level, patient_level
-from lungnet.evaluation.recommended import recommended_model
+from lungnet.evaluation.measured_nodule import MEASURED_ROW, mean_row
+from lungnet.evaluation.recommended import CRITERION, recommended_name
 from lungnet.fileio import write_csv, write_json
 from lungnet.inference import predict_proba
 from lungnet.runs import load_run_config
 from lungnet.runs.artifacts import evaluation_dir, load_run_model, run_metrics
-from lungnet.studies.external import RECOMMENDED_BY, measured_probs
+from lungnet.studies.external import measured_probs, probability_columns
 
-MEASURED = "measured_nodule"
-MEAN_PREFIX = f"mean of {MEASURED} and "
+MEAN_PREFIX = mean_row("")  # a mean row's name is this prefix and its network's name
 
 
 def predictable_rows(recorded: dict) -> dict[str, dict]:
@@ -49,8 +49,9 @@ def chosen_row(recorded: dict, model_name: str | None) -> tuple[str, str]:
         if model_name not in rows:
             raise LungnetError(f"--model {model_name!r}: the run has no such model; it has {sorted(rows)}")
         return model_name, "named with --model"
-    if recorded.get("image_only"):
-        return (recorded.get("recommended") or recommended_model(recorded))["model"], RECOMMENDED_BY
+    recommended = recommended_name(recorded)
+    if recommended is not None:
+        return recommended, CRITERION
     return recorded["selected_model"], recorded.get("selection", "the run's selected network")
 
 
@@ -58,21 +59,17 @@ def row_probs(run_dir: Path, row: str, frame: pd.DataFrame, column: str, config,
     """Uncalibrated probabilities [N, K] of `row` on `frame`: a network's, the measured-nodule
     classifier's (its segmenter outlines every slice first), or the mean of both."""
     measured = None
-    if row == MEASURED or row.startswith(MEAN_PREFIX):
+    if row == MEASURED_ROW or row.startswith(MEAN_PREFIX):
         measured = measured_probs(run_dir, frame, column, n_classes)
         if measured is None:
             raise LungnetError(f"{run_dir}: the run records {row!r} but keeps no measured-nodule classifier")
-        if row == MEASURED:
+        if row == MEASURED_ROW:
             return measured
     network, _ = load_run_model(run_dir, row.removeprefix(MEAN_PREFIX))
     ds = classification_pipeline(frame, config.data, n_classes, batch_size=64)
     with data_errors():
         probs = predict_proba(network, ds)
     return probs if measured is None else (measured + probs) / 2
-
-
-def probability_columns(probs: np.ndarray, names, prefix: str = "prob_") -> dict[str, np.ndarray]:
-    return {f"{prefix}{name}": probs[:, i] for i, name in enumerate(names)}
 
 
 def predict_classification_run(run_dir, source_spec: str, out=None, model_name: str | None = None) -> Path:
