@@ -160,12 +160,12 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from lungnet.studies.predict import predict_classification_run
+    from lungnet.studies.runner import predict_run
 
-    out = predict_classification_run(args.run, args.data, out=args.out, model_name=args.model)
-    chosen = json.loads((out / "prediction.json").read_text())
-    print(f"{chosen['model']} ({chosen['chosen_by']}), calibration {chosen['calibration_described']}")
-    print(f"predictions written to {out} (predictions.csv, nodules.csv, patients.csv, prediction.json)")
+    out = predict_run(args.run, args.data, out=args.out, model_name=args.model)
+    written = json.loads((out / "prediction.json").read_text())
+    print(written["summary"])
+    print(f"predictions written to {out} ({', '.join(written['files'])})")
     return 0
 
 
@@ -378,16 +378,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=_cmd_evaluate)
 
     predict = commands.add_parser(
-        "predict", help="a classification run's model on unlabelled images: calibrated probabilities"
+        "predict",
+        help="a run's model on unlabelled images: calibrated probabilities (classification) or masks "
+        "(segmentation, Inf-Net)",
     )
-    predict.add_argument("run", metavar="RUN", help="a finished classification run folder")
+    predict.add_argument("run", metavar="RUN", help="a finished run folder")
     predict.add_argument(
         "--data", required=True, metavar="SOURCE", help="images to predict (no labels needed)"
     )
     predict.add_argument("--out", help="output folder (default: RUN/predictions/<source>-<time>)")
     predict.add_argument(
         "--model",
-        help="a trained network or image-only row of the run (default: the run's recommended model)",
+        help="a trained network (or a classification run's image-only row) of the run (default: a "
+        "classification run's recommended model, a segmentation run's selected one)",
     )
     predict.set_defaults(func=_cmd_predict)
 

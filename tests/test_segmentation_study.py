@@ -225,3 +225,75 @@ def test_segmentation_tta_maps_every_view_back():
     plain = segment(shifted, x)
     np.testing.assert_allclose(plain, np.roll(x.numpy(), 1, axis=1)[..., 0], atol=1e-6)
     assert not np.allclose(segment(shifted, x, tta=True), plain)
+
+
+def write_ct_npy_dataset(root: Path, phantom_config, size: int, n: int = 6, masks: bool = True) -> Path:
+    """`n` of the phantom's CT crops resized to `size` px as .npy files (with their masks as PNGs, or
+    without any mask or label), and a manifest."""
+    from lungnet.data.io import read_image
+    from lungnet.data.registry import load_source
+
+    source = load_source("lidc-phantom", phantom_config, progress=False)
+    rows = []
+    (root / "images").mkdir(parents=True)
+    for k, (_, row) in enumerate(source.manifest.head(n).iterrows()):
+        image = read_image(str(row["crop_image"])).astype(np.float32)
+        scale = image.shape[0] / size
+        np.save(root / "images" / f"{k}.npy", cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA))
+        entry = {
+            "image": f"images/{k}.npy",
+            "patient_id": row["patient_id"],
+            "nodule_id": row["nodule_id"],
+            "pixel_spacing_mm": float(row["crop_pixel_spacing_mm"]) * scale,
+        }
+        if masks:
+            mask = read_image(str(row["crop_mask"])) > 0
+            resized = cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+            cv2.imwrite(str(root / f"mask{k}.png"), resized * 255)
+            entry["mask"] = f"mask{k}.png"
+        rows.append(entry)
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    return root / "manifest.csv"
+
+
+def test_predict_writes_the_masks_evaluate_scores_on_each_images_own_pixels(
+    smoke_run, tmp_path, tiny_phantom_config, capsys
+):
+    # at the model's own size the masks are the ones `lungnet evaluate` writes, raw and after the CRF
+    labelled = write_ct_npy_dataset(tmp_path / "ct32", tiny_phantom_config, size=32)
+    assert main(["evaluate", str(smoke_run), "--data", str(labelled), "--out", str(tmp_path / "eval")]) == 0
+    assert main(["predict", str(smoke_run), "--data", str(labelled), "--out", str(tmp_path / "pred")]) == 0
+    assert "unet: a mask on" in capsys.readouterr().out
+    evaluated = pd.read_csv(tmp_path / "eval" / "predictions.csv")
+    predicted = pd.read_csv(tmp_path / "pred" / "predictions.csv")
+    assert list(predicted["image"]) == list(evaluated["image"])
+    for ours, theirs in (("mask", "predicted_mask"), ("mask_crf", "predicted_mask_crf")):
+        for mine, reference in zip(predicted[ours], evaluated[theirs], strict=True):
+            a = cv2.imread(str(tmp_path / "pred" / mine), cv2.IMREAD_GRAYSCALE)
+            b = cv2.imread(str(tmp_path / "eval" / reference), cv2.IMREAD_GRAYSCALE)
+            np.testing.assert_array_equal(a, b)
+
+    # on larger images without masks or labels: one mask of each image's size, areas in mm²
+    unlabelled = write_ct_npy_dataset(tmp_path / "ct48", tiny_phantom_config, size=48, masks=False)
+    assert main(["predict", str(smoke_run), "--data", str(unlabelled), "--out", str(tmp_path / "p48")]) == 0
+    out = tmp_path / "p48"
+    table = pd.read_csv(out / "predictions.csv")
+    spacing = pd.read_csv(unlabelled)["pixel_spacing_mm"].to_numpy()
+    for row, mm in zip(table.itertuples(), spacing, strict=True):
+        mask = cv2.imread(str(out / row.mask), cv2.IMREAD_GRAYSCALE)
+        assert mask.shape == (48, 48) and set(np.unique(mask)) <= {0, 255}
+        assert row.area_px == int((mask > 0).sum())
+        np.testing.assert_allclose(row.area_mm2, row.area_px * mm**2)
+    nodules = pd.read_csv(out / "nodules.csv")
+    assert nodules["slices"].sum() == len(table)
+    largest = table.groupby("nodule_id")["area_mm2"].max()
+    np.testing.assert_allclose(nodules.set_index("nodule_id")["max_area_mm2"], largest)
+    written = json.loads((out / "prediction.json").read_text())
+    assert written["model"] == "unet" and written["images"] == len(table) and written["crf"] is not None
+    assert (out / "masks.png").stat().st_size > 0
+
+    # an 8-bit source on this CT-trained run is refused with the reason, before anything is written
+    manifest = write_png_dataset(tmp_path / "png")
+    assert main(["predict", str(smoke_run), "--data", str(manifest), "--out", str(tmp_path / "bad")]) == 2
+    assert "trained on ct images" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

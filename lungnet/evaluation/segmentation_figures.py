@@ -107,13 +107,15 @@ def overlay_comparison_figure(
     masks: Mapping[str, Sequence[np.ndarray]],
     titles: Sequence[str] | None = None,
     max_rows: int = 6,
+    title: str | None = None,
 ) -> Figure:
     """One row per image, one column per entry of ``masks``: the grey image with that mask outlined and filled.
 
     The reference mask (the entry named "ground truth", "gt", "truth", ... or else the first entry) is drawn
     in green in its own column and as a thin dashed green outline on every other panel, so each model's
     outline can be compared with it. ``titles`` (one per image, e.g. the image id and each model's Dice)
-    label the rows. At most ``max_rows`` images are drawn (the first ones).
+    label the rows. At most ``max_rows`` images are drawn (the first ones). `title` replaces the figure's
+    default one (masks on test images).
     """
     if isinstance(images, np.ndarray) and images.ndim == 2:
         raise DataError("images: expected a sequence of 2-D images, got one 2-D array (wrap it in a list)")
@@ -162,7 +164,7 @@ def overlay_comparison_figure(
             if i == 0:
                 ax.set_title(str(name), fontsize=10, color="black")
     shown = f"first {n_rows} of {len(images)} images" if n_rows < len(images) else f"{n_rows} images"
-    fig.suptitle(f"Masks on test images ({shown}); dashed green: {reference}", fontsize=10)
+    fig.suptitle(title or f"Masks on test images ({shown}); dashed green: {reference}", fontsize=10)
     return fig
 
 

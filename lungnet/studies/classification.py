@@ -61,7 +61,9 @@ from lungnet.pretraining.pretrain import training_patients_images
 from lungnet.runs import save_config
 from lungnet.runs.artifacts import save_run_model
 from lungnet.studies.external import evaluate_classification_run, probability_columns
-from lungnet.studies.measured_segmenter import predict_masks, train_segmenter
+from lungnet.studies.mask_prediction import predict_masks
+from lungnet.studies.measured_segmenter import train_segmenter
+from lungnet.studies.predict import predict_classification_run
 from lungnet.studies.registry import Study, register_study
 from lungnet.training.distribute import distribution_scope
 from lungnet.training.fit import set_global_options, train_phase
@@ -521,8 +523,8 @@ def measured_split_features(
     """``(frames, features, masks)`` of `splits`: each split's rows, the measured-nodule features of its
     slices, and the masks the segmenter of `seg_dir` predicted for them (keyed by image path)."""
     column = image_column(data.manifest, view)
-    images = data.manifest.loc[data.manifest["split"].isin(splits), column]
-    masks = predict_masks(seg_dir, images, tta, progress)
+    rows = data.manifest[data.manifest["split"].isin(splits)]
+    masks = predict_masks(seg_dir, rows, column, tta, progress)
     frames = {s: data.split(s) for s in splits}
     return frames, {s: measured_features(f, column, masks) for s, f in frames.items()}, masks
 
@@ -675,5 +677,6 @@ register_study(
         run=run_classification_study,
         evaluate=evaluate_classification_run,
         summary_line=classification_summary_line,
+        predict=predict_classification_run,
     )
 )

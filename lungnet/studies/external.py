@@ -41,7 +41,7 @@ from lungnet.reports.classification import AGAINST_CAPTION, against_size_only_ro
 from lungnet.reports.html import HtmlReport
 from lungnet.runs import load_run_config
 from lungnet.runs.artifacts import evaluation_dir, load_run_model, run_class_names, run_metrics
-from lungnet.studies.measured_segmenter import predict_masks
+from lungnet.studies.mask_prediction import predict_masks
 
 
 def scored_here(y, probs, labelled: pd.DataFrame, names, recorded_row: dict, size_probs=None) -> dict:
@@ -102,7 +102,7 @@ def measured_probs(run_dir: Path, frame: pd.DataFrame, column: str, n_classes: i
     if fitted is None:
         return None
     masks = predict_masks(
-        run_dir / SEGMENTER_DIR, frame[column], tta=load_run_config(run_dir).measured_nodule.tta
+        run_dir / SEGMENTER_DIR, frame, column, tta=load_run_config(run_dir).measured_nodule.tta
     )
     return fitted.predict(measured_features(frame, column, masks), n_classes)
 

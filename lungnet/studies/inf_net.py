@@ -35,6 +35,7 @@ from lungnet.studies.segmentation import (
     evaluate_segmentation_run,
     evaluate_segmenter,
     finish_study,
+    predict_segmentation_run,
     segmentation_summary_line,
 )
 from lungnet.studies.semi_inf_net import native_masks, pseudo_label_rounds
@@ -157,7 +158,7 @@ def run_inf_net_study(config, run_dir: Path, progress: bool = True) -> dict:
     )
     if config.baselines.radiomics.enabled:
         test = data.split("test")
-        predicted = native_masks(selected.test.probs, test["image_ref"], config.postprocess.threshold)
+        predicted = native_masks(selected.test.probs, test, data.preprocess, config.postprocess.threshold)
         summary["radiomics"] = radiomics_baselines(
             labelled,
             unlabelled,
@@ -186,5 +187,6 @@ register_study(
         run=run_inf_net_study,
         evaluate=evaluate_inf_net_run,
         summary_line=inf_net_summary_line,
+        predict=predict_segmentation_run,
     )
 )

@@ -8,21 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
-import numpy as np
-import pandas as pd
-import tensorflow as tf
-from tqdm.auto import tqdm
-
 from lungnet.config import to_dict
-from lungnet.data.io import read_image
-from lungnet.data.preprocessing import preprocess_image
 from lungnet.errors import ConfigError
 from lungnet.evaluation.measured_nodule import SEGMENTER_DIR, MeasuredNoduleConfig, segmenter_manifest
 from lungnet.experiment import deep_merge, load_experiment, resolve_experiment_path
 from lungnet.fileio import write_csv
-from lungnet.runs import load_run_config
-from lungnet.runs.artifacts import load_run_model, run_preprocess
 from lungnet.runs.folder import run_status
 
 
@@ -62,31 +52,3 @@ def train_segmenter(
     print(f"measured nodule: training the segmenter ({config.experiment} / {config.model}) in {seg_dir}")
     run_study(segmenter_config(config, manifest_path, view), seg_dir, progress=progress)
     return seg_dir
-
-
-def predict_masks(
-    seg_dir: Path, images: pd.Series, tta: bool, progress: bool = True
-) -> dict[str, np.ndarray]:
-    """Binary masks at each image's native size from the segmenter of `seg_dir`, keyed by image path."""
-    from lungnet.studies.segmentation import segmenter_fn  # (the segmentation study imports the runner)
-
-    seg_config = load_run_config(seg_dir)
-    model, _ = load_run_model(seg_dir)
-    preprocess = run_preprocess(seg_dir, seg_config)
-    fn = segmenter_fn(model, tta)
-    threshold = seg_config.postprocess.threshold
-    out = {}
-    paths = list(dict.fromkeys(images.astype(str)))
-    batch = 32
-    for start in tqdm(range(0, len(paths), batch), desc="segmenting", disable=not progress, leave=False):
-        chunk = paths[start : start + batch]
-        raw = [read_image(p) for p in chunk]
-        x = tf.stack(
-            [preprocess_image(tf.convert_to_tensor(r[..., None], tf.float32), preprocess) for r in raw]
-        )
-        probs = np.asarray(fn(x))
-        for path, image, prob in zip(chunk, raw, probs, strict=True):
-            if prob.shape != image.shape[:2]:
-                prob = cv2.resize(prob, image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
-            out[path] = prob >= threshold
-    return out

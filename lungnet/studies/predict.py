@@ -118,14 +118,18 @@ def predict_classification_run(run_dir, source_spec: str, out=None, model_name: 
         out / "patients.csv",
         pd.DataFrame({"patient_id": patients}).assign(**probability_columns(patient_probs, names)),
     )
+    described = calibration.describe() if calibration is not None else "none"
+    files = ["predictions.csv", *(["nodules.csv"] if "nodule_id" in frame.columns else []), "patients.csv"]
     write_json(
         out / "prediction.json",
         {
             "run": str(run_dir),
             "model": row,
+            "summary": f"{row} ({why}), calibration {described}",
+            "files": [*files, "prediction.json"],
             "chosen_by": why,
             "calibration": calibration.as_dict() if calibration is not None else None,
-            "calibration_described": calibration.describe() if calibration is not None else "none",
+            "calibration_described": described,
             "data": source.description,
             "class_names": names,
             "slices": int(len(frame)),

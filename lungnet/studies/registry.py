@@ -11,12 +11,15 @@ from lungnet.errors import ConfigError
 
 @dataclass(frozen=True)
 class Study:
-    """What the commands need of a study: train a run, judge a run on other data, and say its headline."""
+    """What the commands need of a study: train a run, judge a run on other data, say its headline, and
+    (where it can) predict on data without labels."""
 
     task: str
     run: Callable[..., dict]  # (config, run_dir, progress=True) -> metrics summary
     evaluate: Callable[..., Path]  # (run_dir, source_spec, out=None, model_name=None) -> evaluation folder
     summary_line: Callable[[dict], str]  # a finished run's headline numbers, with the data they come from
+    # (run_dir, source_spec, out=None, model_name=None) -> predictions folder holding prediction.json
+    predict: Callable[..., Path] | None = None
 
 
 STUDIES: dict[str, Study] = {}

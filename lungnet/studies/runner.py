@@ -175,6 +175,18 @@ def evaluate_run(run_dir, source_spec: str, out=None, model_name: str | None = N
     return get_study(config.task).evaluate(run_dir, source_spec, out=out, model_name=model_name)
 
 
+def predict_run(run_dir, source_spec: str, out=None, model_name: str | None = None) -> Path:
+    """A finished run's model on every image of another source, no labels needed, by the study that made
+    it; the folder holds ``prediction.json`` (its ``summary`` line and the ``files`` written)."""
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    require_finished(run_dir)
+    study = get_study(config.task)
+    if study.predict is None:
+        raise ConfigError(f"{run_dir}: lungnet predict does not take {config.task} runs")
+    return study.predict(run_dir, source_spec, out=out, model_name=model_name)
+
+
 def summary_line(summary: dict, task: str) -> str:
     """One line of a finished study's headline numbers, with the data they come from."""
     return get_study(task).summary_line(summary)

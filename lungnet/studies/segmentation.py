@@ -23,7 +23,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from lungnet.data.pipelines import data_errors
-from lungnet.data.segmentation import PreparedSegmentationData, prepare_segmentation_data
+from lungnet.data.segmentation import PreparedSegmentationData, detect_intensity, prepare_segmentation_data
 from lungnet.errors import DataError, LungnetError
 from lungnet.evaluation.perturbations import (
     DEFAULT_PERTURBATIONS,
@@ -474,6 +474,25 @@ def definitions(config: SegmentationExperimentConfig) -> dict[str, str]:
     }
 
 
+def with_tuned_crf(config: SegmentationExperimentConfig, recorded: dict, name: str):
+    """`config` with the CRF setting the run chose on its validation split for model `name`, if any."""
+    tuned = (recorded.get("models", {}).get(name, {}).get("crf_tuning") or {}).get("selected")
+    return with_crf(config, dataclasses.replace(config.postprocess.crf, **tuned)) if tuned else config
+
+
+def check_run_intensity(refs: pd.Series, config, recorded: dict, source_spec: str, run_dir) -> str:
+    """The intensity kind of the images `refs` ('ct' or '8bit'); a `DataError` where the run was trained on
+    the other kind, whose intensity preprocessing would not fit them."""
+    intensity = detect_intensity(refs, config.data.intensity)
+    trained_on = recorded.get("intensity")
+    if trained_on and intensity != trained_on:
+        raise DataError(
+            f"{source_spec}: holds {intensity} images but run {run_dir} was trained on {trained_on} images; "
+            "its intensity preprocessing would not fit them"
+        )
+    return intensity
+
+
 def evaluate_segmentation_run(
     run_dir,
     source_spec: str,
@@ -486,7 +505,7 @@ def evaluate_segmentation_run(
     ``extra_scores(masks, probs, config) -> (key, scores)``: a study's own metrics, added to metrics.json
     under ``key`` and to the report."""
     from lungnet.data.registry import load_source
-    from lungnet.data.segmentation import detect_intensity, segmentation_frame, segmentation_pipeline
+    from lungnet.data.segmentation import segmentation_frame, segmentation_pipeline
     from lungnet.evaluation.figures import save_figure
     from lungnet.evaluation.segmentation_figures import dice_distribution_figure
     from lungnet.reports.html import HtmlReport
@@ -498,18 +517,10 @@ def evaluate_segmentation_run(
     model, name = load_run_model(run_dir, model_name)
     preprocess = run_preprocess(run_dir, config)
     recorded = run_metrics(run_dir)
-    trained_on = recorded.get("intensity")
-    tuned = (recorded.get("models", {}).get(name, {}).get("crf_tuning") or {}).get("selected")
-    if tuned:  # the CRF setting chosen on the run's validation split for this model
-        config = with_crf(config, dataclasses.replace(config.postprocess.crf, **tuned))
+    config = with_tuned_crf(config, recorded, name)
     source = load_source(source_spec, config.data.phantom, progress=progress)
     frame, n_empty = segmentation_frame(source, config.data, progress)
-    intensity = detect_intensity(frame["image_ref"], config.data.intensity)
-    if trained_on and intensity != trained_on:
-        raise DataError(
-            f"{source.spec}: holds {intensity} images but run {run_dir} was trained on {trained_on} images; "
-            "its intensity preprocessing would not fit them"
-        )
+    check_run_intensity(frame["image_ref"], config, recorded, source.spec, run_dir)
     ds = segmentation_pipeline(frame, preprocess, config.data, training=False)
     pred = predict_split(model, ds, progress=progress, tta=config.evaluation.tta)
     metrics, per_image, lesions, refined = evaluate_predictions(pred, frame, config, progress)
@@ -557,6 +568,14 @@ def evaluate_segmentation_run(
     return out
 
 
+def predict_segmentation_run(run_dir, source_spec: str, out=None, model_name: str | None = None) -> Path:
+    """`lungnet predict` on a segmentation run (`lungnet.studies.predict_segmentation`, which imports this
+    module's helpers, hence the import here)."""
+    from lungnet.studies.predict_segmentation import predict_masks_of_run
+
+    return predict_masks_of_run(run_dir, source_spec, out=out, model_name=model_name)
+
+
 def segmentation_summary_line(summary: dict) -> str:
     crf = summary.get("crf") or {}
     with_crf = f", with CRF {crf['dice']:.3f}" if crf.get("dice") is not None else ""
@@ -569,5 +588,6 @@ register_study(
         run=run_segmentation_study,
         evaluate=evaluate_segmentation_run,
         summary_line=segmentation_summary_line,
+        predict=predict_segmentation_run,
     )
 )

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import keras
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from lungnet.data.io import read_image
+from lungnet.data.pipelines import sample_spacings
+from lungnet.data.preprocessing import PreprocessConfig
 from lungnet.evaluation.segmentation import binarize, per_image_metrics
-from lungnet.fileio import atomic_path, write_csv
+from lungnet.fileio import write_csv
 from lungnet.models import inference_model
+from lungnet.studies.mask_prediction import to_native, write_mask_png
 from lungnet.studies.segmentation import compile_segmentation, predict_split
 from lungnet.training.fit import train_phase
 from lungnet.training.multiscale import multiscale_training
@@ -29,19 +31,15 @@ PSEUDO_DIR = "pseudo_labels"
 ROUND_COLUMNS = ("position", "pseudo_mask", "confidence", "kept", "dice_vs_hidden")
 
 
-def write_mask_png(path: Path, mask: np.ndarray) -> Path:
-    with atomic_path(path, suffix=".png") as tmp:
-        if not cv2.imwrite(str(tmp), mask.astype(np.uint8) * 255):
-            raise OSError(f"{path}: cannot write the mask")
-    return path
-
-
-def native_masks(probs: np.ndarray, refs, threshold: float) -> list[np.ndarray]:
-    """Each probability map [S, S] resized (bilinear) to its image's own size, then thresholded."""
+def native_masks(
+    probs: np.ndarray, frame: pd.DataFrame, preprocess: PreprocessConfig, threshold: float
+) -> list[np.ndarray]:
+    """Each probability map [S, S] of `frame`'s rows on its image's own pixels (`to_native`), thresholded."""
+    spacings = sample_spacings(frame, preprocess, image_column="image_ref")
     out = []
-    for prob, ref in zip(probs, refs, strict=True):
-        h, w = read_image(str(ref)).shape[:2]
-        out.append(cv2.resize(prob.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) >= threshold)
+    for prob, ref, spacing in zip(probs, frame["image_ref"], spacings, strict=True):
+        shape = read_image(str(ref)).shape[:2]
+        out.append(to_native(prob, shape, preprocess, float(spacing)) >= threshold)
     return out
 
 
@@ -63,7 +61,7 @@ def round_table(
     # agreement with the masks hidden from training: reported, never trained on
     dice = per_image_metrics(pred.masks, binarize(pred.probs, threshold))["dice"].to_numpy()
     paths = []
-    for i, mask in enumerate(native_masks(pred.probs, group["image_ref"], threshold)):
+    for i, mask in enumerate(native_masks(pred.probs, group, data.preprocess, threshold)):
         target = folder / f"round{index:03d}" / f"{i:03d}.png"
         write_mask_png(target, mask)
         paths.append(str(target))

@@ -28,7 +28,7 @@ from lungnet.data.dataset import image_column, prepare_data
 from lungnet.data.io import read_image, read_mask
 from lungnet.evaluation.measured_nodule import central_region, measured_classifier, measured_features
 from lungnet.runs import load_run_config
-from lungnet.studies.measured_segmenter import predict_masks
+from lungnet.studies.mask_prediction import predict_masks
 
 
 def bright_features(frame: pd.DataFrame, column: str, masks: dict) -> pd.DataFrame:
@@ -70,8 +70,8 @@ def main(run: Path) -> None:
     data = prepare_data(config.data, progress=False)
     frames = {s: data.split(s) for s in ("train", "val")}
     column = image_column(data.manifest, config.data.view)
-    images = pd.concat([f[column] for f in frames.values()])
-    masks = predict_masks(run / "segmenter", images, config.measured_nodule.tta, progress=False)
+    rows = pd.concat(frames.values())
+    masks = predict_masks(run / "segmenter", rows, column, config.measured_nodule.tta, progress=False)
     feats = {s: measured_features(f, column, masks) for s, f in frames.items()}
     extra = {s: pd.concat([feats[s], bright_features(f, column, masks)], axis=1) for s, f in frames.items()}
     y = {s: f["target"].to_numpy() for s, f in frames.items()}

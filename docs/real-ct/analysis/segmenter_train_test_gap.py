@@ -10,11 +10,11 @@ import pandas as pd
 
 from lungnet.data.io import read_image
 from lungnet.evaluation.measured_nodule import central_region
-from lungnet.studies.measured_segmenter import predict_masks
+from lungnet.studies.mask_prediction import predict_masks
 
 run = Path(sys.argv[1])
 m = pd.read_csv(run / "segmenter_manifest.csv")
-masks = predict_masks(run / "segmenter", m["image"], tta=False, progress=False)
+masks = predict_masks(run / "segmenter", m, "image", tta=False, progress=False)
 rows = []
 for _, r in m.iterrows():
     gt = read_image(r["mask"]) > 0
