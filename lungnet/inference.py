@@ -6,13 +6,43 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-# The study's five test-time transforms: identity, two flips and two quarter turns (exact, no resampling).
+
+def _identity(x):
+    return x
+
+
+def _flip_left_right(x):
+    return tf.reverse(x, axis=[2])
+
+
+def _flip_up_down(x):
+    return tf.reverse(x, axis=[1])
+
+
+def _rotate_90(x):
+    return tf.image.rot90(x, k=1)
+
+
+def _rotate_270(x):
+    return tf.image.rot90(x, k=3)
+
+
+# The study's five test-time transforms on [B, H, W, C]: identity, two flips and two quarter turns (exact, no
+# resampling). Named functions, not lambdas: AutoGraph cannot tell equal lambdas apart and warns at each trace.
 TTA_TRANSFORMS = {
-    "identity": lambda x: x,
-    "flip_left_right": lambda x: tf.reverse(x, axis=[2]),
-    "flip_up_down": lambda x: tf.reverse(x, axis=[1]),
-    "rotate_90": lambda x: tf.image.rot90(x, k=1),
-    "rotate_270": lambda x: tf.image.rot90(x, k=3),
+    "identity": _identity,
+    "flip_left_right": _flip_left_right,
+    "flip_up_down": _flip_up_down,
+    "rotate_90": _rotate_90,
+    "rotate_270": _rotate_270,
+}
+# each transform's inverse, which maps a segmentation map back onto the untransformed image
+TTA_INVERSES = {
+    "identity": "identity",
+    "flip_left_right": "flip_left_right",
+    "flip_up_down": "flip_up_down",
+    "rotate_90": "rotate_270",
+    "rotate_270": "rotate_90",
 }
 
 

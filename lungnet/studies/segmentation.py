@@ -42,6 +42,7 @@ from lungnet.evaluation.segmentation import (
 )
 from lungnet.experiment import SegmentationExperimentConfig
 from lungnet.fileio import write_csv, write_json
+from lungnet.inference import TTA_INVERSES, TTA_TRANSFORMS
 from lungnet.losses import EdgeLoss, LossConfig, build_loss
 from lungnet.models import build_segmenter, inference_model
 from lungnet.models.contract import EDGE_OUTPUT, output_names
@@ -75,19 +76,8 @@ class Predictions:
     probs: np.ndarray
 
 
-def _identity(x):
-    return x
-
-
-# (transform, its inverse) on [B, H, W, C]: exact, no resampling, so the mapped-back maps align pixel for pixel
-# (named functions where a line would hold two equal lambdas: AutoGraph cannot tell them apart and warns)
-TTA_PAIRS = (
-    (_identity, _identity),
-    (lambda x: tf.reverse(x, axis=[2]), lambda x: tf.reverse(x, axis=[2])),
-    (lambda x: tf.reverse(x, axis=[1]), lambda x: tf.reverse(x, axis=[1])),
-    (lambda x: tf.image.rot90(x, k=1), lambda x: tf.image.rot90(x, k=3)),
-    (lambda x: tf.image.rot90(x, k=3), lambda x: tf.image.rot90(x, k=1)),
-)
+# (transform, its inverse) pairs: the mapped-back maps align pixel for pixel
+TTA_PAIRS = tuple((TTA_TRANSFORMS[name], TTA_TRANSFORMS[TTA_INVERSES[name]]) for name in TTA_TRANSFORMS)
 
 
 def segmenter_fn(model: keras.Model, tta: bool = False):
