@@ -11,6 +11,7 @@ from lungnet.evaluation.figures import save_figure
 from lungnet.evaluation.segmentation_figures import (
     attention_maps_figure,
     dice_distribution_figure,
+    mask_gallery_figure,
     overlay_comparison_figure,
     perturbation_figure,
     segmentation_metrics_figure,
@@ -48,6 +49,17 @@ def test_overlay_grid_has_a_panel_per_image_and_mask(images_and_masks, tmp_path)
     assert fig.subfigs[0]._suptitle.get_text().startswith("a ·")
     path = save_figure(fig, tmp_path / "overlays.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mask_gallery_wraps_images_into_rows_and_refuses_unmatched_lists(images_and_masks, tmp_path):
+    images, masks = images_and_masks
+    four = [*images, images[0]]
+    fig = mask_gallery_figure(four, [*masks["U-Net"], masks["U-Net"][0]], list("abcd"), "predicted")
+    assert len(fig.axes) == 2 * 3 and [ax.get_title() for ax in fig.axes[:4]] == list("abcd")
+    assert fig._suptitle.get_text() == "predicted"
+    assert save_figure(fig, tmp_path / "gallery.png").stat().st_size > 0
+    with pytest.raises(DataError, match="3 images, 2 masks"):
+        mask_gallery_figure(images, masks["U-Net"][:2], list("abc"), "predicted")
 
 
 def test_overlay_caps_rows_and_accepts_channel_axis(images_and_masks):

@@ -107,15 +107,13 @@ def overlay_comparison_figure(
     masks: Mapping[str, Sequence[np.ndarray]],
     titles: Sequence[str] | None = None,
     max_rows: int = 6,
-    title: str | None = None,
 ) -> Figure:
     """One row per image, one column per entry of ``masks``: the grey image with that mask outlined and filled.
 
     The reference mask (the entry named "ground truth", "gt", "truth", ... or else the first entry) is drawn
     in green in its own column and as a thin dashed green outline on every other panel, so each model's
     outline can be compared with it. ``titles`` (one per image, e.g. the image id and each model's Dice)
-    label the rows. At most ``max_rows`` images are drawn (the first ones). `title` replaces the figure's
-    default one (masks on test images).
+    label the rows. At most ``max_rows`` images are drawn (the first ones).
     """
     if isinstance(images, np.ndarray) and images.ndim == 2:
         raise DataError("images: expected a sequence of 2-D images, got one 2-D array (wrap it in a list)")
@@ -164,7 +162,33 @@ def overlay_comparison_figure(
             if i == 0:
                 ax.set_title(str(name), fontsize=10, color="black")
     shown = f"first {n_rows} of {len(images)} images" if n_rows < len(images) else f"{n_rows} images"
-    fig.suptitle(title or f"Masks on test images ({shown}); dashed green: {reference}", fontsize=10)
+    fig.suptitle(f"Masks on test images ({shown}); dashed green: {reference}", fontsize=10)
+    return fig
+
+
+def mask_gallery_figure(
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    titles: Sequence[str],
+    title: str,
+    columns: int = 3,
+) -> Figure:
+    """Images in a grid of `columns`, each with its (predicted) mask outlined and filled, and its title."""
+    if not images or len(masks) != len(images) or len(titles) != len(images):
+        raise DataError(f"mask gallery: {len(images)} images, {len(masks)} masks, {len(titles)} titles")
+    n_cols = min(columns, len(images))
+    n_rows = math.ceil(len(images) / n_cols)
+    fig = _figure(0.4 + 2.6 * n_cols, 0.7 + 2.7 * n_rows)
+    axes = np.asarray(fig.subplots(n_rows, n_cols, squeeze=False)).ravel()
+    for i, ax in enumerate(axes):
+        ax.set_axis_off()
+        if i >= len(images):
+            continue
+        image = _as_image(images[i], f"images[{i}]")
+        _show_image(ax, image)
+        _draw_mask(ax, _as_mask(masks[i], f"masks[{i}]", image.shape), REFERENCE_COLOR)
+        ax.set_title(str(titles[i]), fontsize=8)
+    fig.suptitle(title, fontsize=10)
     return fig
 
 

@@ -28,7 +28,7 @@ from lungnet.data.registry import load_source
 from lungnet.data.segmentation import view_columns
 from lungnet.errors import DataError
 from lungnet.evaluation.figures import save_figure
-from lungnet.evaluation.segmentation_figures import overlay_comparison_figure
+from lungnet.evaluation.segmentation_figures import mask_gallery_figure
 from lungnet.fileio import write_csv, write_json
 from lungnet.postprocess.crf import dense_crf_batch, require_crf
 from lungnet.runs import load_run_config
@@ -141,16 +141,13 @@ def predict_masks_of_run(
         files.append("nodules.csv")
 
     shown = shown_rows(table["area_px"].to_numpy())
-    images = [read_image(paths[i]) for i in shown]
-    masks = {
-        name: [read_image(str(out / table.loc[i, f"mask{suffix}"])) > 0 for i in shown]
-        for suffix, name in variants.items()
-    }
-    titles = [f"{Path(paths[i]).name}: {int(table.loc[i, 'area_px'])} px" for i in shown]
-    title = (
-        f"Predicted masks of {segmenter.name} ({len(shown)} of {len(table)} images, among those with a mask)"
+    figure = mask_gallery_figure(
+        [read_image(paths[i]) for i in shown],
+        [read_image(str(out / table.loc[i, "mask"])) > 0 for i in shown],
+        [_figure_title(Path(paths[i]).name, table.loc[i]) for i in shown],
+        f"Predicted masks of {segmenter.name}: {len(shown)} of the {len(table)} images, spread over those with a mask",
     )
-    save_figure(overlay_comparison_figure(images, masks, titles, title=title), out / "masks.png")
+    save_figure(figure, out / "masks.png")
     files += ["masks.png", "prediction.json"]
 
     with_mask = int((table["area_px"] > 0).sum())
@@ -181,6 +178,13 @@ def predict_masks_of_run(
         },
     )
     return out
+
+
+def _figure_title(name: str, row: pd.Series) -> str:
+    size = f"{int(row['area_px'])} px"
+    if pd.notna(row.get("diameter_mm")):
+        size += f", {row['diameter_mm']:.1f} mm"
+    return f"{name}\n{size}"
 
 
 def _at(values: np.ndarray | None, i: int) -> float | None:
