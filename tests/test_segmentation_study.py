@@ -272,6 +272,7 @@ def test_predict_writes_the_masks_evaluate_scores_on_each_images_own_pixels(
             a = cv2.imread(str(tmp_path / "pred" / mine), cv2.IMREAD_GRAYSCALE)
             b = cv2.imread(str(tmp_path / "eval" / reference), cv2.IMREAD_GRAYSCALE)
             np.testing.assert_array_equal(a, b)
+    assert predicted["area_px"].sum() > 0  # equal masks, not merely equally empty ones
 
     # on larger images without masks or labels: one mask of each image's size, areas in mm²
     unlabelled = write_ct_npy_dataset(tmp_path / "ct48", tiny_phantom_config, size=48, masks=False)
