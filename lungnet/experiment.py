@@ -48,15 +48,19 @@ class ModelSpec:
     # "patient-folds": the training and validation patients pooled into `ensemble` patient folds, member i
     # trained on the others and early-stopped on fold i; its out-of-fold predictions (every pooled row
     # predicted by the member that never saw its patient) choose the threshold and fit the calibration.
-    ensemble_validation: Literal["split", "patient-folds"] = "split"
+    # "training-folds": the training patients alone in `ensemble` folds, member i stopped on fold i; the
+    # validation split stays outside every member, so its predictions are the average of all members, as
+    # the test split's are, and they choose the threshold, fit the calibration and judge the model against
+    # the others (a single member's out-of-fold predictions are sharper and less accurate than the mean).
+    ensemble_validation: Literal["split", "patient-folds", "training-folds"] = "split"
 
     def __post_init__(self):
         if isinstance(self.ensemble, bool) or not isinstance(self.ensemble, int) or self.ensemble < 1:
             raise ConfigError(f"models[{self.name}].ensemble: {self.ensemble!r} must be an integer >= 1")
-        if self.ensemble_validation == "patient-folds" and self.ensemble < 2:
+        if self.ensemble_validation != "split" and self.ensemble < 2:
             raise ConfigError(
-                f"models[{self.name}].ensemble_validation: patient-folds needs ensemble >= 2 (one fold per "
-                f"member), got ensemble {self.ensemble}"
+                f"models[{self.name}].ensemble_validation: {self.ensemble_validation} needs ensemble >= 2 "
+                f"(one fold per member), got ensemble {self.ensemble}"
             )
         if self.ensemble > 1 and self.fine_tune:
             raise ConfigError(
@@ -139,9 +143,8 @@ def check_models(config) -> None:
     if folded and soft:
         # those targets exist on the training split only, and patient folds pool it with validation
         raise ConfigError(
-            f"models {folded} have ensemble_validation: patient-folds, which pools the training and "
-            f"validation patients; data.{soft[0]} gives training rows other targets than validation's, "
-            "so use one or the other"
+            f"models {folded} stop fold-ensemble members on folds of training patients; "
+            f"data.{soft[0]} gives training rows other targets than validation's, so use one or the other"
         )
 
 

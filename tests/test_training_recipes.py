@@ -219,6 +219,13 @@ def test_fold_ensemble_settings_are_checked():
     assert folds.models[0].ensemble_validation == "patient-folds" and folds.models[0].ensemble == 5
     # the same recipe but for where the members stop
     assert dataclasses.replace(folds.models[0], ensemble_validation="split") == measured.models[0]
+    training_folds = load_experiment(
+        resolve_experiment_path("binary_nodule"), profile="cpu-real-training-folds"
+    )
+    assert training_folds.models[0] == dataclasses.replace(
+        folds.models[0], ensemble_validation="training-folds"
+    )
+    assert (training_folds.data, training_folds.training) == (folds.data, folds.training)
     assert (folds.data, folds.training, folds.measured_nodule) == (
         measured.data,
         measured.training,
@@ -282,7 +289,41 @@ def test_a_fold_ensemble_stops_each_member_on_patients_it_never_trains_on(tmp_pa
         pool["diameter_mm"], pool["target"], held_out["member"] - 1, data.class_names
     )
     assert against["slice"]["auc"]["b"] == pytest.approx(roc_auc_score(is_malignant, size[:, 1]))
-    assert "Out of fold, on every training and validation patient" in (tmp_path / "report.html").read_text()
+    assert "Out of fold, on every patient in the fold ensemble" in (tmp_path / "report.html").read_text()
+
+
+def test_training_folds_keep_validation_outside_every_member_and_tune_on_it(tmp_path, tiny_phantom_config):
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from lungnet.data.dataset import prepare_data
+    from lungnet.inference import predict_proba
+    from lungnet.runs.artifacts import load_run_model
+    from lungnet.studies.classification import run_classification_study
+
+    config = smoke_ensemble(
+        tiny_phantom_config,
+        evaluation={"explain": False, "outliers": False, "tta": False},
+        ensemble_validation="training-folds",
+    )
+    data = prepare_data(config.data, progress=False)
+    training = data.split("train")
+    run_classification_study(config, tmp_path, progress=False)
+    record = json.loads((tmp_path / "metrics.json").read_text())["models"]["custom_cnn"]
+    assert record["training"]["stopped_on"] == "out-of-fold (2 patient folds of training)"
+    members = record["training"]["members"]
+    assert sum(m["fold_patients"] for m in members) == training["patient_id"].nunique()
+    # validation is the averaged model's, as test is: it chooses the threshold and fits the calibration
+    assert record["calibration"]["fitted_on"] == "validation"
+    assert record["threshold_from_val"]["chosen_on"] == "validation"
+    model, _ = load_run_model(tmp_path, "custom_cnn")
+    val_probs = predict_proba(model, data.val)
+    y_val = data.split("val")["target"].to_numpy()
+    assert record["val"]["auc"] == pytest.approx(roc_auc_score(y_val, val_probs[:, 1]), abs=1e-6)
+    held_out = pd.read_csv(tmp_path / "out_of_fold_custom_cnn.csv")
+    assert set(held_out["split"]) == {"train"} and len(held_out) == len(training)
+    against = record["out_of_fold_against_size_only"]
+    assert against["slice"]["n_patients"] == training["patient_id"].nunique()
 
 
 def test_the_mean_with_a_fold_ensemble_is_calibrated_on_both_models_held_out_rows():
@@ -301,6 +342,9 @@ def test_the_mean_with_a_fold_ensemble_is_calibrated_on_both_models_held_out_row
     np.testing.assert_allclose(probs, [[0.7, 0.3], [0.25, 0.75], [0.25, 0.75], [0.65, 0.35]])
     assert y.tolist() == [0, 1, 1, 0] and description == f"mean of cf and {network.description}"
     assert mean_calibration_data(None, network) is None and mean_calibration_data(measured, None) is None
+    # folds of training patients only: the mean is calibrated on validation, where both are averages
+    train_only = HeldOut(frame.iloc[[0, 2]], network.probs[[0, 2]], np.array([0, 1]))
+    assert not train_only.covers_validation and mean_calibration_data(measured, train_only) is None
 
 
 def test_image_only_rows_are_judged_against_the_diameter_on_the_fold_ensembles_patients():
@@ -345,8 +389,18 @@ def test_image_only_rows_are_judged_against_the_diameter_on_the_fold_ensembles_p
     assert result["slice"]["auc"]["b"] == pytest.approx(roc_auc_score(y, size[:, 1]))
     assert held_out_against_size_only(data, None, network) is None
     assert held_out_against_size_only(data, held, None) is None
-    with pytest.raises(DataError, match="not the fold ensemble's training"):
+    with pytest.raises(DataError, match="not the fold ensemble's rows"):
         held_out_against_size_only(data, (held[0], frame["target"].to_numpy()[::-1], "x"), network)
+    # folds of training patients only: the held-out rows' training part, judged on those patients
+    trained = (frame["split"] == "train").to_numpy()
+    train_only = HeldOut(frame[trained].reset_index(drop=True), network.probs[trained], folds[trained])
+    assert train_only.splits == ("train",) and "of training)" in train_only.description
+    result = held_out_against_size_only(data, held, train_only)
+    n_train = int(trained.sum())
+    assert (
+        result["slice"]["n"] == n_train and result["patient"]["n"] == frame[trained]["patient_id"].nunique()
+    )
+    assert result["slice"]["auc"]["a"] == pytest.approx(roc_auc_score(y[:n_train], p[:n_train]))
 
 
 def test_a_classifier_that_segments_learns_from_masks_and_serves_probabilities(tmp_path, capsys):

@@ -23,7 +23,8 @@ AGAINST_CAPTION = (
     "the difference and its 95 % interval from {samples} patient-bootstrap resamples"
 )
 OUT_OF_FOLD_CAPTION = (
-    "Out of fold, on every training and validation patient: each slice predicted by the one fold-ensemble "
+    "Out of fold, on every patient in the fold ensemble's folds (the training patients, and the validation "
+    "patients where the folds pool them): each slice predicted by the one fold-ensemble "
     "member that never saw its patient (one member, not the ensemble's mean; each member's epoch was chosen "
     "on its own fold, which flatters it a little), against the size-only baseline cross-fitted over the same "
     "patient folds; 95 % intervals from {samples} patient-bootstrap resamples. The image-only rows' held-out "

@@ -196,8 +196,9 @@ def _train_model(
 
 @dataclasses.dataclass
 class HeldOut:
-    """A fold ensemble's out-of-fold predictions: each row of `frame` (the pooled training and validation
-    rows, in manifest order, with their ``split``) predicted by the one member that never saw its patient."""
+    """A fold ensemble's out-of-fold predictions: each row of `frame` (the pooled rows, in manifest order,
+    with their ``split``: training and validation, or with ``training-folds`` training only) predicted by
+    the one member that never saw its patient."""
 
     frame: pd.DataFrame
     probs: np.ndarray
@@ -208,7 +209,18 @@ class HeldOut:
     def description(self) -> str:
         if self.predicted_by:
             return self.predicted_by
-        return f"out-of-fold ({int(self.fold.max()) + 1} patient folds of training + validation)"
+        pooled = "training + validation" if self.covers_validation else "training"
+        return f"out-of-fold ({int(self.fold.max()) + 1} patient folds of {pooled})"
+
+    @property
+    def covers_validation(self) -> bool:
+        """Whether the folds pool the validation split (``patient-folds``): then these predictions, not the
+        averaged model's, are the model's validation predictions."""
+        return bool((self.frame["split"] == "val").any())
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return ("train", "val") if self.covers_validation else ("train",)
 
     @classmethod
     def from_table(cls, pool: pd.DataFrame, table: pd.DataFrame, class_names) -> HeldOut:
@@ -264,11 +276,13 @@ def _member_data(data: PreparedData, pool: pd.DataFrame, folds: np.ndarray, fold
 def _train_ensemble(spec: ModelSpec, config: ExperimentConfig, data: PreparedData, run_dir: Path):
     """(name, averaged model, summary, held-out predictions): `spec.ensemble` members, each trained as its
     own phase (``<name>_member<i>``, resumable) from seed ``training.seed + i - 1``, stopped on the
-    validation split, or with ``ensemble_validation: patient-folds`` on its own fold of the pooled training
-    and validation patients (`HeldOut`; None for the split)."""
-    folded = spec.ensemble_validation == "patient-folds"
+    validation split, or on its own patient fold (`HeldOut`; None for the split) of the pooled training and
+    validation patients (``ensemble_validation: patient-folds``) or of the training patients
+    (``training-folds``)."""
+    folded = spec.ensemble_validation != "split"
     if folded:
-        pool = data.manifest[data.manifest["split"].isin(["train", "val"])].reset_index(drop=True)
+        pooled = ["train", "val"] if spec.ensemble_validation == "patient-folds" else ["train"]
+        pool = data.manifest[data.manifest["split"].isin(pooled)].reset_index(drop=True)
         folds = patient_folds(pool, spec.ensemble, seed=config.data.split_seed, origin=data.source.spec)
         out_of_fold = np.full((len(pool), len(data.class_names)), np.nan)
     members, summaries = [], []
@@ -328,21 +342,24 @@ def evaluate_model(
     training: dict,
     held_out: HeldOut | None = None,
 ):
-    """Score `model` on validation and test; a fold ensemble's validation predictions are its out-of-fold
-    ones (`held_out`: the averaged model has seen every validation patient), and its threshold and
-    calibration come from all of them, training patients' included."""
+    """Score `model` on validation and test. A fold ensemble whose folds pool the validation patients
+    (`held_out` covers them; the averaged model has seen every one) is judged on its out-of-fold
+    predictions, and its threshold and calibration come from all of them, training patients' included;
+    one whose folds hold training patients only is judged and tuned on the validation split like any model,
+    its out-of-fold predictions saved beside."""
     model = inference_model(model)  # probabilities only: side outputs (aux_mask) are for the loss
     names = data.class_names
     y_val = data.split("val")["target"].to_numpy()
     y_test = data.split("test")["target"].to_numpy()
-    if held_out is None:
+    if held_out is not None:
+        write_csv(run_dir / f"out_of_fold_{name}.csv", held_out.table(data.config.view, names))
+    if held_out is None or not held_out.covers_validation:
         val_probs = predict_proba(model, data.val)
         tuning_probs, y_tuning, fitted_on = val_probs, y_val, "validation"
     else:
         val_probs = held_out.split_probs("val")
         tuning_probs, fitted_on = held_out.probs, held_out.description
         y_tuning = held_out.frame["target"].to_numpy()
-        write_csv(run_dir / f"out_of_fold_{name}.csv", held_out.table(data.config.view, names))
     test_probs = predict_proba(model, data.test)
     path = save_run_model(run_dir, name, model)
     result = ModelResult(
@@ -374,7 +391,8 @@ def evaluate_model(
         }
     if config.evaluation.temperature_scaling:
         # the prior the members learnt from before balancing: the training split's, or the pooled folds'
-        y_prior = data.split("train")["target"].to_numpy() if held_out is None else y_tuning
+        pooled = data.split("train") if held_out is None else held_out.frame
+        y_prior = pooled["target"].to_numpy()
         result.calibration = calibration_summary(
             fit_calibration(tuning_probs, y_tuning, y_prior, fitted_on),
             y_test,
@@ -486,8 +504,9 @@ def measured_calibration_data(settings, features: pd.DataFrame, frame: pd.DataFr
 def mean_calibration_data(measured: tuple | None, network: HeldOut | None) -> tuple | None:
     """Held-out predictions of the mean of the measured classifier and a fold ensemble on the training and
     validation rows, where both have them (each row's two predictions come from fits without its patient);
-    None, so validation alone, otherwise."""
-    if measured is None or network is None:
+    None, so validation alone, otherwise (also for folds of training patients only: there the validation
+    split holds the averaged members' predictions, as the test split does)."""
+    if measured is None or network is None or not network.covers_validation:
         return None
     probs, y, description = measured
     held = network.by_split("train", "val").probs
@@ -502,10 +521,12 @@ def held_out_against_size_only(data: PreparedData, held: tuple | None, network: 
     if held is None or network is None:
         return None
     probs, y, description = held
-    pooled = network.by_split("train", "val")
+    pooled = network.by_split(*network.splits)
+    n = len(pooled.frame)  # `held` lists training rows first: folds of training patients take those only
+    probs, y = probs[:n], y[:n]
     if not np.array_equal(y, pooled.frame["target"].to_numpy()):
         raise DataError(
-            "held-out predictions: their rows are not the fold ensemble's training + validation rows"
+            f"held-out predictions: their rows are not the fold ensemble's rows ({' + '.join(network.splits)})"
         )
     return out_of_fold_against_size_only(
         data, dataclasses.replace(pooled, probs=probs, predicted_by=description)
