@@ -401,6 +401,7 @@ def test_image_only_rows_are_judged_against_the_diameter_on_the_fold_ensembles_p
         result["slice"]["n"] == n_train and result["patient"]["n"] == frame[trained]["patient_id"].nunique()
     )
     assert result["slice"]["auc"]["a"] == pytest.approx(roc_auc_score(y[:n_train], p[:n_train]))
+    assert result["predictions"] == "cross-fitted measured classifier: the training rows"
 
 
 def test_a_classifier_that_segments_learns_from_masks_and_serves_probabilities(tmp_path, capsys):

@@ -523,7 +523,8 @@ def held_out_against_size_only(data: PreparedData, held: tuple | None, network: 
     probs, y, description = held
     pooled = network.by_split(*network.splits)
     n = len(pooled.frame)  # `held` lists training rows first: folds of training patients take those only
-    probs, y = probs[:n], y[:n]
+    if n < len(y):
+        probs, y, description = probs[:n], y[:n], f"{description}: the training rows"
     if not np.array_equal(y, pooled.frame["target"].to_numpy()):
         raise DataError(
             f"held-out predictions: their rows are not the fold ensemble's rows ({' + '.join(network.splits)})"
