@@ -233,21 +233,27 @@ def test_fold_ensemble_settings_are_checked():
     )
 
 
+def fold_ensemble(phantom, validation: str):
+    """(config, prepared data) of a 2-member fold ensemble on the tiny phantom, without explanations."""
+    from lungnet.data.dataset import prepare_data
+
+    config = smoke_ensemble(
+        phantom,
+        evaluation={"explain": False, "outliers": False, "tta": False},
+        ensemble_validation=validation,
+    )
+    return config, prepare_data(config.data, progress=False)
+
+
 def test_a_fold_ensemble_stops_each_member_on_patients_it_never_trains_on(tmp_path, tiny_phantom_config):
     import pandas as pd
     from sklearn.metrics import roc_auc_score
 
-    from lungnet.data.dataset import prepare_data
     from lungnet.data.splits import patient_folds
     from lungnet.evaluation import cross_fitted_size_only
     from lungnet.studies.classification import HeldOut, _member_data, run_classification_study
 
-    config = smoke_ensemble(
-        tiny_phantom_config,
-        evaluation={"explain": False, "outliers": False, "tta": False},
-        ensemble_validation="patient-folds",
-    )
-    data = prepare_data(config.data, progress=False)
+    config, data = fold_ensemble(tiny_phantom_config, "patient-folds")
     pool = data.manifest[data.manifest["split"] != "test"].reset_index(drop=True)
     folds = patient_folds(pool, 2)
     for fold in (0, 1):
@@ -296,17 +302,11 @@ def test_training_folds_keep_validation_outside_every_member_and_tune_on_it(tmp_
     import pandas as pd
     from sklearn.metrics import roc_auc_score
 
-    from lungnet.data.dataset import prepare_data
     from lungnet.inference import predict_proba
     from lungnet.runs.artifacts import load_run_model
     from lungnet.studies.classification import run_classification_study
 
-    config = smoke_ensemble(
-        tiny_phantom_config,
-        evaluation={"explain": False, "outliers": False, "tta": False},
-        ensemble_validation="training-folds",
-    )
-    data = prepare_data(config.data, progress=False)
+    config, data = fold_ensemble(tiny_phantom_config, "training-folds")
     training = data.split("train")
     run_classification_study(config, tmp_path, progress=False)
     record = json.loads((tmp_path / "metrics.json").read_text())["models"]["custom_cnn"]
