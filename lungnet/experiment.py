@@ -141,7 +141,7 @@ def check_models(config) -> None:
     folded = [m.name for m in config.models if getattr(m, "ensemble_validation", "split") != "split"]
     soft = [k for k in ("reader_targets", "train_on_excluded") if getattr(config.data, k, False)]
     if folded and soft:
-        # those targets exist on the training split only, and patient folds pool it with validation
+        # those targets exist on the training split only, and members would stop on folds of it
         raise ConfigError(
             f"models {folded} stop fold-ensemble members on folds of training patients; "
             f"data.{soft[0]} gives training rows other targets than validation's, so use one or the other"

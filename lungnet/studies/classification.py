@@ -194,6 +194,10 @@ def _train_model(
         yield name, model, {**summary, "weights": weights_provenance(spec.model, model)}, None
 
 
+# the splits each `ensemble_validation` mode draws its patient folds from
+FOLD_SPLITS = {"patient-folds": ("train", "val"), "training-folds": ("train",)}
+
+
 @dataclasses.dataclass
 class HeldOut:
     """A fold ensemble's out-of-fold predictions: each row of `frame` (the pooled rows, in manifest order,
@@ -213,14 +217,15 @@ class HeldOut:
         return f"out-of-fold ({int(self.fold.max()) + 1} patient folds of {pooled})"
 
     @property
+    def splits(self) -> tuple[str, ...]:
+        """The splits the folds pool, in the order the held-out rows of other models list them."""
+        return tuple(s for s in FOLD_SPLITS["patient-folds"] if (self.frame["split"] == s).any())
+
+    @property
     def covers_validation(self) -> bool:
         """Whether the folds pool the validation split (``patient-folds``): then these predictions, not the
         averaged model's, are the model's validation predictions."""
-        return bool((self.frame["split"] == "val").any())
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return ("train", "val") if self.covers_validation else ("train",)
+        return "val" in self.splits
 
     @classmethod
     def from_table(cls, pool: pd.DataFrame, table: pd.DataFrame, class_names) -> HeldOut:
@@ -281,7 +286,7 @@ def _train_ensemble(spec: ModelSpec, config: ExperimentConfig, data: PreparedDat
     (``training-folds``)."""
     folded = spec.ensemble_validation != "split"
     if folded:
-        pooled = ["train", "val"] if spec.ensemble_validation == "patient-folds" else ["train"]
+        pooled = FOLD_SPLITS[spec.ensemble_validation]
         pool = data.manifest[data.manifest["split"].isin(pooled)].reset_index(drop=True)
         folds = patient_folds(pool, spec.ensemble, seed=config.data.split_seed, origin=data.source.spec)
         out_of_fold = np.full((len(pool), len(data.class_names)), np.nan)
