@@ -39,6 +39,16 @@ def test_ratings_are_scaled_to_their_lidc_scales():
     np.testing.assert_allclose(values[:, 1], [0.0, 1.0, 0.5])  # spiculation 1..5
 
 
+def test_the_diameter_is_a_target_on_a_log_scale():
+    frame = pd.DataFrame({"diameter_mm": [1.0, 10.0, 100.0, 5.0], "texture": [1, 2, 3, 5]})
+    values = attribute_targets(frame, ["texture", "diameter_mm"])
+    np.testing.assert_allclose(values[:, 1], [0.0, 0.5, 1.0, np.log(5) / np.log(100)], rtol=1e-6)
+    assert DataConfig(attribute_targets=["diameter_mm"]).attribute_targets == ("diameter_mm",)
+    frame.loc[3, "diameter_mm"] = 0.4
+    with pytest.raises(DataError, match="row 3: diameter_mm 0.4 is not a measurement in 1..100"):
+        attribute_targets(frame, ["diameter_mm"])
+
+
 def test_bad_ratings_name_the_column_and_row():
     frame = ratings_frame()
     with pytest.raises(DataError, match=r"\['margin'\]"):

@@ -8,6 +8,9 @@ not (on lidc-crops, a logistic regression of the readers' diameter and these rat
 split, beats the diameter alone on validation), and a network asked to rate them must look at them.
 
 Each rating is scaled to [0, 1] by its LIDC scale, so a sigmoid head regresses it with mean squared error.
+The readers' diameter (``diameter_mm``) can be a target too, on a log scale: a network that misses the size of
+a non-calcified nodule (`docs/real-ct/analysis/headroom.py`) is then taught it. Only training uses it; at
+inference the model sees the image alone.
 """
 
 from __future__ import annotations
@@ -30,22 +33,26 @@ ATTRIBUTE_SCALES: dict[str, tuple[float, float]] = {
     "texture": (1, 5),
 }
 
+# measurements (lowest, highest), scaled on a log scale: size matters in ratios (5 -> 10 mm as 10 -> 20 mm)
+MEASUREMENT_SCALES: dict[str, tuple[float, float]] = {"diameter_mm": (1.0, 100.0)}
+TARGETS = (*ATTRIBUTE_SCALES, *MEASUREMENT_SCALES)
+
 
 def check_attribute_names(names, what: str = "data.attribute_targets") -> tuple[str, ...]:
     """`names` as a tuple of known, distinct ratings, or a `ConfigError` naming the bad one."""
     if isinstance(names, str) or not isinstance(names, list | tuple):
-        raise ConfigError(f"{what}: {names!r} must be a list of ratings ({', '.join(ATTRIBUTE_SCALES)})")
+        raise ConfigError(f"{what}: {names!r} must be a list of ratings ({', '.join(TARGETS)})")
     for name in names:
-        if name not in ATTRIBUTE_SCALES:
-            raise ConfigError(f"{what}: unknown rating {name!r}; choose from {', '.join(ATTRIBUTE_SCALES)}")
+        if name not in TARGETS:
+            raise ConfigError(f"{what}: unknown rating {name!r}; choose from {', '.join(TARGETS)}")
     if len(set(names)) != len(names):
         raise ConfigError(f"{what}: {list(names)} names a rating twice")
     return tuple(names)
 
 
 def attribute_targets(frame: pd.DataFrame, names, origin: str = "manifest") -> np.ndarray:
-    """float32 ``[N, len(names)]``: each row's ratings scaled to [0, 1]; a missing column, an empty cell or a
-    rating outside its scale is a `DataError` naming the column and the row."""
+    """float32 ``[N, len(names)]``: each row's ratings (and measurements, on a log scale) scaled to [0, 1]; a
+    missing column, an empty cell or a value outside its scale is a `DataError` naming the column and the row."""
     names = check_attribute_names(names)
     missing = [name for name in names if name not in frame.columns]
     if missing:
@@ -55,14 +62,18 @@ def attribute_targets(frame: pd.DataFrame, names, origin: str = "manifest") -> n
         )
     columns = []
     for name in names:
-        low, high = ATTRIBUTE_SCALES[name]
+        measured = name in MEASUREMENT_SCALES
+        low, high = MEASUREMENT_SCALES[name] if measured else ATTRIBUTE_SCALES[name]
         values = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
         bad = ~((values >= low) & (values <= high))
         if bad.any():
             row = int(np.argmax(bad))
             label = row_labels(frame, origin)[row]
+            what = "a measurement" if measured else "a rating"
             raise DataError(
-                f"{label}: {name} {frame[name].tolist()[row]!r} is not a rating in {low:g}..{high:g}"
+                f"{label}: {name} {frame[name].tolist()[row]!r} is not {what} in {low:g}..{high:g}"
             )
+        if measured:
+            values, low, high = np.log(values), np.log(low), np.log(high)
         columns.append((values - low) / (high - low))
     return np.stack(columns, axis=1).astype(np.float32) if columns else np.zeros((len(frame), 0), np.float32)
