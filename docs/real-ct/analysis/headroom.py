@@ -37,13 +37,14 @@ from lungnet.evaluation.aggregation import nodule_level
 from lungnet.evaluation.baselines import cross_fitted_size_only
 from lungnet.evaluation.measured_nodule import (
     central_region,
-    cross_fitted_probs,
-    fit_measured,
     mean_row,
     measured_classifier,
 )
 from lungnet.runs import load_run_config
 from lungnet.studies.classification import measured_split_features
+
+sys.path.insert(0, str(Path(__file__).parent))
+from compare_fold_runs import held_out_measured  # noqa: E402
 
 DESCRIPTORS = ("texture", "calcification", "spiculation", "subtlety")
 CALCIFICATION_ABSENT = 6  # LIDC's calcification rating 6 is "absent"; 1-5 name a pattern
@@ -136,16 +137,7 @@ def main(run: Path) -> None:
     cnn_fold = out_of_fold.loc[pool[column].astype(str), "member"].to_numpy() - 1
     cnn_test = pd.read_csv(run / "predictions.csv").set_index("image")
     cnn_test = cnn_test.loc[test[column].astype(str), "prob_malignant"].to_numpy()
-    y_train = frames["train"]["target"].to_numpy()
-    fitted = fit_measured(features["train"], y_train, config.measured_nodule.C)
-    measured = np.concatenate(
-        [
-            cross_fitted_probs(
-                features["train"], y_train, frames["train"]["patient_id"], config.measured_nodule.C, 2
-            )[:, 1],
-            fitted.predict(features["val"], 2)[:, 1],
-        ]
-    )
+    measured = held_out_measured(config, frames, features)
 
     # 2. calcified and non-calcified benign nodules against the malignant ones
     for label, frame, p_cnn, yy in (("pooled", pool, cnn, y), ("test", test, cnn_test, y_test)):
