@@ -8,9 +8,9 @@ not (on lidc-crops, a logistic regression of the readers' diameter and these rat
 split, beats the diameter alone on validation), and a network asked to rate them must look at them.
 
 Each rating is scaled to [0, 1] by its LIDC scale, so a sigmoid head regresses it with mean squared error.
-The readers' diameter (``diameter_mm``) can be a target too, on a log scale: a network that misses the size of
-a non-calcified nodule (`docs/real-ct/analysis/headroom.py`) is then taught it. Only training uses it; at
-inference the model sees the image alone.
+The readers' diameter (``diameter_mm``) can be a target too, on a log scale, to teach the size of a
+non-calcified nodule that the CNNs miss (`docs/real-ct/analysis/headroom.py`); on real CT it did not help
+(README ²⁰). Only training uses it; at inference the model sees the image alone.
 """
 
 from __future__ import annotations
