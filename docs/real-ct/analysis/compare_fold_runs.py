@@ -29,16 +29,17 @@ from lungnet.runs import load_run_config
 from lungnet.studies.classification import measured_calibration_data, measured_split_features
 
 
-def held_out_measured(config, frames: dict, features: dict) -> np.ndarray:
-    """The measured classifier's malignancy probabilities of the training rows (cross-fitted over patient
-    folds), then the validation rows (fitted on training): the held-out rows the run calibrates it on."""
+def held_out_measured(config, frames: dict, features: dict):
+    """``(fitted, probs)``: the measured classifier fitted on training as the run fits it, and its malignancy
+    probabilities of the training rows (cross-fitted over patient folds), then the validation rows (from
+    that fit): the held-out rows the run calibrates it on."""
     fitted = fit_measured(features["train"], frames["train"]["target"], config.measured_nodule.C)
     val = fitted.predict(features["val"], 2)
     y_val = frames["val"]["target"].to_numpy()
     held = measured_calibration_data(config.measured_nodule, features["train"], frames["train"], y_val, val)
     if held is None:
         raise SystemExit("the run's measured classifier is not calibrated on cross-fitted training rows")
-    return held[0][:, 1]
+    return fitted, held[0][:, 1]
 
 
 def two_columns(p):
@@ -73,9 +74,9 @@ def main(new: Path, base: Path, measured_run: Path) -> None:
     column = image_column(data.manifest, config.data.view)
     pool = pd.concat([frames["train"], frames["val"]], ignore_index=True)
     test = frames["test"].reset_index(drop=True)
-    fitted = fit_measured(features["train"], frames["train"]["target"], config.measured_nodule.C)
+    fitted, pooled_measured = held_out_measured(config, frames, features)
     measured = {
-        "pooled": held_out_measured(config, frames, features),
+        "pooled": pooled_measured,
         "test": fitted.predict(features["test"], 2)[:, 1],
     }
     cnn = {}
@@ -89,7 +90,9 @@ def main(new: Path, base: Path, measured_run: Path) -> None:
     print(f"NEW {new}\nBASE {base}\nmeasured classifier of {measured_run} (grouping {config.data.grouping})")
     for part, frame in (("pooled", pool), ("test", test)):
         y = frame["target"].to_numpy()
-        print(f"== {part} ({'out of fold' if part == 'pooled' else 'the averaged ensembles'}): {len(frame)} slices, {frame['patient_id'].nunique()} patients")
+        print(
+            f"== {part} ({'out of fold' if part == 'pooled' else 'the averaged ensembles'}): {len(frame)} slices, {frame['patient_id'].nunique()} patients"
+        )
         rows = {
             "measured classifier": measured[part],
             **{f"{n} CNNs": cnn[n][part] for n in cnn},

@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score, roc_auc_score
-from sklearn.model_selection import GroupKFold
 
 from lungnet.data.dataset import image_column, prepare_data
 from lungnet.data.io import read_image
@@ -37,6 +36,8 @@ from lungnet.evaluation.aggregation import nodule_level
 from lungnet.evaluation.baselines import cross_fitted_size_only
 from lungnet.evaluation.measured_nodule import (
     central_region,
+    cross_fitted_probs,
+    fit_measured,
     mean_row,
     measured_classifier,
 )
@@ -48,7 +49,6 @@ from compare_fold_runs import held_out_measured  # noqa: E402
 
 DESCRIPTORS = ("texture", "calcification", "spiculation", "subtlety")
 CALCIFICATION_ABSENT = 6  # LIDC's calcification rating 6 is "absent"; 1-5 name a pattern
-FOLDS = 5
 
 
 def logit(p):
@@ -66,25 +66,10 @@ def aucs_and_f1(y, p, frame) -> str:
     )
 
 
-def grouped_cv(x: pd.DataFrame, y, patients) -> np.ndarray:
-    """Each row's malignancy probability from the measured pipeline fitted without its patient."""
-    out = np.zeros(len(y))
-    for fit, held in GroupKFold(FOLDS).split(x, y, patients):
-        out[held] = (
-            measured_classifier(1.0)
-            .fit(x.iloc[fit].to_numpy(float), y[fit])
-            .predict_proba(x.iloc[held].to_numpy(float))[:, 1]
-        )
-    return out
-
-
 def bright_features(frame: pd.DataFrame, column: str, masks: dict) -> pd.DataFrame:
     rows = []
     for path in frame[column].astype(str):
-        image = read_image(path).astype(float)
-        image = image[..., 0] if image.ndim == 3 else image
-        image = image * 255 if image.max() <= 1.0 else image  # read_image scales to 0-1 or keeps 0-255
-        values = image[central_region(masks[path])]
+        values = read_image(path)[central_region(masks[path])]  # the PNG's own 0-255 values
         if values.size == 0:
             rows.append({})
             continue
@@ -123,10 +108,9 @@ def main(run: Path) -> None:
         return x
 
     for label, ratings in (("diameter", False), ("diameter + readers' descriptors", True)):
-        cv = grouped_cv(descriptors(pool, ratings), y, patients)
-        train = frames["train"]
-        fitted = measured_classifier(1.0).fit(descriptors(train, ratings).to_numpy(float), train["target"])
-        on_test = fitted.predict_proba(descriptors(test, ratings).to_numpy(float))[:, 1]
+        cv = cross_fitted_probs(descriptors(pool, ratings), y, patients, 1.0, 2)[:, 1]
+        fitted = fit_measured(descriptors(frames["train"], ratings), frames["train"]["target"], 1.0)
+        on_test = fitted.predict(descriptors(test, ratings), 2)[:, 1]
         print(
             f"  1. {label:32s} pooled CV {aucs_and_f1(y, cv, pool)} | test {aucs_and_f1(y_test, on_test, test)}"
         )
@@ -137,7 +121,7 @@ def main(run: Path) -> None:
     cnn_fold = out_of_fold.loc[pool[column].astype(str), "member"].to_numpy() - 1
     cnn_test = pd.read_csv(run / "predictions.csv").set_index("image")
     cnn_test = cnn_test.loc[test[column].astype(str), "prob_malignant"].to_numpy()
-    measured = held_out_measured(config, frames, features)
+    _, measured = held_out_measured(config, frames, features)
 
     # 2. calcified and non-calcified benign nodules against the malignant ones
     for label, frame, p_cnn, yy in (("pooled", pool, cnn, y), ("test", test, cnn_test, y_test)):
@@ -181,7 +165,7 @@ def main(run: Path) -> None:
         ("measured features", pool_x),
         ("+ bright-pixel features", pd.concat([pool_x, bright], axis=1)),
     ):
-        print(f"  4. {label:34s} {aucs_and_f1(y, grouped_cv(x, y, patients), pool)}")
+        print(f"  4. {label:34s} {aucs_and_f1(y, cross_fitted_probs(x, y, patients, 1.0, 2)[:, 1], pool)}")
 
     # 5. macro F1 against the threshold
     size_only = cross_fitted_size_only(pool["diameter_mm"], y, cnn_fold, data.class_names)[:, 1]
