@@ -20,6 +20,7 @@ from zoo_configs import SIZE, SIZES, TINY  # shared with the JAX backend check
 
 from lungnet.models import CLASSIFIERS, ENCODERS, SEGMENTERS, build_encoder, inference_model
 from lungnet.models.contract import EMBEDDING_NAME, INPUT_NAME, OUTPUT_NAME, level_stride, output_names
+from lungnet.serving.export import SAVE_OPTIONS
 
 # Parameter counts of the TINY configs (binary classifiers; 3 channels, segmenters 1): a changed
 # architecture shows here. EfficientNetB2 = its keras.applications base (7,768,569) + the 1,409-weight head;
@@ -216,7 +217,7 @@ def test_keras_and_saved_model_round_trips(task, name, tmp_path):
         else (lambda images: model(images, training=False)),
         [specs] if len(specs) > 1 else list(specs.values()),
     )
-    archive.write_out(str(tmp_path / "saved_model"), verbose=False)
+    archive.write_out(str(tmp_path / "saved_model"), options=SAVE_OPTIONS, verbose=False)
     reloaded = tf.saved_model.load(str(tmp_path / "saved_model"))  # keep it alive: it owns the variables
     served = reloaded.serve(
         {k: tf.constant(v) for k, v in x.items()} if isinstance(x, dict) else tf.constant(x)

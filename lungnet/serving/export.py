@@ -38,6 +38,9 @@ from lungnet.runs.artifacts import load_run_model, run_class_names, run_preproce
 from lungnet.runs.folder import require_finished
 
 SAVED_MODEL_DIR = "saved_model"
+# Serving never differentiates: skipping the gradient functions' traces makes an export faster (EfficientNetB2
+# at 32 px: about 13 -> 12 s of tracing on 2 CPU cores).
+SAVE_OPTIONS = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
 INPUT_TAKES = "[batch, height, width] raw grey images (HU or 0-255), float32 or uint8 (serving_uint8)"
 STACK_TAKES = (
     "[batch, height, width, 3] raw grey slices (below, nodule slice, above; HU or 0-255), float32 or uint8"
@@ -114,7 +117,7 @@ def export_run(run_dir: str | Path, model_name: str | None = None, out: str | Pa
     target = Path(out) if out else run_dir / SAVED_MODEL_DIR
     with atomic_directory(target) as tmp:
         shutil.rmtree(tmp)
-        archive.write_out(str(tmp), verbose=False)
+        archive.write_out(str(tmp), options=SAVE_OPTIONS, verbose=False)
         write_json(
             tmp / "lungnet.json",
             {
