@@ -4,6 +4,8 @@ as the mean with a measured-nodule classifier.
 Usage: .venv/bin/python docs/real-ct/analysis/compare_fold_runs.py NEW BASE MEASURED_RUN
 
 NEW and BASE are finished `cpu-real-folds` runs (the CNNs; the measured classifier may be off in them).
+NEW may join several runs with the same folds by ``+`` (``RUN_A+RUN_B``): their CNNs' probabilities averaged,
+one larger ensemble whose every out-of-fold row still comes from members that never saw it.
 MEASURED_RUN is a run of the same split with the measured classifier (it may be BASE): its segmenter
 outlines every slice again (minutes) and its classifier is refitted, so that the training and validation
 rows have held-out measured probabilities (cross-fitted on training, fitted on training for validation) and
@@ -64,7 +66,7 @@ def difference(y, a, b, frame, names) -> str:
     return "; ".join(parts)
 
 
-def main(new: Path, base: Path, measured_run: Path) -> None:
+def main(new: list[Path], base: Path, measured_run: Path) -> None:
     config = load_run_config(measured_run)
     data = prepare_data(config.data, progress=False)
     names = data.class_names
@@ -79,15 +81,23 @@ def main(new: Path, base: Path, measured_run: Path) -> None:
         "pooled": pooled_measured,
         "test": fitted.predict(features["test"], 2)[:, 1],
     }
-    cnn = {}
-    for name, run in (("new", new), ("base", base)):
+
+    def cnn_probs(run: Path) -> dict:
         out_of_fold = pd.read_csv(run / "out_of_fold_custom_cnn.csv").set_index("image")
         on_test = pd.read_csv(run / "predictions.csv").set_index("image")
-        cnn[name] = {
+        return {
             "pooled": out_of_fold.loc[pool[column].astype(str), "prob_malignant"].to_numpy(),
             "test": on_test.loc[test[column].astype(str), "prob_malignant"].to_numpy(),
         }
-    print(f"NEW {new}\nBASE {base}\nmeasured classifier of {measured_run} (grouping {config.data.grouping})")
+
+    joined = [cnn_probs(run) for run in new]
+    cnn = {
+        "new": {part: np.mean([j[part] for j in joined], axis=0) for part in ("pooled", "test")},
+        "base": cnn_probs(base),
+    }
+    print(
+        f"NEW {' + '.join(map(str, new))}\nBASE {base}\nmeasured classifier of {measured_run} (grouping {config.data.grouping})"
+    )
     for part, frame in (("pooled", pool), ("test", test)):
         y = frame["target"].to_numpy()
         print(
@@ -106,4 +116,4 @@ def main(new: Path, base: Path, measured_run: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(*(Path(a) for a in sys.argv[1:4]))
+    main([Path(a) for a in sys.argv[1].split("+")], Path(sys.argv[2]), Path(sys.argv[3]))
