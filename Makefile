@@ -64,6 +64,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/phantom_build.py
 	$(PY) benchmarks/pipeline_throughput.py
 	$(PY) benchmarks/segmentation_speed.py
+	$(PY) benchmarks/tracing_overhead.py
 
 bench-segmentation: $(STAMP)
 	$(PY) benchmarks/segmentation_speed.py

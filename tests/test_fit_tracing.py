@@ -1,6 +1,6 @@
 """The fit path traces its training step once: Keras 3 without a tf.distribute strategy creates the optimizer's
-and metrics' variables inside the first trace, and tf.function then traces the step again (20 of 47 s of a
-smoke Inf-Net epoch on 2 CPU cores). `build_training_state` creates them first."""
+and metrics' variables inside the first trace, and tf.function then traces the step again (what it costs:
+`benchmarks/tracing_overhead.py`). `build_training_state` creates them first."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ from lungnet.runs.folder import require_finished
 
 SAVED_MODEL_DIR = "saved_model"
 # Serving never differentiates: skipping the gradient functions' traces makes an export faster (EfficientNetB2
-# at 32 px: about 13 -> 12 s of tracing on 2 CPU cores).
+# at 32 px on 2 CPU cores: 15.4 -> 13.1 s, `benchmarks/tracing_overhead.py`).
 SAVE_OPTIONS = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
 INPUT_TAKES = "[batch, height, width] raw grey images (HU or 0-255), float32 or uint8 (serving_uint8)"
 STACK_TAKES = (

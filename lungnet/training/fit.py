@@ -355,9 +355,9 @@ def build_training_state(model: keras.Model, dataset: tf.data.Dataset) -> None:
     """Create the optimizer's and the compiled metrics' variables before `fit` traces its training step.
 
     Without a tf.distribute strategy Keras 3 creates them inside that first trace, and tf.function then
-    traces the whole step a second time, variables existing (measured: 20 of the 47 s of a smoke Inf-Net
-    epoch on 2 CPU cores). Keras's own symbolic build, which `fit` runs under a strategy, here fed the
-    pipeline's element spec, so that no batch is drawn."""
+    traces the whole step a second time, variables existing (a smoke Inf-Net fit of 2 epochs on 2 CPU
+    cores: 45 s -> 28 s, `benchmarks/tracing_overhead.py`). Keras's own symbolic build, which `fit` runs
+    under a strategy, here fed the pipeline's element spec, so that no batch is drawn."""
     if keras.backend.backend() == "tensorflow" and not model.run_eagerly:
         model._symbolic_build(data_batch=dataset.element_spec)
 
