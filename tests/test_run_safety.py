@@ -132,10 +132,11 @@ def _phase(model, run_dir, config, epochs=6, learning_rate=0.05) -> dict:
     )
 
 
-def test_resume_continues_exactly_where_it_stopped(tmp_path, monkeypatch):
-    """Weights, optimizer moments and early-stopping state are restored: the resumed run ends where an
-    uninterrupted one does."""
-    config = TrainingConfig(verbose=0, early_stopping_patience=2)
+@pytest.mark.parametrize("ema_momentum", [None, 0.7])
+def test_resume_continues_exactly_where_it_stopped(tmp_path, monkeypatch, ema_momentum):
+    """Weights, optimizer moments (and moving average) and early-stopping state are restored: the resumed
+    run ends where an uninterrupted one does."""
+    config = TrainingConfig(verbose=0, early_stopping_patience=2, ema_momentum=ema_momentum)
     straight = _tiny()
     _phase(straight, tmp_path / "a", config)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import keras
@@ -119,14 +120,17 @@ class PhaseCheckpoint(keras.callbacks.Callback):
         state = self.state
         if current is not None:  # Keras' EarlyStopping(restore_best_weights=True), step by step
             if self._best_weights is None and state["best"] is None:
-                self._best_weights = self.model.get_weights()
+                self._best_weights = self._kept_weights()
             state["wait"] += 1
             if math.isfinite(current) and (
                 state["best"] is None or self.sign * current < self.sign * state["best"]
             ):
                 state.update(best=float(current), best_epoch=epoch + 1, wait=0)
-                self._best_weights = self.model.get_weights()
-                save_weights_atomically(self.model, self.best_path)
+                # with training.ema_momentum the kept weights are the moving average that validation judged;
+                # the epoch checkpoints keep the raw ones, so that a resume continues exactly
+                with averaged_weights_in(self.model):
+                    self._best_weights = self.model.get_weights()
+                    save_weights_atomically(self.model, self.best_path)
             elif state["wait"] >= self.patience and epoch > 0:
                 state["stopped"] = True
                 self.model.stop_training = True
@@ -142,6 +146,10 @@ class PhaseCheckpoint(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.restore_best()
+
+    def _kept_weights(self) -> list:
+        with averaged_weights_in(self.model):
+            return self.model.get_weights()
 
     def restore_best(self) -> None:
         """The best epoch's weights, as EarlyStopping(restore_best_weights=True) leaves the model."""
@@ -159,6 +167,30 @@ class PhaseCheckpoint(keras.callbacks.Callback):
                 f"{needed / FREE_SPACE_FACTOR / 2**20:.0f} MB; stopped after {self.state['epochs_done']} complete "
                 "epoch(s), which are kept: free some space and continue with --resume"
             )
+
+
+@contextmanager
+def averaged_weights_in(model: keras.Model):
+    """Inside, the model holds its optimizer's moving average of the weights and the optimizer the raw
+    ones; they are swapped back on leaving. With an optimizer that keeps no average (``use_ema``) or one
+    not yet built, a no-op."""
+    optimizer = model.optimizer
+    if not (getattr(optimizer, "use_ema", False) and optimizer.built):
+        yield
+        return
+    pairs = list(zip(optimizer._trainable_variables, optimizer._model_variables_moving_average, strict=True))
+
+    def swap():
+        for variable, average in pairs:
+            raw = keras.ops.convert_to_numpy(variable)
+            variable.assign(keras.ops.convert_to_numpy(average))
+            average.assign(raw)
+
+    swap()
+    try:
+        yield
+    finally:
+        swap()
 
 
 def _estimate_bytes(model: keras.Model) -> int:
