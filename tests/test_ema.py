@@ -17,7 +17,9 @@ from lungnet.training.fit import TrainingConfig, targets_for, train_phase
 def _data(n=32, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 6)).astype("float32")
-    y = np.eye(2, dtype="float32")[(x[:, 0] + 0.5 * x[:, 1] > 0).astype(int)]  # one-hot, as the pipelines give
+    y = np.eye(2, dtype="float32")[
+        (x[:, 0] + 0.5 * x[:, 1] > 0).astype(int)
+    ]  # one-hot, as the pipelines give
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
 
 
