@@ -202,7 +202,12 @@ def _cmd_compare_models(args) -> int:
     from lungnet.fileio import write_json
 
     result = compare_run_models(
-        args.run, args.model_a, args.model_b, metric=args.metric, samples=args.samples
+        args.run,
+        args.model_a,
+        args.model_b,
+        metric=args.metric,
+        samples=args.samples,
+        readers_slices_only=args.readers_slices,
     )
     print(describe(result))
     if args.out:
@@ -462,6 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
     paired.add_argument("model_b", metavar="MODEL_B")
     paired.add_argument("--metric", default="dice", help="a per-image column of predictions.csv (dice, iou)")
     paired.add_argument("--samples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    paired.add_argument(
+        "--readers-slices",
+        action="store_true",
+        help="only the slices the radiologists' agreement is measured on (central slices of nodules with "
+        "3-4 readers)",
+    )
     paired.add_argument("--out", help="also write the result as JSON here")
     paired.set_defaults(func=_cmd_compare_models)
 

@@ -81,10 +81,26 @@ def test_the_command_reads_a_run_and_writes_json(tmp_path, capsys):
     out = tmp_path / "paired.json"
     assert main(["compare-models", str(tmp_path), "a", "b", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "a - b: mean dice difference +0.1000" in printed and printed.rstrip().endswith("a difference")
+    assert "a - b on all test images: mean dice difference +0.1000" in printed and printed.rstrip().endswith("a difference")
     assert json.loads(out.read_text())["mean_difference"] == pytest.approx(0.1)
     assert main(["compare-models", str(tmp_path / "nowhere"), "a", "b"]) == 2
     assert "predictions.csv: not found" in capsys.readouterr().err
+
+
+def test_the_command_compares_on_the_readers_slices_alone(tmp_path, capsys):
+    table = _predictions(shift=0.0, noise=0.0)
+    table["readers_slice"] = table["image"].str.endswith("_s0.png")  # one slice per patient
+    table.loc[(table["model"] == "a") & table["readers_slice"], "dice"] += 0.2
+    table.to_csv(tmp_path / "predictions.csv", index=False)
+    out = tmp_path / "paired.json"
+    assert main(["compare-models", str(tmp_path), "a", "b", "--readers-slices", "--out", str(out)]) == 0
+    assert "a - b on readers' slices: mean dice difference +0.2000" in capsys.readouterr().out
+    assert json.loads(out.read_text())["n_images"] == 30
+    assert main(["compare-models", str(tmp_path), "a", "b"]) == 0  # all 120 images: a quarter of the gain
+    assert "on all test images: mean dice difference +0.0500" in capsys.readouterr().out
+    table.drop(columns="readers_slice").to_csv(tmp_path / "predictions.csv", index=False)
+    assert main(["compare-models", str(tmp_path), "a", "b", "--readers-slices"]) == 2
+    assert "no 'readers_slice' column" in capsys.readouterr().err
 
 
 def _labelled_nodules(n_patients: int = 40, seed: int = 0):

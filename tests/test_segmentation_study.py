@@ -298,3 +298,31 @@ def test_predict_writes_the_masks_evaluate_scores_on_each_images_own_pixels(
     assert main(["predict", str(smoke_run), "--data", str(manifest), "--out", str(tmp_path / "bad")]) == 2
     assert "trained on ct images" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_predictions_mark_the_readers_slices(tmp_path):
+    from types import SimpleNamespace
+
+    from lungnet.studies.segmentation import write_predictions
+
+    frame = pd.DataFrame(
+        {
+            "image_ref": [f"s{i}.png" for i in range(4)],
+            "patient_id": ["A", "A", "B", "B"],
+            "nodule_id": ["A/0", "A/0", "B/0", "B/1"],
+            "is_central": [1, 0, 1, 1],
+            "n_readers": [4, 4, 3, 2],  # B/1 has 2 readers: not a slice the readers' agreement is on
+        }
+    )
+    scores = pd.DataFrame({"dice": [0.9, 0.8, 0.7, 0.6], "iou": [0.8, 0.7, 0.6, 0.5]})
+    result = SimpleNamespace(
+        name="unet",
+        test=SimpleNamespace(probs=np.zeros((4, 8, 8, 1))),
+        crf_probs=None,
+        per_image={"raw": scores},
+    )
+    table = write_predictions(tmp_path, frame, [result], threshold=0.5)
+    assert list(table["readers_slice"]) == [True, False, True, False]
+    assert list(pd.read_csv(tmp_path / "predictions.csv")["readers_slice"]) == [True, False, True, False]
+    without = write_predictions(tmp_path, frame.drop(columns="is_central"), [result], threshold=0.5)
+    assert "readers_slice" not in without.columns

@@ -70,21 +70,40 @@ def paired_bootstrap(
     }
 
 
+READERS_SLICE = "readers_slice"  # predictions.csv: the slices the readers' agreement is measured on
+
+
 def compare_run_models(
-    run_dir, model_a: str, model_b: str, metric: str = "dice", samples: int = 2000
+    run_dir,
+    model_a: str,
+    model_b: str,
+    metric: str = "dice",
+    samples: int = 2000,
+    readers_slices_only: bool = False,
 ) -> dict:
-    """`paired_bootstrap` on a finished run's test predictions."""
+    """`paired_bootstrap` on a finished run's test predictions; with `readers_slices_only`, on the slices the
+    radiologists' agreement is measured on (a segmentation run on data with ``is_central`` and ``n_readers``)."""
     path = Path(run_dir) / PREDICTIONS
     if not path.is_file():
         raise DataError(f"{path}: not found; a finished segmentation or Inf-Net run writes it")
-    return paired_bootstrap(pd.read_csv(path), model_a, model_b, metric=metric, samples=samples)
+    table = pd.read_csv(path)
+    if readers_slices_only:
+        if READERS_SLICE not in table.columns:
+            raise DataError(
+                f"{path}: no {READERS_SLICE!r} column: its data has no is_central and n_readers, or the run "
+                "was made before lungnet recorded them"
+            )
+        table = table[table[READERS_SLICE].astype(bool)]
+    result = paired_bootstrap(table, model_a, model_b, metric=metric, samples=samples)
+    return {**result, "images": "readers' slices" if readers_slices_only else "all test images"}
 
 
 def describe(result: dict) -> str:
     low, high = result["ci95"]
     verdict = "a difference" if low > 0 or high < 0 else "no clear difference"
+    images = f" on {result['images']}" if "images" in result else ""
     return (
-        f"{result['model_a']} - {result['model_b']}: mean {result['metric']} difference "
+        f"{result['model_a']} - {result['model_b']}{images}: mean {result['metric']} difference "
         f"{result['mean_difference']:+.4f} (95 % CI {low:+.4f} .. {high:+.4f}, patient bootstrap, "
         f"{result['n_patients']} patients, {result['n_images']} images): {verdict}"
     )

@@ -300,6 +300,15 @@ READERS_SLICES = (
 )
 
 
+def readers_slices(frame: pd.DataFrame) -> np.ndarray | None:
+    """Which rows of `frame` are `READERS_SLICES`; None when it has no ``is_central`` and ``n_readers``."""
+    if not {"is_central", "n_readers"} <= set(frame.columns):
+        return None
+    readers = pd.to_numeric(frame["n_readers"], errors="coerce")
+    central = pd.to_numeric(frame["is_central"], errors="coerce") == 1
+    return (central & readers.between(3, 4)).to_numpy()
+
+
 def level_summaries(per_image: pd.DataFrame, frame: pd.DataFrame) -> dict:
     """Mean Dice and IoU on the radiologists' slices, per nodule and per patient, beside all slices.
 
@@ -318,11 +327,9 @@ def level_summaries(per_image: pd.DataFrame, frame: pd.DataFrame) -> dict:
         }
 
     out = {}
-    if {"is_central", "n_readers"} <= set(frame.columns):
-        readers = pd.to_numeric(frame["n_readers"], errors="coerce")
-        central = (pd.to_numeric(frame["is_central"], errors="coerce") == 1) & readers.between(3, 4)
-        if central.any():
-            out["readers_slices"] = {**summary(table[central.to_numpy()]), "definition": READERS_SLICES}
+    central = readers_slices(frame)
+    if central is not None and central.any():
+        out["readers_slices"] = {**summary(table[central]), "definition": READERS_SLICES}
     for level, column in (("nodule", "nodule_id"), ("patient", "patient_id")):
         if column in frame.columns:
             ids = frame[column]

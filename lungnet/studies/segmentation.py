@@ -38,6 +38,7 @@ from lungnet.evaluation.segmentation import (
     lesion_table,
     level_summaries,
     per_image_metrics,
+    readers_slices,
     small_tumour_recall,
 )
 from lungnet.experiment import SegmentationExperimentConfig
@@ -362,6 +363,11 @@ def write_predictions(
             table["predicted_mask_crf"] = paths["crf"]
         if "nodule_id" in frame.columns:
             table.insert(2, "nodule_id", frame["nodule_id"].to_numpy())
+        central = readers_slices(frame)
+        if (
+            central is not None
+        ):  # the slices the readers' agreement is measured on (compare-models --readers-slices)
+            table["readers_slice"] = central
         rows.append(table)
     predictions = pd.concat(rows, ignore_index=True)
     write_csv(out_dir / "predictions.csv", predictions)
