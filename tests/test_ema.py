@@ -81,3 +81,20 @@ def test_swapping_in_the_average_is_undone_on_leaving(tmp_path):
 def test_a_momentum_outside_0_1_is_refused(momentum):
     with pytest.raises(ConfigError, match="training.ema_momentum"):
         TrainingConfig(ema_momentum=momentum)
+
+
+def test_the_average_warms_up_instead_of_holding_the_initial_weights():
+    from lungnet.training.fit import make_optimizer
+
+    variable = keras.Variable(np.zeros(3, "float32"))
+    optimizer = make_optimizer(0.5, TrainingConfig(optimizer="adam", ema_momentum=0.99))
+    optimizer.build([variable])
+    for step in range(40):
+        before = keras.ops.convert_to_numpy(optimizer._model_variables_moving_average[0]).copy()
+        optimizer.apply([keras.ops.ones(3)], [variable])
+        momentum = min(0.99, (1 + step) / (10 + step))  # TensorFlow's num_updates warm-up
+        expected = momentum * before + (1 - momentum) * keras.ops.convert_to_numpy(variable)
+        average = keras.ops.convert_to_numpy(optimizer._model_variables_moving_average[0])
+        np.testing.assert_allclose(average, expected, rtol=1e-5, atol=1e-6)
+    # after 40 steps Keras's fixed 0.99 would still hold 0.99^40 = 67 % of the initial zeros
+    assert np.all(average < 0.75 * keras.ops.convert_to_numpy(variable))

@@ -15,6 +15,7 @@ import json
 import math
 import shutil
 import time
+import types
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -175,8 +176,28 @@ def make_optimizer(learning_rate: float, config: TrainingConfig) -> keras.optimi
     if config.ema_momentum is not None:
         options.update(use_ema=True, ema_momentum=config.ema_momentum)
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate=learning_rate, **options)
-    return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay, **options)
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate, **options)
+    else:
+        optimizer = keras.optimizers.AdamW(
+            learning_rate=learning_rate, weight_decay=config.weight_decay, **options
+        )
+    if config.ema_momentum is not None:
+        optimizer._update_model_variables_moving_average = types.MethodType(warm_moving_average, optimizer)
+    return optimizer
+
+
+def warm_moving_average(optimizer: keras.optimizers.Optimizer, trainable_variables) -> None:
+    """Keras's moving average of the weights with TensorFlow's warm-up (`tf.train.ExponentialMovingAverage`
+    with ``num_updates``): momentum min(m, (1 + t) / (10 + t)) at step t. Keras's fixed m makes the first
+    epochs' average mostly the initial weights (0.99^60 = 0.55 after a 60-step epoch): on real CT a U-Net's
+    averaged weights scored validation IoU 0 for 4 epochs while the raw ones trained to 0.40, and the
+    plateau schedule halved the rate on that lag."""
+    step = keras.ops.cast(optimizer.iterations, "float32")
+    momentum = keras.ops.minimum(optimizer.ema_momentum, (1.0 + step) / (10.0 + step))
+    for variable, average in zip(trainable_variables, optimizer._model_variables_moving_average, strict=True):
+        if average is not None:
+            m = keras.ops.cast(momentum, variable.dtype)
+            average.assign(m * average + (1 - m) * variable)
 
 
 @keras.saving.register_keras_serializable(package="lungnet")
