@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from lungnet.data.pipelines import data_errors
 from lungnet.data.segmentation import PreparedSegmentationData, detect_intensity, prepare_segmentation_data
 from lungnet.errors import DataError, LungnetError
+from lungnet.evaluation.paired import READERS_SLICE
 from lungnet.evaluation.perturbations import (
     DEFAULT_PERTURBATIONS,
     Perturbation,
@@ -334,6 +335,7 @@ def write_predictions(
 ) -> pd.DataFrame:
     """``predictions.csv``: one row per (model, image) with Dice and IoU; each predicted mask as a PNG."""
     rows = []
+    central = readers_slices(frame)  # the slices the readers' agreement is measured on
     for result in results:
         variants = {"raw": result.test.probs}
         if result.crf_probs is not None:
@@ -363,11 +365,8 @@ def write_predictions(
             table["predicted_mask_crf"] = paths["crf"]
         if "nodule_id" in frame.columns:
             table.insert(2, "nodule_id", frame["nodule_id"].to_numpy())
-        central = readers_slices(frame)
-        if (
-            central is not None
-        ):  # the slices the readers' agreement is measured on (compare-models --readers-slices)
-            table["readers_slice"] = central
+        if central is not None:  # for compare-models --readers-slices
+            table[READERS_SLICE] = central
         rows.append(table)
     predictions = pd.concat(rows, ignore_index=True)
     write_csv(out_dir / "predictions.csv", predictions)
