@@ -17,7 +17,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 help:
 	@echo "make reproduce-binary-nodule   flagship study (DATA=lidc-phantom by default, or a manifest CSV)"
 	@echo "  (also reproduce-binary-full, reproduce-5class-nodule, reproduce-5class-full, reproduce-classification-all;"
-	@echo "   PROFILE=full for the study's own settings, PROFILE=cpu-real-measured for real CT on a CPU;"
+	@echo "   PROFILE=full for the study's own settings, PROFILE=cpu-real-folds for real CT on a CPU;"
 	@echo "   SET=\"data.grouping=exclude-indeterminate ...\" passes --set KEY=VALUE overrides)"
 	@echo "make reproduce-attention-unet  segmentation study: U-Net vs attention residual U-Net, Dice+Focal, dense CRF"
 	@echo "  (PROFILE=cpu-real-augmented DATA=../shared/data/lidc-crops for real CT on a CPU)"

@@ -172,6 +172,7 @@ def main(argv=None) -> int:
             1,
         )
     backend = keras.backend.backend()
+    out = args.out or ROOT / "benchmarks" / "results" / f"gpu_training_{backend}.json"
     results: dict = {}
     for family in args.families:
         results[family] = {}
@@ -187,10 +188,18 @@ def main(argv=None) -> int:
                 else entry["error"]
             )
             print(f"{family:>20} {precision:>15}: {shown}", flush=True)
-        base = results[family].get("float32", {}).get("images_per_second")
-        for entry in results[family].values():
-            if base and "images_per_second" in entry:
-                entry["speedup_vs_float32"] = entry["images_per_second"] / base
+            base = results[family].get("float32", {}).get("images_per_second")
+            for entry in results[family].values():
+                if base and "images_per_second" in entry:
+                    entry["speedup_vs_float32"] = entry["images_per_second"] / base
+            # after every measurement: a device call cut off by its time limit keeps what it measured
+            last = family == args.families[-1] and precision == args.precisions[-1]
+            write_summary(out, results, args, backend, complete=last)
+    print(f"wrote {out}")
+    return 0
+
+
+def write_summary(out: Path, results: dict, args, backend: str, complete: bool) -> None:
     summary = {
         "backend": backend,
         "device": device_name(),
@@ -201,15 +210,14 @@ def main(argv=None) -> int:
         "host_cpu": cpu_description(),  # what feeds the device: the input pipeline's side of the comparison
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "families", "precisions")},
+        "complete": complete,  # false while families asked for are still to come
+        "families_asked": list(args.families),
         "results": results,
     }
-    out = args.out or ROOT / "benchmarks" / "results" / f"gpu_training_{backend}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, out)
-    print(f"wrote {out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -48,4 +48,26 @@ def test_a_quick_run_writes_every_number(tmp_path):
     result = json.loads(out.read_text())
     entry = result["results"]["light_unet"]["float32"]
     assert result["backend"] == "tensorflow" and entry["finite"] and entry["images_per_second"] > 0
-    assert entry["speedup_vs_float32"] == 1.0 and entry["batch"] == 2
+    assert entry["speedup_vs_float32"] == 1.0 and entry["batch"] == 2 and result["complete"] is True
+
+
+def test_a_run_cut_off_keeps_what_it_measured(tmp_path, monkeypatch):
+    """A device call ends at its time limit: every measurement made before it stays in the JSON."""
+    out = tmp_path / "gpu.json"
+    rates = {"float32": 10.0, "mixed_bfloat16": 25.0}  # the writing is under test; `measure` is above
+
+    def measure_then_cut_off(family, precision, args):
+        if (family, precision) == ("unet", "mixed_bfloat16"):
+            raise KeyboardInterrupt  # stands in for the limit's signal, which ends the process mid-measurement
+        return {"images_per_second": rates[precision], "batch": 2}
+
+    monkeypatch.setattr(gpu_training, "measure", measure_then_cut_off)
+    precisions = ["--precisions", "float32", "mixed_bfloat16"]
+    argv = ["--quick", "--families", "light_unet", "unet", *precisions, "--out", str(out)]
+    with pytest.raises(KeyboardInterrupt):
+        gpu_training.main(argv)
+    result = json.loads(out.read_text())
+    assert result["complete"] is False and result["families_asked"] == ["light_unet", "unet"]
+    assert list(result["results"]["light_unet"]) == ["float32", "mixed_bfloat16"]
+    assert list(result["results"]["unet"]) == ["float32"]  # the family it was cut off in, up to the cut
+    assert result["results"]["light_unet"]["mixed_bfloat16"]["speedup_vs_float32"] == 2.5
