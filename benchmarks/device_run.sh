@@ -4,8 +4,8 @@
 #   bash benchmarks/device_wheels.sh                   # .whl/: Keras, keras-hub, namex, optree, MONAI
 #   run(command="bash benchmarks/device_run.sh", carry=[".whl"], timeout_s=570)
 # Writes to $OUT (what comes back; at most 8 files): device.txt, the two GPU-training tables (the studies'
-# four families, then Inf-Net and the zoo; each keeps every family it finished if its time limit cuts it
-# off), their log, and lungnet (Keras on JAX) against MONAI (PyTorch), both mixed float16, with its log.
+# four families, then Inf-Net and the zoo; each keeps every measurement it finished if its time limit
+# cuts it off), their log, and lungnet (Keras on JAX) against MONAI (PyTorch), both mixed float16, with its log.
 # BENCH_ARGS is passed to gpu_training.py: BENCH_ARGS=--quick makes a CPU dry run of the whole call.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -15,7 +15,9 @@ pipeline). The first step (tracing, compilation) is reported on its own, then ``
 its device work. The result is the median window's images/s; speed-ups are against float32 of the same
 family. On JAX the train step is always compiled with XLA; on TensorFlow ``--jit`` / ``--no-jit`` chooses.
 
-Result: ``benchmarks/results/gpu_training_<backend>.json`` (device, backend, versions, every number).
+Result: ``benchmarks/results/gpu_training_<backend>.json`` (device, backend, versions, every number), rewritten
+after every measurement with ``"complete": false`` until the last, so a run cut off by a time limit keeps
+what it measured. ``benchmarks/device_run.sh`` runs it on a GPU machine without TensorFlow.
 """
 
 from __future__ import annotations
@@ -210,8 +212,9 @@ def write_summary(out: Path, results: dict, args, backend: str, complete: bool) 
         "host_cpu": cpu_description(),  # what feeds the device: the input pipeline's side of the comparison
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "families", "precisions")},
-        "complete": complete,  # false while families asked for are still to come
+        "complete": complete,  # false while measurements asked for are still to come
         "families_asked": list(args.families),
+        "precisions_asked": list(args.precisions),
         "results": results,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
