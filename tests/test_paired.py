@@ -81,7 +81,8 @@ def test_the_command_reads_a_run_and_writes_json(tmp_path, capsys):
     out = tmp_path / "paired.json"
     assert main(["compare-models", str(tmp_path), "a", "b", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "a - b on all test images: mean dice difference +0.1000" in printed and printed.rstrip().endswith("a difference")
+    assert "a - b on all test images: mean dice difference +0.1000" in printed
+    assert printed.rstrip().endswith("a difference")
     assert json.loads(out.read_text())["mean_difference"] == pytest.approx(0.1)
     assert main(["compare-models", str(tmp_path / "nowhere"), "a", "b"]) == 2
     assert "predictions.csv: not found" in capsys.readouterr().err
