@@ -23,7 +23,6 @@ what it measured. ``benchmarks/device_run.sh`` runs it on a GPU machine without 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -37,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from lungnet.fileio import write_json  # noqa: E402
 from lungnet.machine import cpu_description  # noqa: E402
 from lungnet.models import CLASSIFIERS, SEGMENTERS  # noqa: E402
 from lungnet.models.contract import INPUT_NAME, output_names  # noqa: E402
@@ -175,6 +175,9 @@ def main(argv=None) -> int:
         )
     backend = keras.backend.backend()
     out = args.out or ROOT / "benchmarks" / "results" / f"gpu_training_{backend}.json"
+    header = run_header(args, backend)  # what does not change between the measurements
+    # rewritten (atomically) after every measurement, "complete": false until the last: a device call cut
+    # off by its time limit keeps what it measured
     results: dict = {}
     for family in args.families:
         results[family] = {}
@@ -194,15 +197,15 @@ def main(argv=None) -> int:
             for entry in results[family].values():
                 if base and "images_per_second" in entry:
                     entry["speedup_vs_float32"] = entry["images_per_second"] / base
-            # after every measurement: a device call cut off by its time limit keeps what it measured
             last = family == args.families[-1] and precision == args.precisions[-1]
-            write_summary(out, results, args, backend, complete=last)
+            load = os.getloadavg() if hasattr(os, "getloadavg") else None
+            write_json(out, {**header, "load_average": load, "complete": last, "results": results})
     print(f"wrote {out}")
     return 0
 
 
-def write_summary(out: Path, results: dict, args, backend: str, complete: bool) -> None:
-    summary = {
+def run_header(args, backend: str) -> dict:
+    return {
         "backend": backend,
         "device": device_name(),
         "xla": True if backend == "jax" else (args.jit if backend == "tensorflow" else None),
@@ -210,17 +213,10 @@ def write_summary(out: Path, results: dict, args, backend: str, complete: bool) 
         "python": platform.python_version(),
         "host": platform.node(),
         "host_cpu": cpu_description(),  # what feeds the device: the input pipeline's side of the comparison
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "families", "precisions")},
-        "complete": complete,  # false while measurements asked for are still to come
         "families_asked": list(args.families),
         "precisions_asked": list(args.precisions),
-        "results": results,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out)
 
 
 if __name__ == "__main__":

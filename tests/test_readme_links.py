@@ -10,8 +10,6 @@ import re
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 HEADING = re.compile(r"^#{1,6} (.+?)\s*$", re.MULTILINE)
@@ -41,9 +39,8 @@ def test_github_anchor_rule():
     assert anchors("# A b\n## A b\n```\n# not a heading\n```\n") == {"a-b", "a-b-1"}
 
 
-@pytest.mark.parametrize("document", ["README.md"])
-def test_relative_links_and_anchors_resolve(document):
-    path = ROOT / document
+def test_relative_links_and_anchors_resolve():
+    path = ROOT / "README.md"
     text = path.read_text(encoding="utf-8")
     known = anchors(text)
     broken = []
@@ -54,4 +51,4 @@ def test_relative_links_and_anchors_resolve(document):
         resolves = (path.parent / file_part).exists() if file_part else anchor in known
         if not resolves:
             broken.append(target)
-    assert not broken, f"{document}: links to nothing: {broken}"
+    assert not broken, f"README.md links to nothing: {broken}"
