@@ -12,7 +12,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: help setup test test-slow test-all lint format duplicates bench data-info clean \
 	reproduce-binary-nodule reproduce-binary-full reproduce-5class-nodule reproduce-5class-full reproduce-classification-all \
-	reproduce-attention-unet reproduce-semi-infnet reproduce-segmentation-zoo bench-segmentation bench-gpu bench-serving bench-monai
+	reproduce-attention-unet reproduce-semi-infnet reproduce-segmentation-zoo bench-segmentation bench-pipelines bench-gpu bench-serving bench-monai
 
 help:
 	@echo "make reproduce-binary-nodule   flagship study (DATA=lidc-phantom by default, or a manifest CSV)"
@@ -26,6 +26,7 @@ help:
 	@echo "make test                      fast tests + notebooks (sets up .venv)"
 	@echo "make test-slow                 the slow tests"
 	@echo "make bench                     benchmarks -> benchmarks/results/*.json"
+	@echo "make bench-pipelines           each study's training pipeline: images/s, CPU ms per image"
 	@echo "make bench-serving RUNS=\"RUN ...\" latency and throughput of exported models"
 	@echo "make bench-monai               lungnet's U-Net step against MONAI's (PyTorch), as a ratio"
 	@echo "make lint | format             ruff"
@@ -65,6 +66,12 @@ bench: $(STAMP)
 	$(PY) benchmarks/pipeline_throughput.py
 	$(PY) benchmarks/segmentation_speed.py
 	$(PY) benchmarks/tracing_overhead.py
+	$(PY) benchmarks/study_pipelines.py
+
+# Each study's training pipeline (its `full` profile) on 1 and 2 cores: images/s, CPU ms per image, and the
+# cores it needs to feed the GPU rates of benchmarks/results/gpu_training_jax.json when that file is there.
+bench-pipelines: $(STAMP)
+	$(PY) benchmarks/study_pipelines.py $(ARGS)
 
 bench-segmentation: $(STAMP)
 	$(PY) benchmarks/segmentation_speed.py

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from lungnet.data import elastic_augment
-from lungnet.data.augmentation import AugmentConfig, build_joint_augmenter
+from lungnet.data.augmentation import AugmentConfig, RandomAffine, build_joint_augmenter
 from lungnet.errors import ConfigError
 
 OFF = {"rotation": 0.0, "horizontal_flip": False, "vertical_flip": False, "translation": 0.0}
@@ -30,6 +30,54 @@ def test_dense_warp_with_zero_flow_is_the_identity_and_a_shift_moves_pixels():
     flow[..., 1] = 1.0  # each output pixel reads its right-hand neighbour
     out = elastic_augment.dense_warp(images, flow).numpy()
     np.testing.assert_allclose(out[:, :, :-1], images.numpy()[:, :, 1:], atol=1e-6)
+
+
+def test_the_opencv_dense_warp_matches_the_tensorflow_one():
+    images, masks = _batch()
+    stacked = tf.concat([images, masks], axis=-1)
+    seed = tf.constant([7, 8], tf.int64)
+    flow = elastic_augment.displacement_field(8, 32, 32, seed, 0.3, 5, "bilinear", 13)  # past the borders
+    np.testing.assert_allclose(
+        elastic_augment.dense_warp(stacked, flow, "opencv").numpy(),
+        elastic_augment.dense_warp(stacked, flow).numpy(),
+        atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("resampler", ["tensorflow", "opencv"])
+def test_quarter_turns_inside_the_affine_warp_equal_turning_after_it(resampler):
+    images, masks = _batch()
+    stacked = tf.concat([images, masks], axis=-1)
+    affine = RandomAffine(0.1, 0.1, 0.1, True, True, resampler=resampler)
+    seed, turns = tf.constant([3, 4], tf.int64), np.array([0, 1, 2, 3, 3, 2, 1, 0])
+    warped = affine.warp(stacked, seed).numpy()
+    turned_after = np.stack([np.rot90(image, k) for image, k in zip(warped, turns, strict=True)])
+    turned_inside = affine.warp(stacked, seed, quarter_turns=tf.constant(turns)).numpy()
+    # the same values, up to the rounding of the composed coordinates (1e-5 of the images' range of ~10)
+    np.testing.assert_allclose(turned_inside, turned_after, atol=1e-4)
+
+
+def test_the_zoos_augmentation_is_the_same_with_either_resampler():
+    images, masks = _batch(size=48)
+    cfg = AugmentConfig(
+        rotation=0.04,
+        translation=0.06,
+        zoom=0.1,
+        horizontal_flip=True,
+        vertical_flip=True,
+        rotate90=True,
+        elastic=0.02,
+        grid_distortion=0.03,
+        gamma=0.2,
+        brightness=0.2,
+        contrast=0.2,
+        coarse_dropout=4,
+    )
+    seed = tf.constant([5, 6], tf.int64)
+    by_tf = build_joint_augmenter(cfg, 0, resampler="tensorflow")(images, masks, seed=seed)
+    by_cv = build_joint_augmenter(cfg, 0, resampler="opencv")(images, masks, seed=seed)
+    np.testing.assert_allclose(by_cv[0].numpy(), by_tf[0].numpy(), atol=1e-4)
+    assert np.mean(by_cv[1].numpy() != by_tf[1].numpy()) < 1e-3  # a mask value at 0.5 may round either way
 
 
 @pytest.mark.parametrize(

@@ -20,11 +20,9 @@ stacks the mask as an extra channel, transforms the stack once and re-binarises 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Literal
 
 import keras
@@ -32,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from lungnet.data import elastic_augment
+from lungnet.data.opencv_batch import aligned_empty, opencv_single_threaded
 from lungnet.errors import ConfigError
 
 FillMode = Literal["reflect", "constant", "nearest", "wrap"]
@@ -189,6 +188,35 @@ def affine_transforms(
     return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
 
 
+# Per quarter-turn count k (tf.image.rot90): output pixel (x, y) of the turned image reads pixel
+# (c0 x + c1 y + c2 L, d0 x + d1 y + d2 L) before the turn, L = side - 1.
+QUARTER_TURNS = np.array(
+    [[1, 0, 0, 0, 1, 0], [0, -1, 1, 1, 0, 0], [-1, 0, 1, 0, -1, 1], [0, 1, 0, -1, 0, 1]], np.float32
+)
+
+
+def with_quarter_turns(transforms, turns, size) -> tf.Tensor:
+    """`transforms` followed by ``tf.image.rot90(image, k)`` with ``k = turns[b]`` (square images of side
+    `size`), as one transform: the turn only permutes output pixels, so composing it changes values only by rounding."""
+    last = tf.cast(size, tf.float32) - 1.0
+    c0, c1, c2, d0, d1, d2 = tf.unstack(tf.gather(QUARTER_TURNS, tf.cast(turns, tf.int32)), axis=1)
+    c2, d2 = c2 * last, d2 * last
+    a0, a1, a2, b0, b1, b2 = (transforms[:, i] for i in range(6))
+    return tf.stack(
+        [
+            a0 * c0 + a1 * d0,
+            a0 * c1 + a1 * d1,
+            a0 * c2 + a1 * d2 + a2,
+            b0 * c0 + b1 * d0,
+            b0 * c1 + b1 * d1,
+            b0 * c2 + b1 * d2 + b2,
+            transforms[:, 6],
+            transforms[:, 7],
+        ],
+        axis=1,
+    )
+
+
 def apply_affine(
     images,
     transforms,
@@ -269,17 +297,17 @@ def _warp_opencv(images: np.ndarray, transforms: np.ndarray, fill_mode, fill_val
     size = (width, height)
     warp_affine = cv2.warpAffine  # positional arguments: the loops below run once per image
 
-    with _opencv_single_threaded(cv2):
+    with opencv_single_threaded(cv2):
         if to_rgb:  # grey: warp each image, then write the 3 channels of the output in one go
-            out = _aligned_empty((batch, height, width, 3), images.dtype)
+            out = aligned_empty((batch, height, width, 3), images.dtype)
             grey = images.reshape(batch, height, width)
-            warped = _aligned_empty((height, width), images.dtype)
+            warped = aligned_empty((height, width), images.dtype)
             three = [warped, warped, warped]
             for i in range(batch):
                 warp_affine(grey[i], matrices[i], size, warped, flags, border, fill)
                 cv2.merge(three, out[i])
             return out
-        out = _aligned_empty(images.shape, images.dtype)
+        out = aligned_empty(images.shape, images.dtype)
         for i in range(batch):
             if channels in (1, 3, 4):
                 warped = warp_affine(images[i], matrices[i], size, None, flags, border, fill)
@@ -289,43 +317,6 @@ def _warp_opencv(images: np.ndarray, transforms: np.ndarray, fill_mode, fill_val
                     src = np.ascontiguousarray(images[i, ..., c])
                     out[i, ..., c] = warp_affine(src, matrices[i], size, None, flags, border, fill)
         return out
-
-
-def _aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
-    """`np.empty` on a 64-byte boundary: TensorFlow takes such a NumPy result without copying it."""
-    dtype = np.dtype(dtype)
-    size = int(np.prod(shape)) * dtype.itemsize
-    raw = np.empty(size + 64, np.uint8)
-    start = -raw.ctypes.data % 64
-    return raw[start : start + size].view(dtype).reshape(shape)
-
-
-_opencv_threads_lock = threading.Lock()
-_opencv_threads_users = 0
-_opencv_threads_saved = 0
-
-
-@contextlib.contextmanager
-def _opencv_single_threaded(cv2) -> Iterator[None]:
-    """OpenCV on one thread while any warp runs; its own setting is restored when the last one ends.
-
-    tf.data already runs batches in parallel; OpenCV's thread pool on top of that splits each small image
-    across threads and, measured on 2 cores, doubles the CPU time of a batch's warps for the same wall
-    time. Counted, so overlapping calls from tf.data's threads cannot restore the setting too early.
-    """
-    global _opencv_threads_users, _opencv_threads_saved
-    with _opencv_threads_lock:
-        if _opencv_threads_users == 0:
-            _opencv_threads_saved = cv2.getNumThreads()
-            cv2.setNumThreads(1)
-        _opencv_threads_users += 1
-    try:
-        yield
-    finally:
-        with _opencv_threads_lock:
-            _opencv_threads_users -= 1
-            if _opencv_threads_users == 0:
-                cv2.setNumThreads(_opencv_threads_saved)
 
 
 @keras.saving.register_keras_serializable(package="lungnet")
@@ -448,17 +439,21 @@ class RandomAffine(keras.layers.Layer):
         out = self.warp(images[None] if unbatched else images, seed)
         return out[0] if unbatched else out
 
-    def warp(self, images, seed=None, channels: int | None = None) -> tf.Tensor:
+    def warp(self, images, seed=None, channels: int | None = None, quarter_turns=None) -> tf.Tensor:
         """What ``call(images, training=True, seed=seed)`` does to a batch, outside Keras' layer call.
 
         `channels` 3 with grey images also replicates the result to 3 channels, fused into the warp with
         the "opencv" resampler (see `apply_affine`); the pipelines use that for their last step.
+        `quarter_turns` (int ``[B]``, 0-3, square images) then turns each image ``tf.image.rot90`` style,
+        in the same resampling.
         """
         images = tf.convert_to_tensor(images)
         if seed is None:
             seed = self.seed_generator.next()
         shape = tf.shape(images)
         transforms = self.transforms(shape[0], shape[1], shape[2], seed)
+        if quarter_turns is not None:
+            transforms = with_quarter_turns(transforms, quarter_turns, shape[1])
         return apply_affine(images, transforms, self.fill_mode, self.fill_value, self.resampler, channels)
 
     def compute_output_shape(self, input_shape):
@@ -558,7 +553,6 @@ def build_joint_augmenter(
         )
     affine = build_geometric_augmenter(cfg, seed, resampler)
     extras = cfg.segmentation_extras
-    warps = cfg.rotate90 or cfg.elastic or cfg.grid_distortion
 
     def augment(images, masks, seed=None) -> tuple[tf.Tensor, tf.Tensor]:
         images = tf.convert_to_tensor(images, tf.float32)
@@ -571,10 +565,14 @@ def build_joint_augmenter(
         if extras and seed is None:
             raise ValueError("build_joint_augmenter: the segmentation extras need the batch's seed")
         stacked = tf.concat([images, masks], axis=-1)
-        if affine is not None:
-            stacked = affine(stacked, training=True, seed=seed)
-        if warps:
-            stacked = _extra_warps(stacked, seed, cfg)
+        turns_in_affine = affine is not None and cfg.rotate90
+        if affine is not None:  # the quarter turns ride in the affine warp: one resampling, not five passes
+            turns = _quarter_turns(stacked, seed) if turns_in_affine else None
+            stacked = affine.warp(stacked, seed, quarter_turns=turns)
+        if cfg.rotate90 and not turns_in_affine:
+            stacked = _select_turns(stacked, _quarter_turns(stacked, seed))
+        if cfg.elastic or cfg.grid_distortion:
+            stacked = elastic_augment.warp_jointly(stacked, seed, cfg.elastic, cfg.grid_distortion, resampler)
         out_images = stacked[..., :channels]
         out_masks = tf.cast(stacked[..., channels:] > 0.5, images.dtype)
         if cfg.gamma or cfg.brightness or cfg.contrast:
@@ -590,19 +588,15 @@ def build_joint_augmenter(
     return augment
 
 
-def _extra_warps(stacked, seed, cfg: AugmentConfig) -> tf.Tensor:
-    if cfg.rotate90:  # a quarter-turn count 0..3 per image (square images: the study's crops)
-        sub = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 10)
-        turns = tf.random.stateless_uniform([tf.shape(stacked)[0]], sub, maxval=4, dtype=tf.int32)
-        rotated = [stacked] + [tf.image.rot90(stacked, k) for k in (1, 2, 3)]
-        stacked = _select_turns(rotated, turns)
-    if cfg.elastic or cfg.grid_distortion:
-        stacked = elastic_augment.warp_jointly(stacked, seed, cfg.elastic, cfg.grid_distortion)
-    return stacked
+def _quarter_turns(stacked, seed) -> tf.Tensor:
+    """A quarter-turn count 0..3 per image (square images: the study's crops)."""
+    sub = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 10)
+    return tf.random.stateless_uniform([tf.shape(stacked)[0]], sub, maxval=4, dtype=tf.int32)
 
 
-def _select_turns(rotated: list[tf.Tensor], turns: tf.Tensor) -> tf.Tensor:
-    out = rotated[0]
+def _select_turns(stacked: tf.Tensor, turns: tf.Tensor) -> tf.Tensor:
+    """Each image turned ``tf.image.rot90`` by its count (without an affine warp to carry the turns)."""
+    out = stacked
     for k in (1, 2, 3):
-        out = tf.where((turns == k)[:, None, None, None], rotated[k], out)
+        out = tf.where((turns == k)[:, None, None, None], tf.image.rot90(stacked, k), out)
     return out

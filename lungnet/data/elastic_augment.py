@@ -19,7 +19,10 @@ exactly. The images are the segmentation study's z-scores, not [0, 1] intensitie
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
+
+from lungnet.data.opencv_batch import aligned_empty, opencv_single_threaded
 
 ELASTIC_GRID = 8
 DISTORTION_GRID = 5
@@ -43,8 +46,22 @@ def displacement_field(batch_size, height, width, seed, magnitude: float, grid: 
     return tf.image.resize(nodes, [height, width], method=method)
 
 
-def dense_warp(images, flow) -> tf.Tensor:
-    """out[b, y, x] = bilinear images[b, y + dy, x + dx], coordinates clamped to the image."""
+def dense_warp(images, flow, resampler: str = "tensorflow") -> tf.Tensor:
+    """out[b, y, x] = bilinear images[b, y + dy, x + dx], coordinates clamped to the image.
+
+    `resampler` "tensorflow": four gathers per output pixel, pure TensorFlow ops. "opencv": ``cv2.remap``
+    per image through ``tf.numpy_function`` (for tf.data), the same values to ~1e-5 (tested) at a fraction
+    of the CPU time.
+    """
+    if resampler == "opencv":
+        out = tf.numpy_function(
+            _remap_opencv,
+            [tf.cast(images, tf.float32), tf.cast(flow, tf.float32)],
+            tf.float32,
+            stateful=False,
+        )
+        out.set_shape(images.shape)
+        return tf.cast(out, images.dtype)
     shape = tf.shape(images)
     batch, height, width = shape[0], shape[1], shape[2]
     gy, gx = tf.meshgrid(tf.range(height, dtype=tf.float32), tf.range(width, dtype=tf.float32), indexing="ij")
@@ -64,7 +81,29 @@ def dense_warp(images, flow) -> tf.Tensor:
     return top * (1 - wy) + bottom * wy
 
 
-def warp_jointly(stacked, seed, elastic: float, grid_distortion: float) -> tf.Tensor:
+def _remap_opencv(images: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    import cv2
+
+    batch, height, width, channels = images.shape
+    grid_y, grid_x = np.mgrid[:height, :width].astype(np.float32)
+    out = aligned_empty(images.shape, np.float32)
+    map_y = np.empty((height, width), np.float32)
+    map_x = np.empty((height, width), np.float32)
+    remap = cv2.remap  # positional arguments: the loop runs once per image and channel
+    with opencv_single_threaded(cv2):
+        for i in range(batch):
+            np.clip(np.add(grid_y, flow[i, ..., 0], out=map_y), 0, height - 1, out=map_y)
+            np.clip(np.add(grid_x, flow[i, ..., 1], out=map_x), 0, width - 1, out=map_x)
+            # one channel at a time: OpenCV interpolates single-channel float images exactly
+            for c in range(channels):
+                src = np.ascontiguousarray(images[i, ..., c])
+                out[i, ..., c] = remap(src, map_x, map_y, cv2.INTER_LINEAR, None, cv2.BORDER_REPLICATE)
+    return out
+
+
+def warp_jointly(
+    stacked, seed, elastic: float, grid_distortion: float, resampler: str = "tensorflow"
+) -> tf.Tensor:
     """Elastic and grid distortion (each on a random half of the batch) of an image+mask stack."""
     shape = tf.shape(stacked)
     batch, height, width = shape[0], shape[1], shape[2]
@@ -77,7 +116,7 @@ def warp_jointly(stacked, seed, elastic: float, grid_distortion: float) -> tf.Te
             batch, height, width, seed, grid_distortion, DISTORTION_GRID, "bilinear", 13
         )
         flow += field * _half(seed, batch, 14)[:, None, None, None]
-    return dense_warp(stacked, flow)
+    return dense_warp(stacked, flow, resampler)
 
 
 def photometric(images, seed, brightness: float, contrast: float, gamma: float) -> tf.Tensor:

@@ -52,13 +52,18 @@ def multiscale_batches(
         scaled = tf.image.resize(tf.cast(mask, tf.float32), [target, target], method="bilinear")
         return image, tf.cast(scaled >= 0.5, mask.dtype)
 
-    def at_every_size(image, mask):
-        steps = tf.data.Dataset.from_tensors(resized(image, mask, sizes[0]))
-        for target in sizes[1:]:
-            steps = steps.concatenate(tf.data.Dataset.from_tensors(resized(image, mask, target)))
+    def every_size(image, mask):
+        return tuple(resized(image, mask, target) for target in sizes)
+
+    def one_step_each(*pairs):
+        steps = tf.data.Dataset.from_tensors(pairs[0])
+        for pair in pairs[1:]:
+            steps = steps.concatenate(tf.data.Dataset.from_tensors(pair))
         return steps
 
-    return dataset.flat_map(at_every_size).prefetch(tf.data.AUTOTUNE)
+    # The resizing in a parallel map: inside flat_map it would run on one thread, batch after batch.
+    resized_batches = dataset.map(every_size, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return resized_batches.flat_map(one_step_each).prefetch(tf.data.AUTOTUNE)
 
 
 def any_size_model(model: keras.Model) -> keras.Model:
