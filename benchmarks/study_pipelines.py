@@ -119,7 +119,7 @@ def time_epochs(dataset, repeats: int, epochs: int) -> list[dict]:
     return out
 
 
-def child(study: str, cores: int, manifest: str, epochs: int, out: Path) -> None:
+def child(study: str, cores: int, manifest: str, epochs: int, out: Path, autotune: bool = True) -> None:
     """One study on `cores` cores; runs in its own process so the pinning holds before TensorFlow starts."""
     allowed = sorted(os.sched_getaffinity(0))
     if cores > len(allowed):
@@ -127,6 +127,13 @@ def child(study: str, cores: int, manifest: str, epochs: int, out: Path) -> None
     os.sched_setaffinity(0, allowed[:cores])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     dataset, repeats, work = study_pipeline(study, manifest)
+    if not autotune:
+        import tensorflow as tf
+
+        options = tf.data.Options()
+        options.autotune.enabled = False  # AUTOTUNE parallelism then means one call per core
+        dataset = dataset.with_options(options)
+    work["tf_data_autotune"] = autotune
     per_epoch = time_epochs(dataset, repeats, epochs)
     cached = per_epoch[1:]
     write_json(
@@ -143,11 +150,12 @@ def child(study: str, cores: int, manifest: str, epochs: int, out: Path) -> None
     )
 
 
-def run_child(study: str, cores: int, manifest: str, epochs: int) -> dict:
+def run_child(study: str, cores: int, manifest: str, epochs: int, autotune: bool = True) -> dict:
     with tempfile.TemporaryDirectory(prefix="lungnet-pipelines-") as tmp:
         out = Path(tmp) / "result.json"
         argv = [sys.executable, __file__, "--child", study, "--cores", str(cores), "--manifest", manifest]
         argv += ["--epochs", str(epochs), "--output", str(out)]
+        argv += [] if autotune else ["--no-autotune"]
         done = subprocess.run(argv, capture_output=True, text=True)
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
@@ -246,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
         "--gpu-json", type=Path, default=GPU_RESULT, help="benchmarks/gpu_training.py's result"
     )
     parser.add_argument("--gpu-host-cores", type=int, default=GPU_HOST_CORES)
+    parser.add_argument(
+        "--autotune",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="tf.data autotuning (lungnet's default); --no-autotune to compare",
+    )
     parser.add_argument("--output", type=Path, default=RESULT)
     parser.add_argument("--child", choices=list(STUDIES), help=argparse.SUPPRESS)
     parser.add_argument("--manifest", help=argparse.SUPPRESS)
@@ -255,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cores < 1:
         parser.error("--cores must be >= 1")
     if args.child:
-        child(args.child, args.cores, args.manifest, args.epochs, args.output)
+        child(args.child, args.cores, args.manifest, args.epochs, args.output, args.autotune)
         return 0
 
     with tempfile.TemporaryDirectory(prefix="lungnet-crops-") as tmp:
@@ -269,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         for study in args.studies:
             studies[study] = {"families": list(STUDIES[study]), "cores": {}}
             for cores in widths:
-                entry = run_child(study, cores, manifest, args.epochs)
+                entry = run_child(study, cores, manifest, args.epochs, args.autotune)
                 studies[study]["cores"][str(cores)] = entry
                 shown = entry.get("error") or (
                     f"first epoch {entry['first_epoch_images_per_s']:.0f} images/s, cached "
