@@ -197,7 +197,8 @@ QUARTER_TURNS = np.array(
 
 def with_quarter_turns(transforms, turns, size) -> tf.Tensor:
     """`transforms` followed by ``tf.image.rot90(image, k)`` with ``k = turns[b]`` (square images of side
-    `size`), as one transform: the turn only permutes output pixels, so composing it changes values only by rounding."""
+    `size`), as one transform: a turn only permutes output pixels, so composing it changes values only by
+    the rounding of the coordinates."""
     last = tf.cast(size, tf.float32) - 1.0
     c0, c1, c2, d0, d1, d2 = tf.unstack(tf.gather(QUARTER_TURNS, tf.cast(turns, tf.int32)), axis=1)
     c2, d2 = c2 * last, d2 * last
