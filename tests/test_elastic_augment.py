@@ -114,6 +114,20 @@ def test_photometric_extras_and_coarse_dropout_leave_the_mask_alone():
     np.testing.assert_allclose(out.max(axis=(1, 2, 3)), images.numpy().max(axis=(1, 2, 3)), atol=1e-5)
 
 
+@pytest.mark.parametrize("n", [1, 8])
+def test_gamma_changes_only_the_images_its_coin_picks(n):
+    images = _batch(n)[0].numpy()
+    picked_any = left_any = False
+    for s in range(8):  # with one image, some seeds pick nothing at all
+        seed = tf.constant([s, 1], tf.int64)
+        out = elastic_augment.photometric(tf.constant(images), seed, 0.0, 0.0, 0.3).numpy()
+        picked = elastic_augment._half(seed, n, 22).numpy() > 0
+        np.testing.assert_array_equal(out[~picked], images[~picked])
+        assert all(not np.array_equal(out[i], images[i]) for i in np.flatnonzero(picked))
+        picked_any, left_any = picked_any or picked.any(), left_any or not picked.all()
+    assert picked_any and left_any
+
+
 def test_bad_values_and_classification_refuse_them(tmp_path):
     with pytest.raises(ConfigError, match="augment.elastic"):
         AugmentConfig(elastic=0.5)

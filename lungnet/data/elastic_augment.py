@@ -127,13 +127,15 @@ def photometric(images, seed, brightness: float, contrast: float, gamma: float) 
         return _uniform(seed, [batch], k, low, high)[:, None, None, None]
 
     if gamma:
-        lo = tf.reduce_min(images, axis=[1, 2, 3], keepdims=True)
-        hi = tf.reduce_max(images, axis=[1, 2, 3], keepdims=True)
-        span = tf.maximum(hi - lo, 1e-6)
         g = per_image(21, 1.0 - gamma, 1.0 + gamma)
-        gammaed = lo + span * tf.pow((images - lo) / span, g)
-        on = _half(seed, batch, 22)[:, None, None, None]
-        images = on * gammaed + (1 - on) * images
+        # only the chosen half is raised to its power (tf.pow is the costly step), then written back
+        chosen = tf.where(_half(seed, batch, 22) > 0)
+        picked = tf.gather_nd(images, chosen)
+        lo = tf.reduce_min(picked, axis=[1, 2, 3], keepdims=True)
+        hi = tf.reduce_max(picked, axis=[1, 2, 3], keepdims=True)
+        span = tf.maximum(hi - lo, 1e-6)
+        gammaed = lo + span * tf.pow((picked - lo) / span, tf.gather_nd(g, chosen))
+        images = tf.tensor_scatter_nd_update(images, chosen, gammaed)
     if contrast:
         mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
         factor = 1.0 + (per_image(23, -contrast, contrast)) * _half(seed, batch, 24)[:, None, None, None]
@@ -148,15 +150,15 @@ def coarse_dropout(images, seed, holes: int, size: float) -> tf.Tensor:
     shape = tf.shape(images)
     batch, height, width = shape[0], shape[1], shape[2]
     h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-    gy, gx = tf.meshgrid(tf.range(h), tf.range(w), indexing="ij")
+    ys, xs = tf.range(h)[None], tf.range(w)[None]
     hidden = tf.zeros([batch, height, width], tf.bool)
     for i in range(holes):
-        cy = _uniform(seed, [batch], 31 + 4 * i, 0.0, 1.0)[:, None, None] * h
-        cx = _uniform(seed, [batch], 32 + 4 * i, 0.0, 1.0)[:, None, None] * w
-        half_h = _uniform(seed, [batch], 33 + 4 * i, 0.25, 0.5)[:, None, None] * size * h
-        half_w = _uniform(seed, [batch], 34 + 4 * i, 0.25, 0.5)[:, None, None] * size * w
-        box = (tf.abs(gy[None] - cy) <= half_h) & (tf.abs(gx[None] - cx) <= half_w)
-        hidden = hidden | box
+        cy = _uniform(seed, [batch], 31 + 4 * i, 0.0, 1.0)[:, None] * h
+        cx = _uniform(seed, [batch], 32 + 4 * i, 0.0, 1.0)[:, None] * w
+        half_h = _uniform(seed, [batch], 33 + 4 * i, 0.25, 0.5)[:, None] * size * h
+        half_w = _uniform(seed, [batch], 34 + 4 * i, 0.25, 0.5)[:, None] * size * w
+        rows, columns = tf.abs(ys - cy) <= half_h, tf.abs(xs - cx) <= half_w  # a box is rows x columns
+        hidden = hidden | (rows[:, :, None] & columns[:, None, :])
     hidden = hidden & (_half(seed, batch, 30)[:, None, None] > 0)
     mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
     return tf.where(hidden[..., None], mean, images)
