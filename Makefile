@@ -67,6 +67,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/segmentation_speed.py
 	$(PY) benchmarks/tracing_overhead.py
 	$(PY) benchmarks/study_pipelines.py
+	$(PY) benchmarks/augment_stages.py
 
 # Each study's training pipeline (its `full` profile) on 1 and 2 cores: images/s, CPU ms per image, and the
 # cores it needs to feed the GPU rates of benchmarks/results/gpu_training_jax.json when that file is there.

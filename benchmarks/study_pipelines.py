@@ -77,25 +77,19 @@ def study_pipeline(study: str, manifest: str):
         for k, v in vars(data.augment).items()
         if v not in (None, False, 0, 0.0) and not k.endswith(("_factor", "_ops", "_size"))
     }
-    if not hasattr(data, "image_size"):  # the classification study
-        prepared = prepare_data(data, progress=False)
+    if hasattr(data, "image_size"):  # a segmentation study
+        size, channels = data.image_size, data.channels
+        train = prepare_segmentation_data(data, progress=False).train
+    else:  # the classification study: its sizes sit in `preprocess`
         size, channels = data.preprocess.image_size, data.preprocess.channels
-        return (
-            prepared.train,
-            1,
-            {"size": size, "channels": channels, "batch": data.batch_size, "augment": augment},
-        )
-    prepared = prepare_segmentation_data(data, progress=False)
-    work = {"size": data.image_size, "channels": data.channels, "batch": data.batch_size, "augment": augment}
-    rates = next(
-        (getattr(m, "multiscale_rates", None) for m in config.models if getattr(m, "multiscale_rates", None)),
-        None,
-    )
+        train = prepare_data(data, progress=False).train
+    work = {"size": size, "channels": channels, "batch": data.batch_size, "augment": augment}
+    rates = next((m.multiscale_rates for m in config.models if getattr(m, "multiscale_rates", None)), None)
     if not rates:
-        return prepared.train, 1, work
-    sizes = scaled_sizes(data.image_size, rates)
+        return train, 1, work
+    sizes = scaled_sizes(size, rates)
     work["multiscale_sizes"] = list(sizes)
-    return multiscale_batches(prepared.train, data.image_size, rates), len(sizes), work
+    return multiscale_batches(train, size, rates), len(sizes), work
 
 
 def time_epochs(dataset, repeats: int, epochs: int) -> list[dict]:

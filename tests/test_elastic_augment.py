@@ -123,7 +123,14 @@ def test_gamma_changes_only_the_images_its_coin_picks(n):
         out = elastic_augment.photometric(tf.constant(images), seed, 0.0, 0.0, 0.3).numpy()
         picked = elastic_augment._half(seed, n, 22).numpy() > 0
         np.testing.assert_array_equal(out[~picked], images[~picked])
-        assert all(not np.array_equal(out[i], images[i]) for i in np.flatnonzero(picked))
+        for i in np.flatnonzero(
+            picked
+        ):  # x' = lo + (hi - lo) ((x - lo) / (hi - lo)) ** g, g this image's draw
+            g = elastic_augment._uniform(seed, [n], 21, 0.7, 1.3).numpy()[i]
+            lo, hi = images[i].min(), images[i].max()
+            expected = lo + (hi - lo) * ((images[i] - lo) / (hi - lo)) ** g
+            np.testing.assert_allclose(out[i], expected, rtol=1e-5, atol=1e-5)
+            assert not np.array_equal(out[i], images[i])
         picked_any, left_any = picked_any or picked.any(), left_any or not picked.all()
     assert picked_any and left_any
 
