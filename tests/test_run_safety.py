@@ -173,7 +173,7 @@ def test_a_phase_killed_after_it_stopped_early_resumes_to_its_best_epoch(tmp_pat
     summary = _phase(straight, tmp_path / "a", config, epochs=40, learning_rate=0.5)
     assert summary["early_stopped"] and summary["epochs_run"] < 40
 
-    def killed(model, path):
+    def killed(model, path, **options):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
@@ -185,6 +185,23 @@ def test_a_phase_killed_after_it_stopped_early_resumes_to_its_best_epoch(tmp_pat
     assert again["early_stopped"] and again["epochs_run"] == summary["epochs_run"]
     for a, b in zip(straight.get_weights(), resumed.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_best_and_final_weights_leave_the_optimizer_out_and_load_into_a_fresh_model(tmp_path):
+    """-best and -final are for predicting or a next phase: they hold no optimizer state (Adam's two moments
+    per weight, two thirds of an epoch's file); -last keeps it, to continue training."""
+    model = _tiny()
+    _phase(model, tmp_path, TrainingConfig(verbose=0), epochs=2)
+    folder = tmp_path / "checkpoints"
+    for name in ("p-best", "p-final"):
+        with h5py.File(folder / f"{name}.weights.h5", "r") as saved:
+            assert "optimizer" not in saved and "layers" in saved
+    with h5py.File(folder / "p-last.weights.h5", "r") as saved:
+        assert "optimizer" in saved
+    fresh = _tiny(seed=5)  # other initial weights: only the file can make them equal
+    fresh.load_weights(folder / "p-final.weights.h5")
+    for a, b in zip(model.get_weights(), fresh.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_a_full_disk_stops_before_writing_and_keeps_the_last_epoch(tmp_path, monkeypatch):

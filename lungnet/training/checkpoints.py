@@ -8,10 +8,11 @@ Per phase, in ``backup/<phase>/``:
   the epochs done, the best validation loss so far, its epoch and the early-stopping counter. The previous
   epoch's file is deleted only after the new state is on disk.
 
-So after a kill the state names a complete file of the last finished epoch, or there is no state and the
-phase starts again at epoch 0. `PhaseCheckpoint` also writes ``checkpoints/<phase>-last.weights.h5`` and
-``-best.weights.h5`` (atomically) and does what Keras' EarlyStopping(restore_best_weights=True) does, with
-its state carried across a resume (Keras' own BackupAndRestore and ModelCheckpoint write in place).
+So after a kill the state names a complete file of the last finished epoch, or there is no state and the phase
+starts again at epoch 0. `PhaseCheckpoint` also writes ``checkpoints/<phase>-last.weights.h5`` (a copy of the
+epoch's file) and ``-best.weights.h5`` (the weights alone, a third of the size under Adam), atomically, and
+does what Keras' EarlyStopping(restore_best_weights=True) does, with its state carried across a resume (Keras'
+own BackupAndRestore and ModelCheckpoint write in place).
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import keras
+from keras.src.saving import saving_lib
 
 from lungnet.errors import ConfigError, LungnetError
 from lungnet.fileio import atomic_path, write_json
@@ -56,10 +59,25 @@ def read_state(folder: Path) -> dict | None:
     return state
 
 
-def save_weights_atomically(model: keras.Model, path: Path) -> Path:
+def save_weights_atomically(model: keras.Model, path: Path, *, optimizer: bool = True) -> Path:
+    """`model.save_weights(path)`, atomically. With ``optimizer=False`` the optimizer's state is left out: a
+    file only to predict with or to start a new phase from, a third of the size under Adam (its two moments
+    per weight are the rest)."""
     with atomic_path(path, suffix=".weights.h5") as tmp:
-        model.save_weights(tmp)
+        state = getattr(model, "optimizer", None)
+        if optimizer or state is None:
+            model.save_weights(tmp)
+        else:  # Keras' own writer; `Model.save_weights` has no switch for it
+            saving_lib.save_weights_only(model, str(tmp), objects_to_skip=[state])
     return path
+
+
+def load_model_weights(model: keras.Model, path: Path) -> None:
+    """Load a file `save_weights_atomically` wrote, with or without the optimizer's state; without it, a
+    compiled model's optimizer keeps its own state (Keras warns that it skipped it: expected here)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model.load_weights(path)
 
 
 def _copy_atomically(source: Path, target: Path) -> None:
@@ -130,7 +148,7 @@ class PhaseCheckpoint(keras.callbacks.Callback):
                 # the epoch checkpoints keep the raw ones, so that a resume continues exactly
                 with averaged_weights_in(self.model):
                     self._best_weights = self.model.get_weights()
-                    save_weights_atomically(self.model, self.best_path)
+                    save_weights_atomically(self.model, self.best_path, optimizer=False)
             elif state["wait"] >= self.patience and epoch > 0:
                 state["stopped"] = True
                 self.model.stop_training = True
@@ -156,7 +174,7 @@ class PhaseCheckpoint(keras.callbacks.Callback):
         if self._best_weights is not None:
             self.model.set_weights(self._best_weights)
         elif self.state["best"] is not None and self.best_path.is_file():  # best epoch before a resume
-            self.model.load_weights(self.best_path)
+            load_model_weights(self.model, self.best_path)
 
     def _check_free_space(self) -> None:
         needed = FREE_SPACE_FACTOR * (self._checkpoint_bytes or _estimate_bytes(self.model))

@@ -1,12 +1,13 @@
 """The fit path every experiment uses; schedules (transfer -> fine-tune, two-phase, ...) call `train_phase`.
 
-A run folder holds, per phase: ``checkpoints/<phase>-last.weights.h5`` (every epoch),
-``checkpoints/<phase>-best.weights.h5`` (lowest validation loss), ``logs/<phase>.csv``, TensorBoard logs in
-``logs/tensorboard/<phase>``, and ``backup/<phase>/`` (the resume state, `lungnet.training.checkpoints`)
-while the phase runs; every file is written atomically, so a kill at any moment leaves each complete or
-absent. A phase that finished writes ``checkpoints/<phase>-final.weights.h5`` and is recorded in
-``phases.json``; running the same schedule again on the folder skips finished phases and resumes an
-interrupted one after its last complete epoch, with the CSV log cut to the same epochs (true counts).
+A run folder holds, per phase: ``checkpoints/<phase>-last.weights.h5`` (every epoch, with the optimizer's
+state), ``checkpoints/<phase>-best.weights.h5`` (lowest validation loss; the weights alone),
+``logs/<phase>.csv``, TensorBoard logs in ``logs/tensorboard/<phase>``, and ``backup/<phase>/`` (the resume
+state, `lungnet.training.checkpoints`) while the phase runs; every file is written atomically, so a kill at
+any moment leaves each complete or absent. A phase that finished writes
+``checkpoints/<phase>-final.weights.h5`` (the weights alone) and is recorded in ``phases.json``; running the
+same schedule again on the folder skips finished phases and resumes an interrupted one after its last complete
+epoch, with the CSV log cut to the same epochs (true counts).
 """
 
 from __future__ import annotations
@@ -491,7 +492,7 @@ def train_phase(
                 callbacks=callbacks,
                 verbose=config.verbose,
             )
-    save_weights_atomically(model, final)
+    save_weights_atomically(model, final, optimizer=False)  # the next phase compiles a fresh optimizer
     losses = list(pd.read_csv(log)["val_loss"]) if log.is_file() else []
     summary = {
         "epochs_run": len(losses),
