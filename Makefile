@@ -12,7 +12,8 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: help setup test test-slow test-all lint format duplicates bench data-info clean \
 	reproduce-binary-nodule reproduce-binary-full reproduce-5class-nodule reproduce-5class-full reproduce-classification-all \
-	reproduce-attention-unet reproduce-semi-infnet reproduce-segmentation-zoo bench-segmentation bench-pipelines bench-gpu bench-serving bench-monai
+	reproduce-attention-unet reproduce-semi-infnet reproduce-segmentation-zoo bench-segmentation bench-pipelines bench-gpu bench-serving bench-monai \
+	bench-test-suite
 
 help:
 	@echo "make reproduce-binary-nodule   flagship study (DATA=lidc-phantom by default, or a manifest CSV)"
@@ -29,6 +30,7 @@ help:
 	@echo "make bench-pipelines           each study's training pipeline: images/s, CPU ms per image"
 	@echo "make bench-serving RUNS=\"RUN ...\" latency and throughput of exported models"
 	@echo "make bench-monai               lungnet's U-Net step against MONAI's (PyTorch), as a ratio"
+	@echo "make bench-test-suite          the disk make test needs at its peak and leaves behind"
 	@echo "make lint | format             ruff"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -76,6 +78,11 @@ bench-pipelines: $(STAMP)
 
 bench-segmentation: $(STAMP)
 	$(PY) benchmarks/segmentation_speed.py
+
+# The disk `make test` needs at its peak and what it leaves behind (its own TMPDIR, sampled every 2 s): as long
+# as the suite itself; ARGS="-- COMMAND ..." measures another command.
+bench-test-suite: $(STAMP)
+	$(PY) benchmarks/suite_footprint.py $(ARGS)
 
 # Latency (batch 1, p50 / p99) and throughput (batch 32) of exported models, in-process: RUNS="RUN ..."
 # (default: the smoke runs of the classification and segmentation studies)
