@@ -100,7 +100,7 @@ def test_sigkill_at_any_moment_then_resume_with_true_epoch_counts(tmp_path):
     log = pd.read_csv(run_dir / "logs" / "p.csv")
     assert list(log["epoch"]) == list(range(EPOCHS))  # no epoch lost, none counted twice
     assert json.loads((run_dir / "phases.json").read_text())["p"]["epochs_run"] == EPOCHS
-    assert not (run_dir / "backup" / "p").exists()
+    assert not (run_dir / "backup").exists()  # the phase's resume state, and the folder once empty
     _assert_every_h5_complete(run_dir)
     assert not list(run_dir.rglob(".*.weights.h5")), "a killed write's temporary was left behind"
 

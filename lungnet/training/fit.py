@@ -12,6 +12,7 @@ epoch, with the CSV log cut to the same epochs (true counts).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -512,4 +513,6 @@ def train_phase(
     }
     phases.mark(phase, summary)
     shutil.rmtree(backup, ignore_errors=True)  # after the mark: a kill in between resumes from `final`
+    with contextlib.suppress(OSError):  # `backup/` itself once no phase's state is left in it
+        backup.parent.rmdir()
     return summary
