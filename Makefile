@@ -13,7 +13,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 .PHONY: help setup test test-slow test-all lint format duplicates bench data-info clean \
 	reproduce-binary-nodule reproduce-binary-full reproduce-5class-nodule reproduce-5class-full reproduce-classification-all \
 	reproduce-attention-unet reproduce-semi-infnet reproduce-segmentation-zoo bench-segmentation bench-pipelines bench-gpu bench-serving bench-monai \
-	bench-test-suite
+	bench-test-suite bench-autotune
 
 help:
 	@echo "make reproduce-binary-nodule   flagship study (DATA=lidc-phantom by default, or a manifest CSV)"
@@ -31,6 +31,7 @@ help:
 	@echo "make bench-serving RUNS=\"RUN ...\" latency and throughput of exported models"
 	@echo "make bench-monai               lungnet's U-Net step against MONAI's (PyTorch), as a ratio"
 	@echo "make bench-test-suite          the disk make test needs at its peak and leaves behind"
+	@echo "make bench-autotune            training with tf.data autotuning on and off (real crops)"
 	@echo "make lint | format             ruff"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -78,6 +79,11 @@ bench-pipelines: $(STAMP)
 
 bench-segmentation: $(STAMP)
 	$(PY) benchmarks/segmentation_speed.py
+
+# Training (lungnet's fit path, the cpu-real custom CNN and U-Net on ../shared/data/lidc-crops) with tf.data
+# autotuning on and off, alternating: wall time, CPU time and the idle share of each run (about 15 minutes).
+bench-autotune: $(STAMP)
+	$(PY) benchmarks/autotune_training.py $(ARGS)
 
 # The disk `make test` needs at its peak and what it leaves behind (its own TMPDIR, sampled every 2 s): as long
 # as the suite itself; ARGS="-- COMMAND ..." measures another command.
