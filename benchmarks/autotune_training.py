@@ -56,8 +56,6 @@ def _phase_inputs(study: str, config):
 def child(study: str, data_source: str, autotune: bool, epochs: int, out: Path) -> None:
     """One training phase in this process (TensorFlow starts fresh for each setting)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
     from lungnet.experiment import load_experiment, resolve_experiment_path
     from lungnet.training.fit import set_global_options, train_phase
 
@@ -65,11 +63,8 @@ def child(study: str, data_source: str, autotune: bool, epochs: int, out: Path) 
     set_global_options(config.training)  # seeds: both settings train the same model on the same batches
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     model, train, val, compile_fn = _phase_inputs(study, config)
-    options = tf.data.Options()
-    options.autotune.enabled = autotune
-    train, val = train.with_options(options), val.with_options(options)
     prepared_wall, prepared_cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
-    training = dataclasses.replace(config.training, epochs=epochs, verbose=0)
+    training = dataclasses.replace(config.training, epochs=epochs, verbose=0, data_autotune=autotune)
     with tempfile.TemporaryDirectory(prefix="lungnet-autotune-") as run_dir:
         start_wall, start_cpu = time.perf_counter(), time.process_time()
         summary = train_phase(

@@ -204,6 +204,22 @@ def test_best_and_final_weights_leave_the_optimizer_out_and_load_into_a_fresh_mo
         np.testing.assert_array_equal(a, b)
 
 
+def test_data_autotune_false_reaches_both_datasets_fit_reads(tmp_path, monkeypatch):
+    seen = {}
+    real_fit = keras.Model.fit
+
+    def fit(self, x, validation_data=None, **options):
+        seen["train"] = x.options().autotune.enabled
+        seen["val"] = validation_data.options().autotune.enabled
+        return real_fit(self, x, validation_data=validation_data, **options)
+
+    monkeypatch.setattr(keras.Model, "fit", fit)
+    _phase(_tiny(), tmp_path / "off", TrainingConfig(verbose=0, data_autotune=False), epochs=1)
+    assert seen == {"train": False, "val": False}
+    _phase(_tiny(), tmp_path / "on", TrainingConfig(verbose=0), epochs=1)
+    assert seen == {"train": None, "val": None}  # tf.data's default: on
+
+
 def test_a_full_disk_stops_before_writing_and_keeps_the_last_epoch(tmp_path, monkeypatch):
     config = TrainingConfig(verbose=0)
     real = checkpoints.shutil.disk_usage
