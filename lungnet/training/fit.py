@@ -245,7 +245,7 @@ def with_autotune(dataset: tf.data.Dataset, config: TrainingConfig) -> tf.data.D
     if config.data_autotune:
         return dataset
     options = tf.data.Options()
-    options.autotune.enabled = False  # parallel maps then run one call per core, prefetch a fixed buffer
+    options.autotune.enabled = False  # AUTOTUNE parallelism then means one call per core
     return dataset.with_options(options)
 
 
