@@ -81,7 +81,7 @@ bench-segmentation: $(STAMP)
 	$(PY) benchmarks/segmentation_speed.py
 
 # Training (lungnet's fit path, the cpu-real custom CNN and U-Net on ../shared/data/lidc-crops) with tf.data
-# autotuning on and off, alternating: wall time, CPU time and the idle share of each run (about 15 minutes).
+# autotuning on and off, alternating: wall time, CPU time and the idle share of each run (about 25 minutes).
 bench-autotune: $(STAMP)
 	$(PY) benchmarks/autotune_training.py $(ARGS)
 

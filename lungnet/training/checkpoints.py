@@ -72,12 +72,19 @@ def save_weights_atomically(model: keras.Model, path: Path, *, optimizer: bool =
     return path
 
 
-def load_model_weights(model: keras.Model, path: Path) -> None:
-    """Load a file `save_weights_atomically` wrote, with or without the optimizer's state; without it, a
-    compiled model's optimizer keeps its own state (Keras warns that it skipped it: expected here)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        model.load_weights(path)
+def load_checkpoint(model: keras.Model, path: Path) -> None:
+    """Load a file `save_weights_atomically` wrote, with a clear error when it belongs to another
+    architecture. Where the file and the model's optimizer differ (a file without the optimizer's state, or a
+    model whose optimizer is not built), the model's optimizer keeps its own state: Keras' warning that it
+    skipped it is expected here and silenced."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(path)
+    except (ValueError, KeyError) as exc:
+        raise LungnetError(
+            f"{path}: checkpoint does not fit model {model.name!r} (another architecture or size?): {exc}"
+        ) from exc
 
 
 def _copy_atomically(source: Path, target: Path) -> None:
@@ -174,7 +181,7 @@ class PhaseCheckpoint(keras.callbacks.Callback):
         if self._best_weights is not None:
             self.model.set_weights(self._best_weights)
         elif self.state["best"] is not None and self.best_path.is_file():  # best epoch before a resume
-            load_model_weights(self.model, self.best_path)
+            load_checkpoint(self.model, self.best_path)
 
     def _check_free_space(self) -> None:
         needed = FREE_SPACE_FACTOR * (self._checkpoint_bytes or _estimate_bytes(self.model))

@@ -29,11 +29,11 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from lungnet.errors import ConfigError, LungnetError
+from lungnet.errors import ConfigError
 from lungnet.fileio import remove_unfinished_writes, write_json, write_text
 from lungnet.losses import LossConfig, build_loss
 from lungnet.models.contract import ATTRIBUTE_OUTPUT, OUTPUT_NAME, output_names
-from lungnet.training.checkpoints import PhaseCheckpoint, save_weights_atomically
+from lungnet.training.checkpoints import PhaseCheckpoint, load_checkpoint, save_weights_atomically
 from lungnet.training.distribute import distribution_scope, scaled_for_replicas, sharded
 from lungnet.training.multi_worker import any_worker
 
@@ -312,16 +312,6 @@ def _target_width(dataset: tf.data.Dataset) -> int | None:
     return None if isinstance(spec, dict) or spec.shape.rank != 2 else spec.shape[-1]
 
 
-def load_checkpoint(model: keras.Model, path: Path) -> None:
-    """Load weights, with a clear error when the file belongs to another architecture."""
-    try:
-        model.load_weights(path)
-    except (ValueError, KeyError) as exc:
-        raise LungnetError(
-            f"{path}: checkpoint does not fit model {model.name!r} (another architecture or size?): {exc}"
-        ) from exc
-
-
 def _truncate_log(log: Path, epochs: int) -> None:
     """Keep the CSV log's first `epochs` rows: a killed epoch may have left a row (or half of one) after them."""
     if not log.is_file():
@@ -487,7 +477,7 @@ def train_phase(
     if config.steps_per_epoch:
         train = train.repeat()
     if checkpoint.state["stopped"] or checkpoint.epochs_done >= epochs:  # killed after its last epoch
-        model.load_weights(backup / checkpoint.state["weights"])
+        load_checkpoint(model, backup / checkpoint.state["weights"])  # its optimizer state is not needed
         checkpoint.set_model(model)  # no fit attaches it here
         checkpoint.restore_best()
     else:
