@@ -52,6 +52,16 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
     return obj
 
 
+def _described(hint: Any) -> str:
+    """A type hint as a YAML writer reads it: ``true or false``, ``one of ['auto']``, ``null``."""
+    if hint is type(None):
+        return "null"
+    if typing.get_origin(hint) is typing.Literal:
+        return f"one of {list(typing.get_args(hint))}"
+    simple = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return simple.get(hint, getattr(hint, "__name__", str(hint)))
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -64,7 +74,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {args}")
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
+        raise ConfigError(f"{where}: {value!r} is not {', or '.join(_described(arg) for arg in args)}")
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")

@@ -23,6 +23,7 @@ class Outer:
     name: str = "x"
     mode: Literal["a", "b"] = "a"
     rate: float = 0.1
+    switch: bool | Literal["auto"] = "auto"
     inner: Inner = field(default_factory=Inner)
 
 
@@ -43,6 +44,7 @@ def test_from_dict_fills_nested_dataclasses():
         ({"rate": "fast"}, r"exp.yaml.rate: expected a number, got 'fast'"),
         ({"inner": {"size": 1.5}}, r"exp.yaml.inner.size: expected an integer"),
         ({"inner": {"window": [1, 2, 3]}}, r"exp.yaml.inner.window"),
+        ({"switch": "yes"}, r"exp.yaml.switch: 'yes' is not true or false, or one of \['auto'\]$"),
     ],
 )
 def test_bad_keys_and_values_are_named(data, message):

@@ -25,6 +25,7 @@ from lungnet.errors import ConfigError, LungnetError
 from lungnet.experiment import load_experiment, resolve_experiment_path
 from lungnet.runs.folder import mark_status, new_run_dir, require_finished, run_status
 from lungnet.training import checkpoints
+from lungnet.training import fit as fit_module
 from lungnet.training.fit import TrainingConfig, train_phase
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,7 +205,7 @@ def test_best_and_final_weights_leave_the_optimizer_out_and_load_into_a_fresh_mo
         np.testing.assert_array_equal(a, b)
 
 
-def test_data_autotune_false_reaches_both_datasets_fit_reads(tmp_path, monkeypatch):
+def test_data_autotune_reaches_both_datasets_fit_reads_and_auto_follows_the_gpu(tmp_path, monkeypatch):
     seen = {}
     real_fit = keras.Model.fit
 
@@ -214,10 +215,22 @@ def test_data_autotune_false_reaches_both_datasets_fit_reads(tmp_path, monkeypat
         return real_fit(self, x, validation_data=validation_data, **options)
 
     monkeypatch.setattr(keras.Model, "fit", fit)
-    _phase(_tiny(), tmp_path / "off", TrainingConfig(verbose=0, data_autotune=False), epochs=1)
-    assert seen == {"train": False, "val": False}
-    _phase(_tiny(), tmp_path / "on", TrainingConfig(verbose=0), epochs=1)
+    summary = _phase(_tiny(), tmp_path / "off", TrainingConfig(verbose=0, data_autotune=False), epochs=1)
+    assert seen == {"train": False, "val": False} and summary["data_autotune"] is False
+    _phase(_tiny(), tmp_path / "on", TrainingConfig(verbose=0, data_autotune=True), epochs=1)
     assert seen == {"train": None, "val": None}  # tf.data's default: on
+    assert TrainingConfig().data_autotune == "auto"
+    summary = _phase(_tiny(), tmp_path / "auto-cpu", TrainingConfig(verbose=0), epochs=1)
+    assert seen == {"train": False, "val": False} and summary["data_autotune"] is False  # no GPU here
+    gpu = tf.config.PhysicalDevice(name="/physical_device:GPU:0", device_type="GPU")
+    monkeypatch.setattr(fit_module.tf.config, "list_physical_devices", lambda kind=None: [gpu])
+    summary = _phase(_tiny(), tmp_path / "auto-gpu", TrainingConfig(verbose=0), epochs=1)
+    assert seen == {"train": None, "val": None} and summary["data_autotune"] is True
+
+
+def test_data_autotune_takes_only_true_false_or_auto():
+    with pytest.raises(ConfigError, match="training.data_autotune: 'yes' must be true, false or auto"):
+        TrainingConfig(data_autotune="yes")
 
 
 def test_a_full_disk_stops_before_writing_and_keeps_the_last_epoch(tmp_path, monkeypatch):

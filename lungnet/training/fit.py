@@ -86,9 +86,10 @@ class TrainingConfig:
     # over TF_CONFIG's machines. Batch and learning rate are a replica's, scaled by the count
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
     scale_with_replicas: bool = True
-    # tf.data's autotuning of the training and validation pipelines. On a 2-core CPU it left training idle a
-    # fifth of the time (`make bench-autotune`): false trains faster there, with the same CPU time
-    data_autotune: bool = True
+    # tf.data's autotuning of the training and validation pipelines. "auto": off on a machine without a GPU,
+    # where it left 2-core training idle a fifth of the time for the same CPU time (`make bench-autotune`);
+    # on with a GPU, whose pipeline it was built to keep fed
+    data_autotune: bool | Literal["auto"] = "auto"
     seed: int = 0
     verbose: int = 1  # Keras progress bars: 1 bar, 2 one line per epoch, 0 silent
 
@@ -99,6 +100,8 @@ class TrainingConfig:
                 raise ConfigError(f"training.{name}: {getattr(self, name)} must be >= 1")
         if self.seed < 0:
             raise ConfigError(f"training.seed: {self.seed} must be >= 0")
+        if self.data_autotune not in (True, False, "auto"):
+            raise ConfigError(f"training.data_autotune: {self.data_autotune!r} must be true, false or auto")
         if self.verbose not in (0, 1, 2):
             raise ConfigError(f"training.verbose: {self.verbose} must be 0, 1 or 2")
         if self.gradient_clip_value is not None and not self.gradient_clip_value > 0:
@@ -240,9 +243,17 @@ def compile_model(model: keras.Model, learning_rate: float, config: TrainingConf
     )
 
 
+def autotune_enabled(config: TrainingConfig) -> bool:
+    """Whether tf.data autotunes a run's pipelines: ``training.data_autotune``, where "auto" means only
+    when TensorFlow sees a GPU."""
+    if config.data_autotune == "auto":
+        return bool(tf.config.list_physical_devices("GPU"))
+    return config.data_autotune
+
+
 def with_autotune(dataset: tf.data.Dataset, config: TrainingConfig) -> tf.data.Dataset:
-    """`dataset` with tf.data's autotuning off when ``training.data_autotune`` is false; else unchanged."""
-    if config.data_autotune:
+    """`dataset` with tf.data's autotuning off unless `autotune_enabled`; else unchanged."""
+    if autotune_enabled(config):
         return dataset
     options = tf.data.Options()
     options.autotune.enabled = False  # AUTOTUNE parallelism then means one call per core
@@ -507,6 +518,7 @@ def train_phase(
         "best_monitor_epoch": checkpoint.state["best_epoch"],
         "best_monitor": checkpoint.state["best"],
         "wall_seconds": round(time.monotonic() - started, 1),  # this process's share (a resume restarts it)
+        "data_autotune": autotune_enabled(config),  # what "auto" meant on this machine
         "stopped_by_time_budget": budget.hit,
         # the budget ended it before early stopping would have: the kept weights may not be the best reachable
         "cut_while_improving": budget.hit
