@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lungnet.fileio import write_json  # noqa: E402  (imports without TensorFlow)
-from lungnet.machine import cpu_description  # noqa: E402
+from lungnet.machine import cpu_description, usable_cpus  # noqa: E402
 
 CROPS = ROOT.parent / "shared" / "data" / "lidc-crops"
 RESULT = ROOT / "benchmarks" / "results" / "autotune_training.json"
@@ -79,7 +79,7 @@ def child(study: str, data_source: str, autotune: bool, epochs: int, out: Path) 
             compile_fn=compile_fn,
         )
         wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cpus()
     images = summary["epochs_run"] * training.steps_per_epoch * config.data.batch_size
     write_json(
         out,
