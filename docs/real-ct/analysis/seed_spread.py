@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lungnet.evaluation.paired import describe_levels
 from lungnet.evaluation.recommended import candidates, recommended_name
 from lungnet.runs import load_run_config
 
@@ -32,19 +33,6 @@ def scores(record: dict) -> dict[str, float]:
         out[f"{level} macro F1"] = found.get("f1_macro", np.nan)
     calibration = record.get("calibration") or {}
     out["ECE after"] = calibration.get("ece_after", np.nan)
-    return out
-
-
-def against_diameter(record: dict) -> dict[str, str]:
-    """``{"slice AUC": "+0.011 (-0.032 .. +0.055)", ...}`` from the record's paired patient bootstrap."""
-    out = {}
-    comparison = record.get("against_size_only") or {}
-    for level in LEVELS:
-        for metric, label in (("auc", "AUC"), ("f1_macro", "macro F1")):
-            cell = comparison.get(level, {}).get(metric)
-            if cell:
-                low, high = cell["ci95"]
-                out[f"{level} {label}"] = f"{cell['difference']:+.3f} ({low:+.3f} .. {high:+.3f})"
     return out
 
 
@@ -64,15 +52,15 @@ def main(run_dirs: list[str]) -> None:
             if name == chosen:
                 table.setdefault("recommended", []).append(row)
             print(f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
-            for key, text in against_diameter(record).items():
-                print(f"      against the diameter, {key}: {text}")
+            for line in describe_levels(record.get("against_size_only") or {}):
+                print(f"      against the diameter, {line}")
     print(f"\nmean ± sample sd over {len(run_dirs)} runs")
     for name, rows in table.items():
         keys = rows[0].keys()
         cells = []
         for key in keys:
             values = np.array([r[key] for r in rows], dtype=float)
-            spread = values.std(ddof=1) if len(values) > 1 else np.nan
+            spread = np.nanstd(values, ddof=1) if len(values) > 1 else np.nan
             cells.append(f"{key} {np.nanmean(values):.3f} ± {spread:.3f}")
         print(f"  {name} ({len(rows)} runs): " + ", ".join(cells))
 
