@@ -215,6 +215,24 @@ def _cmd_compare_models(args) -> int:
     return 0
 
 
+def _cmd_compare_runs(args) -> int:
+    import pandas as pd
+
+    from lungnet.reports.run_spread import compare_runs, describe_spread
+
+    record = compare_runs(args.runs, args.out)
+    summary = pd.DataFrame(record["summary"])
+    print(f"{len(record['runs'])} runs of task {record['task']}; reference: {record['reference']}")
+    for key, values in record["differences"].items():
+        print(f"  differ in {key}: {', '.join(map(str, values))}")
+    print(f"  recommended or selected: {', '.join(map(str, record['recommended']))}")
+    print(
+        f"test scores, mean ± sample sd over the runs [runs ahead of the reference / runs]:\n{describe_spread(summary)}"
+    )
+    print("\n".join(record["files"]))
+    return 0
+
+
 def _cmd_reproduce(args) -> int:
     from lungnet.serving.export import export_run
     from lungnet.studies.runner import prepare_run, release_worker_copy, run_study, summary_line
@@ -475,6 +493,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     paired.add_argument("--out", help="also write the result as JSON here")
     paired.set_defaults(func=_cmd_compare_models)
+
+    spread = commands.add_parser(
+        "compare-runs",
+        help="finished runs of one split that differ in their seeds: each model's test scores, mean ± sd, "
+        "and how often it beat the study's simple reference",
+    )
+    spread.add_argument("runs", nargs="+", metavar="RUN", help="finished run folders of one task and split")
+    spread.add_argument(
+        "--out", required=True, help="folder for spread.csv, spread_runs.csv, spread.json and spread.png"
+    )
+    spread.set_defaults(func=_cmd_compare_runs)
 
     models = commands.add_parser("models", help="the architectures lungnet has (registries)")
     models_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")

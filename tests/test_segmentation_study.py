@@ -19,6 +19,7 @@ from lungnet.experiment import load_experiment, resolve_experiment_path
 from lungnet.runs import load_run_config
 from tests.export_checks import assert_export_matches_keras
 from tests.report_checks import check_report
+from tests.test_run_spread import check_spread_of_copies
 
 
 def write_png_dataset(root: Path, n_patients: int = 8, size: int = 64, empty_rows=(), seed: int = 0) -> Path:
@@ -186,6 +187,13 @@ def test_smoke_run_writes_every_artefact(smoke_run):
     assert (smoke_run / "figures" / "learning_curves.png").is_file()
     assert list((smoke_run / "figures").glob("attention_attention_res_unet_*.png"))
     assert load_run_config(smoke_run).task == "segmentation"
+
+
+def test_compare_runs_reads_a_real_segmentation_record(smoke_run, tmp_path):
+    metrics = json.loads((smoke_run / "metrics.json").read_text())
+    spread = check_spread_of_copies(smoke_run, tmp_path, "Dice, all slices").set_index(["model", "metric"])
+    for name, model in metrics["models"].items():
+        assert spread.loc[(name, "Dice, all slices"), "mean"] == pytest.approx(model["raw"]["dice"])
 
 
 def test_report_renders_with_every_figure(smoke_run, tmp_path):

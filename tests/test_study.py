@@ -15,6 +15,7 @@ from lungnet.errors import DataError, LungnetError
 from lungnet.experiment import load_experiment, resolve_experiment_path
 from lungnet.studies.classification import run_classification_study
 from tests.report_checks import check_report
+from tests.test_run_spread import check_spread_of_copies
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +153,12 @@ def test_evaluate_on_another_dataset(smoke_run, tmp_path, capsys):
 
 def test_report_renders_with_every_figure(smoke_run, tmp_path):
     check_report(smoke_run[0] / "report.html", tmp_path)
+
+
+def test_compare_runs_reads_a_real_classification_record(smoke_run, tmp_path):
+    run_dir, summary = smoke_run
+    spread = check_spread_of_copies(run_dir, tmp_path, "slice AUC").set_index(["model", "metric"])
+    assert spread.loc[(summary["selected_model"], "slice AUC"), "mean"] == pytest.approx(summary["auc"])
 
 
 def test_bad_run_folders_give_clear_errors(tmp_path, smoke_run, capsys):
