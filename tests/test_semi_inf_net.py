@@ -23,6 +23,7 @@ from lungnet.training.pseudo_labels import (
 )
 from tests.export_checks import assert_export_matches_keras
 from tests.report_checks import check_report
+from tests.test_run_spread import check_spread_of_copies
 from tests.test_segmentation_study import png_config, write_png_dataset
 
 
@@ -312,6 +313,12 @@ def test_smoke_run_writes_every_artefact(smoke_run):
 
 
 @pytest.mark.slow
+def test_compare_runs_reads_an_inf_net_record(smoke_run, tmp_path):
+    metrics = json.loads((smoke_run / "metrics.json").read_text())
+    spread = check_spread_of_copies(smoke_run, tmp_path, "Dice, all slices").set_index(["model", "metric"])
+    assert {(name, "Dice, all slices") for name in metrics["models"]} <= set(spread.index)
+
+
 def test_report_renders_with_every_figure(smoke_run, tmp_path):
     check_report(smoke_run / "report.html", tmp_path)
 
