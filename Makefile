@@ -7,12 +7,17 @@ DATA ?= lidc-phantom
 PROFILE ?= default
 SET ?=
 SET_ARGS = $(foreach assignment,$(SET),--set $(assignment))
+SEED ?=
+SEED_ARGS = $(if $(SEED),--seed $(SEED))
+SEEDS ?= 0 5 10
+STUDY ?= binary-nodule
+SPREAD = runs/spread/$(STUDY)-$(PROFILE)
 # Keep TensorFlow's C++ start-up chatter out of the logs.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: help setup test test-slow test-all lint format duplicates bench data-info clean \
 	reproduce-binary-nodule reproduce-binary-full reproduce-5class-nodule reproduce-5class-full reproduce-classification-all \
-	reproduce-attention-unet reproduce-semi-infnet reproduce-segmentation-zoo bench-segmentation bench-pipelines bench-gpu bench-serving bench-monai \
+	reproduce-attention-unet reproduce-semi-infnet reproduce-segmentation-zoo seed-spread bench-segmentation bench-pipelines bench-gpu bench-serving bench-monai \
 	bench-test-suite bench-autotune
 
 help:
@@ -24,6 +29,8 @@ help:
 	@echo "  (PROFILE=cpu-real-augmented DATA=../shared/data/lidc-crops for real CT on a CPU)"
 	@echo "make reproduce-semi-infnet     Inf-Net study: Inf-Net, Semi-Inf-Net, U-Net, radiomics SVMs (SET=labels.fraction=0.1)"
 	@echo "make reproduce-segmentation-zoo multi-dataset study's zoo: UNAR, Res34UNetV2, UNet++, DeepLabV3+, SegFormer, LightUNet, U-Net"
+	@echo "  (SEED=N sets every training seed of a reproduce-* run; the split stays)"
+	@echo "make seed-spread STUDY=binary-nodule SEEDS=\"0 5 10\"  the study once per seed, then lungnet compare-runs"
 	@echo "make test                      fast tests + notebooks (sets up .venv)"
 	@echo "make test-slow                 the slow tests"
 	@echo "make bench                     benchmarks -> benchmarks/results/*.json"
@@ -110,31 +117,43 @@ data-info: $(STAMP)
 	$(VENV)/bin/lungnet data info $(DATA)
 
 reproduce-binary-nodule: $(STAMP)
-	$(VENV)/bin/lungnet reproduce binary-nodule --data $(DATA) --profile $(PROFILE) $(SET_ARGS)
+	$(VENV)/bin/lungnet reproduce binary-nodule --data $(DATA) --profile $(PROFILE) $(SET_ARGS) $(SEED_ARGS)
 
 reproduce-binary-full: $(STAMP)
-	$(VENV)/bin/lungnet reproduce binary-full --data $(DATA) --profile $(PROFILE) $(SET_ARGS)
+	$(VENV)/bin/lungnet reproduce binary-full --data $(DATA) --profile $(PROFILE) $(SET_ARGS) $(SEED_ARGS)
 
 reproduce-5class-nodule: $(STAMP)
-	$(VENV)/bin/lungnet reproduce five-class-nodule --data $(DATA) --profile $(PROFILE) $(SET_ARGS)
+	$(VENV)/bin/lungnet reproduce five-class-nodule --data $(DATA) --profile $(PROFILE) $(SET_ARGS) $(SEED_ARGS)
 
 reproduce-5class-full: $(STAMP)
-	$(VENV)/bin/lungnet reproduce five-class-full --data $(DATA) --profile $(PROFILE) $(SET_ARGS)
+	$(VENV)/bin/lungnet reproduce five-class-full --data $(DATA) --profile $(PROFILE) $(SET_ARGS) $(SEED_ARGS)
 
 # All twelve cells of the study's table: 3 models x {binary, 5-class} x {nodule crop, full slice}.
 reproduce-classification-all: reproduce-binary-nodule reproduce-binary-full reproduce-5class-nodule reproduce-5class-full
 
 reproduce-attention-unet: $(STAMP)
-	$(VENV)/bin/lungnet reproduce attention-unet --data $(DATA) --profile $(PROFILE) $(SET_ARGS)
+	$(VENV)/bin/lungnet reproduce attention-unet --data $(DATA) --profile $(PROFILE) $(SET_ARGS) $(SEED_ARGS)
 
 # Inf-Net, Semi-Inf-Net (pseudo-label rounds), U-Net and radiomics SVMs at a label budget (labels.fraction).
 reproduce-semi-infnet: $(STAMP)
-	$(VENV)/bin/lungnet reproduce inf-net --data $(DATA) --profile $(PROFILE) $(SET_ARGS)
+	$(VENV)/bin/lungnet reproduce inf-net --data $(DATA) --profile $(PROFILE) $(SET_ARGS) $(SEED_ARGS)
 
 # The multi-dataset study's segmentation zoo (leaderboard, curves, overlays). Harmonise collections first with
 # `lungnet data harmonize luna16:ROOT msd-lung:ROOT ... --out DIR`, then DATA=DIR.
 reproduce-segmentation-zoo: $(STAMP)
-	$(VENV)/bin/lungnet reproduce segmentation-zoo --data $(DATA) --profile $(PROFILE) $(SET_ARGS)
+	$(VENV)/bin/lungnet reproduce segmentation-zoo --data $(DATA) --profile $(PROFILE) $(SET_ARGS) $(SEED_ARGS)
+
+# How much of a result is the seed: STUDY (a `lungnet reproduce` name) once per seed of SEEDS, with DATA,
+# PROFILE and SET, into runs/spread/<study>-<profile>/seed-<S> (a finished one is kept, so an interrupted sweep
+# goes on where it stopped), then `lungnet compare-runs` over them into runs/spread/<study>-<profile>/.
+seed-spread: $(STAMP)
+	@for seed in $(SEEDS); do \
+	  if grep -qs '"status": "finished"' $(SPREAD)/seed-$$seed/run.json; then \
+	    echo "seed $$seed: finished before, kept ($(SPREAD)/seed-$$seed)"; continue; fi; \
+	  $(VENV)/bin/lungnet reproduce $(STUDY) --data $(DATA) --profile $(PROFILE) $(SET_ARGS) --seed $$seed \
+	    --out $(SPREAD)/seed-$$seed || exit 1; \
+	done
+	$(VENV)/bin/lungnet compare-runs $(foreach seed,$(SEEDS),$(SPREAD)/seed-$(seed)) --out $(SPREAD)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -134,6 +134,7 @@ def _cmd_train(args) -> int:
         out=args.out,
         resume=args.resume,
         assignments=args.assignments,
+        seed=args.seed,
     )
     print(f"run folder: {run_dir}")
     summary = run_study(config, run_dir)
@@ -238,7 +239,12 @@ def _cmd_reproduce(args) -> int:
     from lungnet.studies.runner import prepare_run, release_worker_copy, run_study, summary_line
 
     config, run_dir = prepare_run(
-        args.study, profile=args.profile, data=args.data, out=args.out, assignments=args.assignments
+        args.study,
+        profile=args.profile,
+        data=args.data,
+        out=args.out,
+        assignments=args.assignments,
+        seed=args.seed,
     )
     print(f"run folder: {run_dir}")
     summary = run_study(config, run_dir)
@@ -320,6 +326,14 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         dest="assignments",
         help="override a config value, e.g. --set data.grouping=exclude-indeterminate (repeatable)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        metavar="N",
+        help="every training seed set to N (data.seed: oversampling, shuffling, augmentation; training.seed: "
+        "initial weights, dropout; the measured-nodule segmenter's too); the split and data stay. For a spread "
+        "over seeds: `lungnet compare-runs`",
     )
 
 

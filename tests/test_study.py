@@ -9,10 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+import yaml
 
 from lungnet.cli import main
-from lungnet.errors import DataError, LungnetError
+from lungnet.config import to_dict
+from lungnet.errors import ConfigError, DataError, LungnetError
 from lungnet.experiment import load_experiment, resolve_experiment_path
+from lungnet.reports.run_spread import compare_runs
 from lungnet.studies.classification import run_classification_study
 from tests.report_checks import check_report
 from tests.test_run_spread import check_spread_of_copies
@@ -161,6 +164,25 @@ def test_compare_runs_reads_a_real_classification_record(smoke_run, tmp_path):
     assert spread.loc[(summary["selected_model"], "slice AUC"), "mean"] == pytest.approx(summary["auc"])
 
 
+def test_a_run_with_another_seed_trains_differently_on_the_same_split(
+    smoke_run, tmp_path, tiny_phantom_config
+):
+    run_dir, _ = smoke_run
+    out = tmp_path / "seed3"
+    cache = f"data.phantom.cache_dir={tiny_phantom_config.cache_dir}"
+    assert (
+        main(
+            ["train", "binary_nodule", "--profile", "smoke", "--set", cache, "--seed", "3", "--out", str(out)]
+        )
+        == 0
+    )
+    record = compare_runs([run_dir, out], tmp_path / "spread")
+    assert record["differences"] == {"data.seed": [0, 3], "training.seed": [0, 3]}
+    first, second = (pd.read_csv(r / "predictions.csv") for r in (run_dir, out))
+    assert first["image"].tolist() == second["image"].tolist()  # the same test rows
+    assert not np.allclose(first.filter(like="prob_"), second.filter(like="prob_"))  # other weights
+
+
 def test_bad_run_folders_give_clear_errors(tmp_path, smoke_run, capsys):
     assert main(["export", str(tmp_path / "nowhere")]) == 2
     assert "run folder not found" in capsys.readouterr().err
@@ -243,6 +265,33 @@ def test_set_overrides_reach_the_config():
         parse_overrides(["grouping"])
     with pytest.raises(Exception, match=r"unknown key\(s\) \['epoch'\]"):
         load_experiment(resolve_experiment_path("binary_nodule"), overrides={"training": {"epoch": 3}})
+
+
+def test_seed_sets_every_training_seed_and_keeps_the_split(tmp_path):
+    from lungnet.studies.runner import prepare_config, prepare_run
+
+    config = prepare_config("binary-nodule", profile="cpu-real-folds", seed=5)
+    assert (config.data.seed, config.training.seed, config.data.split_seed) == (5, 5, 0)
+    measured = config.measured_nodule.overrides  # its segmenter's seeds, beside the profile's own overrides
+    assert measured["data"]["seed"] == 5 and measured["training"] == {"max_minutes": 25, "seed": 5}
+    segmentation = prepare_config("attention-unet", profile="smoke", seed=7)
+    assert (segmentation.data.seed, segmentation.training.seed) == (7, 7)
+    inf_net = prepare_config("inf-net", profile="smoke", seed=3)
+    assert (
+        inf_net.training.seed == 3
+        and inf_net.labels.seed == prepare_config("inf-net", profile="smoke").labels.seed
+    )
+    with pytest.raises(ConfigError, match="give the seed once"):
+        prepare_config("binary-nodule", profile="smoke", seed=5, assignments=["training.seed=1"])
+    with pytest.raises(ConfigError, match="--seed -1"):
+        prepare_config("binary-nodule", profile="smoke", seed=-1)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(
+        yaml.safe_dump(to_dict(prepare_config("binary-nodule", profile="smoke")))
+    )
+    with pytest.raises(ConfigError, match="--seed"):
+        prepare_run(None, resume=run, seed=5)
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,7 @@ def prepare_run(
     out=None,
     resume=None,
     assignments: list[str] | None = None,
+    seed: int | None = None,
 ):
     """(ExperimentConfig, run folder). With `resume`, the run's own saved config is used unchanged.
 
@@ -51,9 +52,9 @@ def prepare_run(
     if resume:
         run_dir = Path(resume)
         saved = load_run_config(run_dir)
-        _check_resume(run_dir, saved, config, profile, data, out, assignments)
+        _check_resume(run_dir, saved, config, profile, data, out, assignments, seed)
         return saved, _worker_copy(saved, run_dir) or run_dir
-    experiment = prepare_config(config, profile=profile, data=data, assignments=assignments)
+    experiment = prepare_config(config, profile=profile, data=data, assignments=assignments, seed=seed)
     return experiment, _worker_copy(experiment) or new_run_dir(experiment.name, out)
 
 
@@ -93,17 +94,56 @@ def release_worker_copy(run_dir: Path) -> bool:
     return True
 
 
-def prepare_config(config: str, *, profile: str | None = None, data: str | None = None, assignments=None):
-    """The experiment `config` (a name or file) with its profile (default: ``default``), `--data` and
-    `--set` values applied, validated."""
+def prepare_config(
+    config: str,
+    *,
+    profile: str | None = None,
+    data: str | None = None,
+    assignments=None,
+    seed: int | None = None,
+):
+    """The experiment `config` (a name or file) with its profile (default: ``default``), `--data`, `--set`
+    and `--seed` values applied, validated."""
     overrides = parse_overrides(assignments)
     if data:
         overrides = deep_merge(overrides, {"data": {"source": data}})
-    return load_experiment(resolve_experiment_path(config), profile=profile or "default", overrides=overrides)
+    path, profile = resolve_experiment_path(config), profile or "default"
+    experiment = load_experiment(path, profile=profile, overrides=overrides)
+    if seed is None:
+        return experiment
+    both = [
+        a.partition("=")[0].strip()
+        for a in assignments or []
+        if a.partition("=")[0].strip().endswith(SEED_KEYS)
+    ]
+    if both:
+        raise ConfigError(f"--seed {seed} and --set {', '.join(both)}: give the seed once")
+    return load_experiment(
+        path, profile=profile, overrides=deep_merge(overrides, seed_overrides(experiment, seed))
+    )
 
 
-def _check_resume(run_dir: Path, saved, config, profile, data, out, assignments) -> None:
-    refused = [flag for flag, given in (("--set", assignments), ("--data", data), ("--out", out)) if given]
+# What `--seed` sets (and, under measured_nodule.overrides, for its segmenter): the seeds of training, never
+# those that decide which data a run sees (data.split_seed, labels.seed, the phantom's rendering).
+SEED_KEYS = ("data.seed", "training.seed")
+
+
+def seed_overrides(experiment, seed: int) -> dict:
+    """Overrides setting every training seed of `experiment` to `seed`: ``data.seed`` (oversampling, shuffling,
+    augmentation), ``training.seed`` (initial weights, dropout; ensemble member i takes seed + i - 1) and, where
+    the measured-nodule classifier is on, its segmenter's two. The split and the data stay as they are."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"--seed {seed!r}: must be an integer >= 0")
+    seeds = {"data": {"seed": seed}, "training": {"seed": seed}}
+    measured = getattr(experiment, "measured_nodule", None)
+    if measured is not None and measured.enabled:
+        seeds["measured_nodule"] = {"overrides": {"data": {"seed": seed}, "training": {"seed": seed}}}
+    return seeds
+
+
+def _check_resume(run_dir: Path, saved, config, profile, data, out, assignments, seed=None) -> None:
+    options = (("--set", assignments), ("--data", data), ("--out", out), ("--seed", seed is not None))
+    refused = [flag for flag, given in options if given]
     if profile is not None and profile != saved.profile:
         refused.append(f"--profile {profile} (the run's is {saved.profile!r})")
     if refused:
