@@ -4,6 +4,8 @@ beat the study's simple reference; runs of different splits are refused with the
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -173,3 +175,41 @@ def check_spread_of_copies(run_dir, tmp_path, metric: str) -> pd.DataFrame:
     assert (summary["sd"] == 0).all() and (summary["runs"] == 2).all()
     assert metric in set(summary["metric"])
     return summary
+
+
+STUB = """#!/bin/bash
+echo "$@" >> "{log}"
+if [ "$1" = reproduce ]; then
+  out="${{@: -1}}"; mkdir -p "$out"; echo '{{"status": "finished"}}' > "$out/run.json"
+fi
+"""
+
+
+def test_make_seed_spread_runs_each_seed_once_then_compares(tmp_path):
+    """The Makefile's sweep, with a stand-in `lungnet` that records its calls: each seed's run gets --seed and
+    its own folder, a finished seed is kept when the sweep is run again, and compare-runs reads them all."""
+    root = Path(__file__).resolve().parents[1]
+    venv, log = tmp_path / "venv", tmp_path / "calls.log"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "lungnet").write_text(STUB.format(log=log))
+    (venv / "bin" / "lungnet").chmod(0o755)
+    (venv / ".installed").touch()  # newer than the requirements: no set-up
+    spread = tmp_path / "spread"
+
+    def sweep(seeds: str) -> str:
+        args = ["make", "-s", "-C", str(root), "seed-spread", f"VENV={venv}", f"SPREAD={spread}"]
+        args += ["STUDY=attention-unet", "PROFILE=smoke", f"SEEDS={seeds}", "SET=training.epochs=1"]
+        done = subprocess.run(args, capture_output=True, text=True, check=True)
+        return done.stdout
+
+    sweep("1 2")
+    assert log.read_text().splitlines() == [
+        f"reproduce attention-unet --data lidc-phantom --profile smoke --set training.epochs=1 --seed 1 --out {spread}/seed-1",
+        f"reproduce attention-unet --data lidc-phantom --profile smoke --set training.epochs=1 --seed 2 --out {spread}/seed-2",
+        f"compare-runs {spread}/seed-1 {spread}/seed-2 --out {spread}",
+    ]
+    log.unlink()
+    assert "seed 1: finished before, kept" in sweep("1 2 3")
+    calls = log.read_text().splitlines()
+    assert [c.split(" --out ")[0].split()[-1] for c in calls[:-1]] == ["3"]  # only seed 3 trained
+    assert calls[-1] == f"compare-runs {spread}/seed-1 {spread}/seed-2 {spread}/seed-3 --out {spread}"
