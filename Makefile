@@ -30,7 +30,7 @@ help:
 	@echo "make reproduce-semi-infnet     Inf-Net study: Inf-Net, Semi-Inf-Net, U-Net, radiomics SVMs (SET=labels.fraction=0.1)"
 	@echo "make reproduce-segmentation-zoo multi-dataset study's zoo: UNAR, Res34UNetV2, UNet++, DeepLabV3+, SegFormer, LightUNet, U-Net"
 	@echo "  (SEED=N sets every training seed of a reproduce-* run; the split stays)"
-	@echo "make seed-spread STUDY=binary-nodule SEEDS=\"0 5 10\"  the study once per seed, then lungnet compare-runs"
+	@echo "make seed-spread STUDY=binary-nodule SEEDS=\"0 5 10\"  the study once per seed, then lungnet compare-runs (PAIR=\"A B\": A − B per run)"
 	@echo "make test                      fast tests + notebooks (sets up .venv)"
 	@echo "make test-slow                 the slow tests"
 	@echo "make bench                     benchmarks -> benchmarks/results/*.json"
@@ -145,7 +145,8 @@ reproduce-segmentation-zoo: $(STAMP)
 
 # How much of a result is the seed: STUDY (a `lungnet reproduce` name) once per seed of SEEDS, with DATA,
 # PROFILE and SET, into runs/spread/<study>-<profile>/seed-<S> (a finished one is kept, so an interrupted sweep
-# goes on where it stopped), then `lungnet compare-runs` over them into runs/spread/<study>-<profile>/.
+# goes on where it stopped), then `lungnet compare-runs` over them into runs/spread/<study>-<profile>/;
+# PAIR="A B" adds the difference between two of the study's models within each run.
 seed-spread: $(STAMP)
 	@for seed in $(SEEDS); do \
 	  if grep -qs '"status": "finished"' $(SPREAD)/seed-$$seed/run.json; then \
@@ -153,7 +154,7 @@ seed-spread: $(STAMP)
 	  $(VENV)/bin/lungnet reproduce $(STUDY) --data $(DATA) --profile $(PROFILE) $(SET_ARGS) --seed $$seed \
 	    --out $(SPREAD)/seed-$$seed || exit 1; \
 	done
-	$(VENV)/bin/lungnet compare-runs $(foreach seed,$(SEEDS),$(SPREAD)/seed-$(seed)) --out $(SPREAD)
+	$(VENV)/bin/lungnet compare-runs $(foreach seed,$(SEEDS),$(SPREAD)/seed-$(seed)) --out $(SPREAD) $(if $(PAIR),--pair $(PAIR))
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

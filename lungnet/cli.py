@@ -219,9 +219,9 @@ def _cmd_compare_models(args) -> int:
 def _cmd_compare_runs(args) -> int:
     import pandas as pd
 
-    from lungnet.reports.run_spread import compare_runs, describe_spread
+    from lungnet.reports.run_spread import compare_runs, describe_pairs, describe_spread
 
-    record = compare_runs(args.runs, args.out)
+    record = compare_runs(args.runs, args.out, pairs=args.pair or ())
     summary = pd.DataFrame(record["summary"])
     print(f"{len(record['runs'])} runs of task {record['task']}; reference: {record['reference']}")
     for key, values in record["differences"].items():
@@ -230,6 +230,10 @@ def _cmd_compare_runs(args) -> int:
     print(
         f"test scores, mean ± sample sd over the runs [runs ahead of the reference / runs]:\n{describe_spread(summary)}"
     )
+    if record["pairs"]:
+        print(
+            f"differences within each run, mean ± sample sd (min .. max):\n{describe_pairs(pd.DataFrame(record['pairs']))}"
+        )
     print("\n".join(record["files"]))
     return 0
 
@@ -516,6 +520,13 @@ def build_parser() -> argparse.ArgumentParser:
     spread.add_argument("runs", nargs="+", metavar="RUN", help="finished run folders of one task and split")
     spread.add_argument(
         "--out", required=True, help="folder for spread.csv, spread_runs.csv, spread.json and spread.png"
+    )
+    spread.add_argument(
+        "--pair",
+        nargs=2,
+        action="append",
+        metavar=("A", "B"),
+        help="also the difference A − B within each run, over the runs (spread_pairs.csv); repeatable",
     )
     spread.set_defaults(func=_cmd_compare_runs)
 

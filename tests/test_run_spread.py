@@ -130,6 +130,60 @@ def test_segmentation_runs_are_compared_with_the_radiologists(tmp_path):
     assert record["reference"] == RADIOLOGISTS and record["recommended"] == ["unet", "unet"]
 
 
+def _write_segmentation_run(path, seed: int, attention: float, unet: float) -> Path:
+    path.mkdir()
+    config = {"name": "attention_unet", "task": "segmentation", "data": {"seed": seed}}
+    models = {
+        name: {"raw": {"dice": 0.75, "iou": 0.6, "levels": {"readers_slices": {"dice": dice}}}}
+        for name, dice in (("attention_res_unet", attention), ("unet", unet))
+    }
+    metrics = {
+        "selected_model": "unet",
+        "n_test": 10,
+        "models": models,
+        "reader_agreement": {"mean_dice": 0.8},
+    }
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    (path / "run.json").write_text(json.dumps({"status": "finished"}))
+    return path
+
+
+def test_a_pair_of_models_is_compared_within_each_run(tmp_path, capsys):
+    scores = {0: (0.86, 0.84), 5: (0.83, 0.85), 10: (0.85, 0.84)}  # (attention, U-Net) Dice per seed
+    runs = [_write_segmentation_run(tmp_path / f"seg{s}", s, *scores[s]) for s in scores]
+    record = compare_runs(runs, tmp_path / "out", pairs=[("attention_res_unet", "unet")])
+    pairs = pd.read_csv(tmp_path / "out" / "spread_pairs.csv").set_index("metric")
+    diff = np.array([a - u for a, u in scores.values()])
+    row = pairs.loc["Dice, readers' slices"]
+    assert row["mean"] == pytest.approx(diff.mean()) and row["sd"] == pytest.approx(diff.std(ddof=1))
+    assert row["min"] == pytest.approx(-0.02) and row["max"] == pytest.approx(0.02)
+    assert row["first_ahead"] == "2 of 3" and row["runs"] == 3
+    assert (
+        pairs.loc["Dice, all slices"]["mean"] == pytest.approx(0)
+        and pairs.loc["Dice, all slices"]["first_ahead"] == "0 of 3"
+    )  # level is not ahead
+    assert {r["metric"] for r in record["pairs"]} == set(pairs.index)
+    argv = [
+        "compare-runs",
+        *map(str, runs),
+        "--out",
+        str(tmp_path / "cli"),
+        "--pair",
+        "attention_res_unet",
+        "unet",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "attention_res_unet − unet, Dice, readers' slices: +0.003 ± 0.021 (-0.020 .. +0.020)" in out
+    assert "ahead in 2/3 runs" in out
+    with pytest.raises(LungnetError, match="no model 'unet_plus'.*attention_res_unet, unet"):
+        compare_runs(runs, tmp_path / "bad", pairs=[("unet_plus", "unet")])
+    with pytest.raises(LungnetError, match="given twice"):
+        compare_runs(runs, tmp_path / "bad", pairs=[("unet", "unet")])
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
 def test_the_command_prints_the_spread_and_names_bad_runs(three_runs, tmp_path, capsys):
     assert main(["compare-runs", *map(str, three_runs), "--out", str(tmp_path / "cli")]) == 0
     out = capsys.readouterr().out
@@ -199,6 +253,7 @@ def test_make_seed_spread_runs_each_seed_once_then_compares(tmp_path):
     def sweep(seeds: str) -> str:
         args = ["make", "-s", "-C", str(root), "seed-spread", f"VENV={venv}", f"SPREAD={spread}"]
         args += ["STUDY=attention-unet", "PROFILE=smoke", f"SEEDS={seeds}", "SET=training.epochs=1"]
+        args += ["PAIR=attention_res_unet unet"]
         done = subprocess.run(args, capture_output=True, text=True, check=True)
         return done.stdout
 
@@ -206,10 +261,12 @@ def test_make_seed_spread_runs_each_seed_once_then_compares(tmp_path):
     assert log.read_text().splitlines() == [
         f"reproduce attention-unet --data lidc-phantom --profile smoke --set training.epochs=1 --seed 1 --out {spread}/seed-1",
         f"reproduce attention-unet --data lidc-phantom --profile smoke --set training.epochs=1 --seed 2 --out {spread}/seed-2",
-        f"compare-runs {spread}/seed-1 {spread}/seed-2 --out {spread}",
+        f"compare-runs {spread}/seed-1 {spread}/seed-2 --out {spread} --pair attention_res_unet unet",
     ]
     log.unlink()
     assert "seed 1: finished before, kept" in sweep("1 2 3")
     calls = log.read_text().splitlines()
     assert [c.split(" --out ")[0].split()[-1] for c in calls[:-1]] == ["3"]  # only seed 3 trained
-    assert calls[-1] == f"compare-runs {spread}/seed-1 {spread}/seed-2 {spread}/seed-3 --out {spread}"
+    assert calls[-1] == (
+        f"compare-runs {spread}/seed-1 {spread}/seed-2 {spread}/seed-3 --out {spread} --pair attention_res_unet unet"
+    )

@@ -8,7 +8,10 @@ predicted again) and writes, under DIR:
   where the study has a simple reference on the same rows, in how many runs the model was ahead of it;
 - ``spread.json``: the same summary, the settings the runs differ in, and the model each run recommends;
 - ``spread.png``: each run's score as a dot per model and metric, the mean and ± 1 sd as a bar, the
-  reference as a dashed line.
+  reference as a dashed line;
+- with ``--pair A B`` (repeatable), ``spread_pairs.csv``: per metric the difference A − B within each run
+  (both models scored on the same rows by the same run), its mean, sample sd, min and max, and in how many
+  runs A was ahead: the study's own question (attention against plain U-Net, say) over seeds.
 
 The runs must score the same test rows: the same task, experiment, data source, grouping, view, split and
 split seed, and the same number of test rows; anything else may differ, and
@@ -267,6 +270,54 @@ def spread_figure(table: pd.DataFrame, reference: str):
     return fig
 
 
+def pair_differences(table: pd.DataFrame, first: str, second: str) -> pd.DataFrame:
+    """Per metric both models have in a run: the difference ``first − second`` within each run, its mean,
+    sample sd, min and max over the runs, and ``first_ahead`` ("k of n" runs where it was above zero)."""
+    known = list(dict.fromkeys(table["model"]))
+    for name in (first, second):
+        if name not in known:
+            raise LungnetError(
+                f"compare-runs --pair: no model {name!r} in the runs (they have: {', '.join(known)})"
+            )
+    if first == second:
+        raise LungnetError(f"compare-runs --pair: {first!r} given twice; name two models")
+    scores = table.pivot_table(index=["metric", "run"], columns="model", values="value", sort=False)
+    rows = []
+    for metric, part in scores.groupby(level="metric", sort=False):
+        diff = (part[first] - part[second]).dropna().to_numpy()
+        if not len(diff):
+            continue
+        rows.append(
+            {
+                "first": first,
+                "second": second,
+                "metric": metric,
+                "runs": len(diff),
+                "mean": float(diff.mean()),
+                "sd": float(diff.std(ddof=1)) if len(diff) > 1 else float("nan"),
+                "min": float(diff.min()),
+                "max": float(diff.max()),
+                "first_ahead": f"{int((diff > 0).sum())} of {len(diff)}",
+            }
+        )
+    if not rows:
+        raise LungnetError(f"compare-runs --pair: {first!r} and {second!r} share no scored metric in any run")
+    return pd.DataFrame(rows)
+
+
+def describe_pairs(pairs: pd.DataFrame) -> str:
+    """A terminal line per pair and metric: ``A − B: mean ± sd (min .. max), A ahead in k/n runs``."""
+    lines = []
+    for row in pairs.to_dict(orient="records"):
+        sd = f" ± {row['sd']:.3f}" if np.isfinite(row["sd"]) else ""
+        ahead = "/".join(row["first_ahead"].split(" of "))
+        lines.append(
+            f"  {row['first']} − {row['second']}, {row['metric']}: {row['mean']:+.3f}{sd} "
+            f"({row['min']:+.3f} .. {row['max']:+.3f}), {row['first']} ahead in {ahead} runs"
+        )
+    return "\n".join(lines)
+
+
 def describe_spread(summary: pd.DataFrame) -> str:
     """A terminal table, a row per metric and a column per model: ``mean ± sd [k/n]``, where k of the n runs
     had the model ahead of the reference (the min and max are in ``spread.csv``)."""
@@ -287,15 +338,17 @@ def describe_spread(summary: pd.DataFrame) -> str:
     return table.fillna("").to_string()
 
 
-def compare_runs(run_dirs, out) -> dict:
-    """Write ``spread_runs.csv``, ``spread.csv``, ``spread.json`` and ``spread.png`` under `out`; returns the
-    JSON record (with the written paths under ``files``)."""
+def compare_runs(run_dirs, out, pairs=()) -> dict:
+    """Write ``spread_runs.csv``, ``spread.csv``, ``spread.json`` and ``spread.png`` under `out` (and
+    ``spread_pairs.csv`` for `pairs`, ``(first, second)`` model names); returns the JSON record (with the
+    written paths under ``files``)."""
     runs = RunSet(run_dirs)
     reference = _reference(runs.task)
     table = runs.table()
     if table.empty:
         raise LungnetError("compare-runs: the runs' metrics.json hold no test scores")
     summary = spread_summary(table, reference)
+    differences = [pair_differences(table, first, second) for first, second in pairs]
     out = Path(out)
     record = {
         "task": runs.task,
@@ -304,6 +357,7 @@ def compare_runs(run_dirs, out) -> dict:
         "differences": runs.differences(),
         "recommended": runs.recommended(),
         "summary": summary.to_dict(orient="records"),
+        "pairs": [row for pair in differences for row in pair.to_dict(orient="records")],
     }
     files = [
         write_csv(out / "spread_runs.csv", table),
@@ -311,4 +365,6 @@ def compare_runs(run_dirs, out) -> dict:
         write_json(out / "spread.json", record),
         save_figure(spread_figure(table, reference), out / "spread.png"),
     ]
+    if differences:
+        files.append(write_csv(out / "spread_pairs.csv", pd.concat(differences, ignore_index=True)))
     return {**record, "files": [str(f) for f in files]}
