@@ -193,6 +193,17 @@ class RunSet:
         return pd.DataFrame(rows, columns=["run", "model", "metric", "value"])
 
 
+def _stats(values: np.ndarray) -> dict[str, float]:
+    """Runs, mean, sample sd (NaN for one run), min and max of one score over the runs."""
+    return {
+        "runs": len(values),
+        "mean": float(values.mean()),
+        "sd": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+        "min": float(values.min()),
+        "max": float(values.max()),
+    }
+
+
 def spread_summary(table: pd.DataFrame, reference: str) -> pd.DataFrame:
     """Per (model, metric): runs, mean, sample sd, min, max, and ``ahead_of_reference`` (runs where the
     model scored above the reference on the same metric in the same run; empty where there is none). Every
@@ -207,18 +218,7 @@ def spread_summary(table: pd.DataFrame, reference: str) -> pd.DataFrame:
             if model != reference and len(paired)
             else ""
         )
-        rows.append(
-            {
-                "model": model,
-                "metric": metric,
-                "runs": len(values),
-                "mean": float(values.mean()),
-                "sd": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
-                "min": float(values.min()),
-                "max": float(values.max()),
-                "ahead_of_reference": ahead,
-            }
-        )
+        rows.append({"model": model, "metric": metric, **_stats(values), "ahead_of_reference": ahead})
     return pd.DataFrame(rows)
 
 
@@ -287,18 +287,9 @@ def pair_differences(table: pd.DataFrame, first: str, second: str) -> pd.DataFra
         diff = (part[first] - part[second]).dropna().to_numpy()
         if not len(diff):
             continue
+        ahead = f"{int((diff > 0).sum())} of {len(diff)}"
         rows.append(
-            {
-                "first": first,
-                "second": second,
-                "metric": metric,
-                "runs": len(diff),
-                "mean": float(diff.mean()),
-                "sd": float(diff.std(ddof=1)) if len(diff) > 1 else float("nan"),
-                "min": float(diff.min()),
-                "max": float(diff.max()),
-                "first_ahead": f"{int((diff > 0).sum())} of {len(diff)}",
-            }
+            {"first": first, "second": second, "metric": metric, **_stats(diff), "first_ahead": ahead}
         )
     if not rows:
         raise LungnetError(f"compare-runs --pair: {first!r} and {second!r} share no scored metric in any run")
