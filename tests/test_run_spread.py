@@ -128,6 +128,7 @@ def test_segmentation_runs_are_compared_with_the_radiologists(tmp_path):
     assert summary.loc[("unet", "Dice, readers' slices")]["mean"] == pytest.approx(0.83)
     assert ("unet", "Dice, per patient") not in summary.index  # not recorded: left out, not zero
     assert record["reference"] == RADIOLOGISTS and record["recommended"] == ["unet", "unet"]
+    assert summary.loc[(RECOMMENDED, "Dice, readers' slices")]["mean"] == pytest.approx(0.83)  # the selected
 
 
 def _write_segmentation_run(path, seed: int, attention: float, unet: float) -> Path:

@@ -194,6 +194,8 @@ def test_compare_runs_reads_a_real_segmentation_record(smoke_run, tmp_path):
     spread = check_spread_of_copies(smoke_run, tmp_path, "Dice, all slices").set_index(["model", "metric"])
     for name, model in metrics["models"].items():
         assert spread.loc[(name, "Dice, all slices"), "mean"] == pytest.approx(model["raw"]["dice"])
+    selected = metrics["models"][metrics["selected_model"]]["raw"]["dice"]
+    assert spread.loc[("recommended", "Dice, all slices"), "mean"] == pytest.approx(selected)
 
 
 def test_report_renders_with_every_figure(smoke_run, tmp_path):

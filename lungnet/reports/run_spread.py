@@ -113,8 +113,8 @@ def classification_scores(metrics: dict) -> dict[str, dict[str, float]]:
 
 
 def segmentation_scores(metrics: dict) -> dict[str, dict[str, float]]:
-    """``{model: {metric: test score}}`` of a segmentation or Inf-Net run (thresholded maps, no CRF) and
-    the radiologists' agreement on their slices."""
+    """``{model: {metric: test score}}`` of a segmentation or Inf-Net run (thresholded maps, no CRF), the
+    model it selected on validation (as ``recommended``) and the radiologists' agreement on their slices."""
     out = {}
     for name, model in metrics["models"].items():
         raw = model["raw"]
@@ -122,6 +122,8 @@ def segmentation_scores(metrics: dict) -> dict[str, dict[str, float]]:
         for level, label in SEGMENTATION_LEVELS.items():
             cells[f"Dice, {label}"] = ((raw.get("levels") or {}).get(level) or {}).get("dice")
         out[name] = cells
+    if metrics.get("selected_model") in out:  # the model the run selected on validation and exported
+        out[RECOMMENDED] = dict(out[metrics["selected_model"]])
     readers = (metrics.get("reader_agreement") or {}).get("mean_dice")
     if readers is not None:
         out[RADIOLOGISTS] = {"Dice, readers' slices": readers}
