@@ -117,6 +117,9 @@ def test_segmentation_runs_are_compared_with_the_radiologists(tmp_path):
             "n_test": 10,
             "models": {"unet": {"raw": raw}},
             "reader_agreement": {"mean_dice": 0.804},
+            "radiomics": {
+                "models": {"radiomics SVM, consensus mask": {"auc": 0.7 + seed / 100, "f1_macro": 0.6}}
+            },
         }
         (path / "config.yaml").write_text(yaml.safe_dump(config))
         (path / "metrics.json").write_text(json.dumps(metrics))
@@ -129,6 +132,8 @@ def test_segmentation_runs_are_compared_with_the_radiologists(tmp_path):
     assert ("unet", "Dice, per patient") not in summary.index  # not recorded: left out, not zero
     assert record["reference"] == RADIOLOGISTS and record["recommended"] == ["unet", "unet"]
     assert summary.loc[(RECOMMENDED, "Dice, readers' slices")]["mean"] == pytest.approx(0.83)  # the selected
+    svm = summary.loc[("malignancy: radiomics SVM, consensus mask", "slice AUC")]  # Inf-Net's SVM baselines
+    assert svm["mean"] == pytest.approx(0.725) and svm["ahead_of_reference"] == ""  # no reader AUC to beat
 
 
 def _write_segmentation_run(path, seed: int, attention: float, unet: float) -> Path:

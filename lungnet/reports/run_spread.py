@@ -114,7 +114,8 @@ def classification_scores(metrics: dict) -> dict[str, dict[str, float]]:
 
 def segmentation_scores(metrics: dict) -> dict[str, dict[str, float]]:
     """``{model: {metric: test score}}`` of a segmentation or Inf-Net run (thresholded maps, no CRF), the
-    model it selected on validation (as ``recommended``) and the radiologists' agreement on their slices."""
+    model it selected on validation (as ``recommended``), Inf-Net's malignancy baselines (``malignancy: ...``)
+    and the radiologists' agreement on their slices."""
     out = {}
     for name, model in metrics["models"].items():
         raw = model["raw"]
@@ -124,6 +125,10 @@ def segmentation_scores(metrics: dict) -> dict[str, dict[str, float]]:
         out[name] = cells
     if metrics.get("selected_model") in out:  # the model the run selected on validation and exported
         out[RECOMMENDED] = dict(out[metrics["selected_model"]])
+    # Inf-Net's radiomics SVMs (and their diameter row) classify malignancy: their AUC and macro F1 per level
+    for name, record in ((metrics.get("radiomics") or {}).get("models") or {}).items():
+        cells = _classification_cells(record, record.get("levels"), None)
+        out[f"malignancy: {name}"] = {k: v for k, v in cells.items() if k != "ECE after calibration"}
     readers = (metrics.get("reader_agreement") or {}).get("mean_dice")
     if readers is not None:
         out[RADIOLOGISTS] = {"Dice, readers' slices": readers}
