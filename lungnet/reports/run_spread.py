@@ -127,8 +127,9 @@ def segmentation_scores(metrics: dict) -> dict[str, dict[str, float]]:
         out[RECOMMENDED] = dict(out[metrics["selected_model"]])
     # Inf-Net's radiomics SVMs (and their diameter row) classify malignancy: their AUC and macro F1 per level
     for name, record in ((metrics.get("radiomics") or {}).get("models") or {}).items():
-        cells = _classification_cells(record, record.get("levels"), None)
-        out[f"malignancy: {name}"] = {k: v for k, v in cells.items() if k != "ECE after calibration"}
+        out[f"malignancy: {name}"] = _classification_cells(
+            record, record.get("levels"), None
+        )  # no ECE: left out
     readers = (metrics.get("reader_agreement") or {}).get("mean_dice")
     if readers is not None:
         out[RADIOLOGISTS] = {"Dice, readers' slices": readers}
