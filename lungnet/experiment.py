@@ -16,10 +16,11 @@ from lungnet.config import from_dict, load_yaml
 from lungnet.data.dataset import DataConfig
 from lungnet.data.segmentation import SegmentationDataConfig
 from lungnet.errors import ConfigError
-from lungnet.evaluation.measured_nodule import MeasuredNoduleConfig
+from lungnet.evaluation.measured_nodule import MeasuredNoduleConfig, SegmenterRecipe
 from lungnet.evaluation.radiomics_baseline import RadiomicsBaselineConfig
 from lungnet.losses import LossConfig
-from lungnet.models import ClassifierConfig, SegmenterConfig
+from lungnet.models import CLASSIFIERS, ClassifierConfig, SegmenterConfig
+from lungnet.models.contract import MASK_INPUT_NAME
 from lungnet.postprocess.crf import CRFConfig
 from lungnet.pretraining import PretrainConfig
 from lungnet.training.fit import TrainingConfig
@@ -291,10 +292,81 @@ class InfNetExperimentConfig(SegmentationExperimentConfig):
             earlier[spec.name] = spec
 
 
+MASK_KINDS = ("readers", "predicted")  # the readers' consensus outline, or the run's segmenter's
+
+
+@dataclass(frozen=True)
+class FusionModelSpec:
+    """A model of the nodule-fusion study: a classifier that reads an image and a nodule mask, trained in
+    ``phases``, each on the training split with one kind of mask: the readers' outlines (``readers``),
+    then the run's segmenter's (``predicted``), the masks it will see at inference. The first phase uses
+    ``training.epochs`` and ``training.learning_rate``, a later one ``training.fine_tune_epochs`` and
+    ``training.fine_tune_learning_rate``; each validates on the masks it trains on."""
+
+    name: str
+    model: ClassifierConfig
+    phases: tuple[str, ...] = MASK_KINDS
+
+    def __post_init__(self):
+        phases = self.phases
+        if (
+            not isinstance(phases, list | tuple)
+            or not phases
+            or any(p not in MASK_KINDS for p in phases)
+            or len(set(phases)) != len(phases)
+        ):
+            raise ConfigError(
+                f"models[{self.name}].phases: {phases!r} must list each of {list(MASK_KINDS)} at most once, "
+                "in training order (for example [readers, predicted])"
+            )
+        object.__setattr__(self, "phases", tuple(phases))
+
+
+@dataclass(frozen=True)
+class NoduleFusionExperimentConfig:
+    """The multi-dataset study's classification half: classifiers of an image and its nodule mask
+    (NoduleHyperFusionNet), trained on the readers' masks then on a segmenter's, judged on the segmenter's
+    masks (image-only) beside the readers' (a reference) and the diameter, per slice, nodule and patient."""
+
+    name: str
+    task: Literal["nodule_fusion"] = "nodule_fusion"
+    data: DataConfig = field(default_factory=DataConfig)
+    models: tuple[FusionModelSpec, ...] = ()
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    # the segmenter whose masks the classifiers read at inference, trained on this run's training patients
+    segmenter: SegmenterRecipe = field(default_factory=SegmenterRecipe)
+    published: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> metric -> value
+    published_source: str = ""
+    profile: str = "base"
+
+    def __post_init__(self):
+        check_models(self)
+        for spec in self.models:
+            if MASK_INPUT_NAME not in CLASSIFIERS.entry_for(spec.model).extra_inputs:
+                readers = [
+                    n for n in CLASSIFIERS.names() if MASK_INPUT_NAME in CLASSIFIERS.get(n).extra_inputs
+                ]
+                raise ConfigError(
+                    f"models[{spec.name}].model: {spec.model.name!r} reads no nodule mask; this study's "
+                    f"models read one: {readers}"
+                )
+        if self.data.view != "crop":
+            raise ConfigError(
+                f"data.view: {self.data.view!r}; the nodule-fusion study reads nodule crops (view: crop), "
+                "where the mask outlines the one nodule classified"
+            )
+        if self.data.neighbour_slices or self.data.masks or self.data.attribute_targets:
+            raise ConfigError(
+                "data.neighbour_slices, data.masks and data.attribute_targets are not used by the "
+                "nodule-fusion study (its models read one slice and its mask); leave them out"
+            )
+
+
 EXPERIMENT_CONFIGS: dict[str, type] = {
     "classification": ExperimentConfig,
     "segmentation": SegmentationExperimentConfig,
     "inf_net": InfNetExperimentConfig,
+    "nodule_fusion": NoduleFusionExperimentConfig,
 }
 
 

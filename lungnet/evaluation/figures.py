@@ -364,7 +364,8 @@ def _final_output_metrics(log: pd.DataFrame) -> pd.DataFrame:
     return log.assign(**aliases) if aliases else log
 
 
-PHASE_SUFFIX = re.compile(r"_(labelled|finetuned|round(\d+)|final)$")
+# a model's phases: Semi-Inf-Net's rounds, fine-tuning, and the fusion study's masks (readers', then predicted)
+PHASE_SUFFIX = re.compile(r"_(labelled|readers|finetuned|predicted|round(\d+)|final)$")
 
 
 def _phase_model(phase: str) -> str:
@@ -375,9 +376,9 @@ def _phase_model(phase: str) -> str:
 def _phase_rank(phase: str) -> int:
     """A phase's place in its model's training: first phase, fine-tuning, rounds in order, final."""
     match = PHASE_SUFFIX.search(phase)
-    if match is None or match.group(1) == "labelled":
+    if match is None or match.group(1) in ("labelled", "readers"):
         return 0
-    if match.group(1) == "finetuned":
+    if match.group(1) in ("finetuned", "predicted"):
         return 1
     return int(match.group(2)) + 1 if match.group(2) else 10**6
 

@@ -42,15 +42,22 @@ CALIBRATION_FOLDS = 5
 
 
 @dataclass(frozen=True)
-class MeasuredNoduleConfig:
-    """``measured_nodule`` of a classification experiment (off unless ``enabled``)."""
+class SegmenterRecipe:
+    """A segmenter trained on a run's training patients (`lungnet.studies.measured_segmenter`): which
+    segmentation experiment, profile and model, and how it predicts."""
 
-    enabled: bool = False
     experiment: str = "attention_unet"  # the segmentation experiment whose recipe trains the segmenter
     profile: str = "cpu-real-augmented"
     model: str = "unet"  # which of that experiment's models
     overrides: dict = field(default_factory=dict)  # nested keys applied to it, as ``--set`` would
     tta: bool = False  # mean over flips and quarter turns when predicting the masks (5 passes)
+
+
+@dataclass(frozen=True)
+class MeasuredNoduleConfig(SegmenterRecipe):
+    """``measured_nodule`` of a classification experiment (off unless ``enabled``)."""
+
+    enabled: bool = False
     C: float = 1.0  # inverse L2 strength of the logistic regression
     # what the temperature (and prior correction) is fitted on: cross-fitted training + validation
     # predictions, or the validation split's alone (before 2026-12-05)

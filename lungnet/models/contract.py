@@ -22,6 +22,7 @@ from lungnet.errors import ConfigError
 
 INPUT_NAME = "image"
 GENOMICS_INPUT_NAME = "genomics"  # the fusion classifiers' second stream: a patient's genomic vector
+MASK_INPUT_NAME = "mask"  # NoduleHyperFusionNet's second stream: the nodule's outline [B, H, W, 1]
 OUTPUT_NAME = "probabilities"
 EMBEDDING_NAME = "embedding"
 BACKBONE_INPUT_NAME = "backbone_input"

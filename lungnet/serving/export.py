@@ -12,7 +12,10 @@ Runs whose preprocessing needs more than the pixels take more:
 - ``preprocess.pixel_spacing_mm`` (a fixed physical scale): a second input ``pixel_spacing_mm`` float32
   ``[batch]``, each image's own pixel spacing in mm;
 - ``data.neighbour_slices`` (2.5-D): ``images`` is ``[batch, height, width, 3]``, the slices below, at and
-  above the nodule's slice.
+  above the nodule's slice;
+- a model that reads the nodule's outline (NoduleHyperFusionNet): a second input ``masks`` ``[batch, height,
+  width]`` of the images' own size, float32 or uint8, any value above 0 inside the nodule (a segmenter's
+  mask: the nodule-fusion run's ``segmenter/saved_model`` draws one from the same raw image).
 
 Bad input is refused with a message (``InvalidArgumentError``): another rank, (float32) NaN or infinite
 pixels, a spacing that is not positive or not one per image. An empty batch returns an empty result.
@@ -31,8 +34,9 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from lungnet.data.preprocessing import preprocess_image
+from lungnet.data.preprocessing import preprocess_image, preprocess_mask
 from lungnet.fileio import atomic_directory, write_json
+from lungnet.models.contract import INPUT_NAME, MASK_INPUT_NAME
 from lungnet.runs import load_run_config
 from lungnet.runs.artifacts import load_run_model, run_class_names, run_preprocess
 from lungnet.runs.folder import require_finished
@@ -63,24 +67,28 @@ def export_run(run_dir: str | Path, model_name: str | None = None, out: str | Pa
 
     physical = preprocess.pixel_spacing_mm is not None
     stacked = bool(getattr(config.data, "neighbour_slices", False))
+    fused = MASK_INPUT_NAME in [t.name for t in model.inputs]  # the nodule's outline as a second input
     rank = 4 if stacked else 3
     takes = STACK_TAKES if stacked else INPUT_TAKES
     grey = dataclasses.replace(preprocess, channels=1)
 
-    def model_input(images, spacing):
+    def model_input(images, spacing, masks):
         images = tf.cast(images, tf.float32)
-        if not stacked:
-            return preprocess_image(images[..., None], preprocess, spacing)
-        # each slice is preprocessed as an image of its own, as in training
-        return tf.concat([preprocess_image(images[..., c : c + 1], grey, spacing) for c in range(3)], -1)
+        if stacked:  # each slice is preprocessed as an image of its own, as in training
+            return tf.concat([preprocess_image(images[..., c : c + 1], grey, spacing) for c in range(3)], -1)
+        x = preprocess_image(images[..., None], preprocess, spacing)
+        if not fused:
+            return x
+        inside = tf.cast(tf.cast(masks, tf.float32) > 0, tf.float32)[..., None]
+        return {INPUT_NAME: x, MASK_INPUT_NAME: preprocess_mask(inside, grey, spacing)}
 
-    def predict(images, spacing):
-        out = tf.cast(model(model_input(images, spacing), training=False), tf.float32)
+    def predict(images, spacing, masks):
+        out = tf.cast(model(model_input(images, spacing, masks), training=False), tf.float32)
         if segmentation:  # back to the input's size: a map a viewer can lay over the image it sent
             return tf.image.resize(out, tf.shape(images)[1:3], method="bilinear")[..., 0]
         return tf.concat([1.0 - out, out], axis=-1) if binary else out
 
-    def checked(images, spacing):
+    def checked(images, spacing, masks):
         # static rank for the preprocessing (tf.ensure_shape would run, and fail, before the rank branch)
         dims = tf.shape(images)
         images = tf.reshape(images, tf.stack([dims[i] for i in range(rank)]))
@@ -88,6 +96,13 @@ def export_run(run_dir: str | Path, model_name: str | None = None, out: str | Pa
             images = tf.ensure_shape(images, [None, None, None, 3])
         if images.dtype != tf.uint8:  # a NaN image would come back as ordinary-looking probabilities
             tf.debugging.assert_all_finite(images, "images: NaN or infinite pixels; send finite raw values")
+        if fused:
+            tf.debugging.assert_equal(
+                tf.shape(masks),
+                tf.shape(images),
+                "masks: one mask of each image's own size, [batch, height, width]",
+            )
+            masks = tf.reshape(masks, tf.shape(images))
         if physical:
             spacing = tf.reshape(tf.cast(spacing, tf.float32), [-1])
             tf.debugging.assert_equal(
@@ -96,18 +111,35 @@ def export_run(run_dir: str | Path, model_name: str | None = None, out: str | Pa
             tf.debugging.assert_positive(spacing, "pixel_spacing_mm: spacings must be > 0 mm")
         shape = tf.shape(images)
         empty = tf.zeros(tf.concat([[0], shape[1:3]], 0) if segmentation else [0, k], tf.float32)
-        return tf.cond(shape[0] > 0, lambda: predict(images, spacing), lambda: empty)
+        return tf.cond(shape[0] > 0, lambda: predict(images, spacing, masks), lambda: empty)
 
     def refused():
         with tf.control_dependencies([tf.debugging.Assert(False, [f"images: expected {takes}"])]):
             return tf.zeros([0, 0, 0] if segmentation else [0, k], tf.float32)
 
-    def serve(images, spacing=None):
+    def respond(images, spacing=None, masks=None):
         # Any rank in the signature, and a branch on it: a wrong rank gets this message, not a graph error.
-        return {"probabilities": tf.cond(tf.rank(images) == rank, lambda: checked(images, spacing), refused)}
+        probabilities = tf.cond(tf.rank(images) == rank, lambda: checked(images, spacing, masks), refused)
+        return {"probabilities": probabilities}
+
+    # one endpoint function per input set (a SavedModel signature binds its arguments by position)
+    if fused and physical:
+
+        def serve(images, masks, pixel_spacing_mm):
+            return respond(images, pixel_spacing_mm, masks)
+    elif fused:
+
+        def serve(images, masks):
+            return respond(images, None, masks)
+    else:
+
+        def serve(images, spacing=None):
+            return respond(images, spacing)
 
     def signature(dtype):
         specs = [tf.TensorSpec(None, dtype, name="images")]
+        if fused:
+            specs.append(tf.TensorSpec(None, dtype, name="masks"))
         return specs + [tf.TensorSpec([None], tf.float32, name="pixel_spacing_mm")] if physical else specs
 
     archive = keras.export.ExportArchive()
@@ -128,6 +160,7 @@ def export_run(run_dir: str | Path, model_name: str | None = None, out: str | Pa
                 if segmentation
                 else "class probabilities float32 [batch, K]",
                 "input": f"images: {takes}"
+                + ("; masks: [batch, height, width], above 0 inside the nodule" if fused else "")
                 + ("; pixel_spacing_mm: float32 [batch], each image's spacing" if physical else "")
                 + "; preprocessing is inside the signature",
                 "preprocess": str(preprocess),

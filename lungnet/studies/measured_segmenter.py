@@ -10,21 +10,24 @@ from pathlib import Path
 
 from lungnet.config import to_dict
 from lungnet.errors import ConfigError
-from lungnet.evaluation.measured_nodule import SEGMENTER_DIR, MeasuredNoduleConfig, segmenter_manifest
+from lungnet.evaluation.measured_nodule import SEGMENTER_DIR, SegmenterRecipe, segmenter_manifest
 from lungnet.experiment import deep_merge, load_experiment, resolve_experiment_path
 from lungnet.fileio import write_csv
 from lungnet.runs.folder import run_status
 
 
-def segmenter_config(config: MeasuredNoduleConfig, manifest_path: Path, view: str):
+def segmenter_config(
+    config: SegmenterRecipe, manifest_path: Path, view: str, section: str = "measured_nodule"
+):
     """The segmentation experiment, one model, trained on `manifest_path` with its given split, on the
-    classified `view` (the phantom's crops, not its whole slices, when the classifier reads crops)."""
+    classified `view` (the phantom's crops, not its whole slices, when the classifier reads crops).
+    `section`: the experiment key `config` came from, for error messages."""
     experiment = load_experiment(resolve_experiment_path(config.experiment), profile=config.profile)
     specs = [m for m in experiment.models if m.name == config.model]
     if not specs:
         names = [m.name for m in experiment.models]
         raise ConfigError(
-            f"measured_nodule.model: {config.model!r} is not a model of {config.experiment} "
+            f"{section}.model: {config.model!r} is not a model of {config.experiment} "
             f"(profile {config.profile}): choose one of {names}"
         )
     overrides = deep_merge(
@@ -38,7 +41,13 @@ def segmenter_config(config: MeasuredNoduleConfig, manifest_path: Path, view: st
 
 
 def train_segmenter(
-    config: MeasuredNoduleConfig, source_manifest, split, view: str, run_dir: Path, progress=True
+    config: SegmenterRecipe,
+    source_manifest,
+    split,
+    view: str,
+    run_dir: Path,
+    progress=True,
+    section: str = "measured_nodule",
 ) -> Path:
     """Train (or reuse, when already finished) the run's segmenter in ``run_dir/segmenter``."""
     from lungnet.studies.runner import run_study
@@ -49,6 +58,6 @@ def train_segmenter(
     seg_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = run_dir / "segmenter_manifest.csv"
     write_csv(manifest_path, segmenter_manifest(source_manifest, split, view))
-    print(f"measured nodule: training the segmenter ({config.experiment} / {config.model}) in {seg_dir}")
-    run_study(segmenter_config(config, manifest_path, view), seg_dir, progress=progress)
+    print(f"{section}: training the segmenter ({config.experiment} / {config.model}) in {seg_dir}")
+    run_study(segmenter_config(config, manifest_path, view, section), seg_dir, progress=progress)
     return seg_dir

@@ -131,13 +131,16 @@ SEED_KEYS = ("data.seed", "training.seed")
 def seed_overrides(experiment, seed: int) -> dict:
     """Overrides setting every training seed of `experiment` to `seed`: ``data.seed`` (oversampling, shuffling,
     augmentation), ``training.seed`` (initial weights, dropout; ensemble member i takes seed + i - 1) and, where
-    the measured-nodule classifier is on, its segmenter's two. The split and the data stay as they are."""
+    the measured-nodule classifier is on or the study has its own ``segmenter``, that segmenter's two. The split and the data stay as they are."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"--seed {seed!r}: must be an integer >= 0")
     seeds = {"data": {"seed": seed}, "training": {"seed": seed}}
+    segmenter_seeds = {"overrides": {"data": {"seed": seed}, "training": {"seed": seed}}}
     measured = getattr(experiment, "measured_nodule", None)
     if measured is not None and measured.enabled:
-        seeds["measured_nodule"] = {"overrides": {"data": {"seed": seed}, "training": {"seed": seed}}}
+        seeds["measured_nodule"] = segmenter_seeds
+    if getattr(experiment, "segmenter", None) is not None:  # the nodule-fusion study's own segmenter
+        seeds["segmenter"] = segmenter_seeds
     return seeds
 
 

@@ -1,4 +1,4 @@
 """Classifiers; importing this package registers every family (custom CNN, pretrained encoder + head,
-CT + genomic fusion)."""
+CT + genomic fusion, NoduleHyperFusionNet)."""
 
-from lungnet.models.classifiers import custom_cnn, fusion, pretrained  # noqa: F401  (registers them)
+from lungnet.models.classifiers import custom_cnn, fusion, hyperfusion, pretrained  # noqa: F401  (registers them)

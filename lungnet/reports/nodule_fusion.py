@@ -1,0 +1,138 @@
+"""The nodule-fusion study's report: models against the diameter per slice / nodule / patient, on the
+segmenter's masks and the readers', the segmenter's agreement, learning curves, ROC, calibration and the
+seven channels the network reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lungnet.evaluation.calibration import Calibration
+from lungnet.evaluation.figures import _figure, reliability_figure, roc_figure, save_figure
+from lungnet.models.contract import INPUT_NAME, MASK_INPUT_NAME
+from lungnet.models.layers.nodule_channels import CHANNEL_NAMES, NoduleChannels
+from lungnet.reports.classification import PHANTOM_CAVEAT, against_size_only_table
+from lungnet.reports.html import HtmlReport
+from lungnet.reports.training import CAPTION, convergence_notes, learning_curves, run_note
+
+LEVELS = ("slice", "nodule", "patient")
+
+
+def _row(metrics: dict) -> dict:
+    levels = metrics.get("levels") or {}
+    row = {"slice AUC": metrics.get("auc"), "slice macro F1": metrics.get("f1_macro")}
+    for level in LEVELS[1:]:
+        scores = levels.get(level) or {}
+        row[f"{level} AUC"] = scores.get("auc")
+        row[f"{level} macro F1"] = scores.get("f1_macro")
+    return row
+
+
+def results_table(summary: dict) -> pd.DataFrame:
+    """One row per model and mask kind, and the diameter's row, on the test split."""
+    rows = {}
+    for name, metrics in summary["models"].items():
+        rows[f"{name} (segmenter's masks: image-only)"] = _row(metrics)
+        rows[f"{name} (readers' masks: reference)"] = _row(metrics["with_readers_masks"])
+    size = summary["baselines"].get("size_only")
+    if size is not None:
+        rows["diameter (the readers' measurement)"] = _row(size)
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "model (test split)"
+    return table
+
+
+def channels_figure(batch: dict, rows: int = 3):
+    """The seven channels of the first `rows` test slices, with the readers' and the segmenter's masks."""
+    fig = _figure(1.6 * len(CHANNEL_NAMES), 1.7 * rows * 2)
+    axes = fig.subplots(rows * 2, len(CHANNEL_NAMES), squeeze=False)
+    layer = NoduleChannels()
+    for r in range(rows):
+        for k, (kind, masks) in enumerate(batch["masks"].items()):
+            channels = np.asarray(layer([batch[INPUT_NAME][r : r + 1], masks[r : r + 1]]))[0]
+            for c, name in enumerate(CHANNEL_NAMES):
+                ax = axes[2 * r + k, c]
+                ax.imshow(channels[..., c], cmap="gray", vmin=0, vmax=1)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0 and k == 0:
+                    ax.set_title(name, fontsize=8)
+                if c == 0:
+                    ax.set_ylabel(f"slice {r + 1}\n{kind}", fontsize=7)
+    return fig
+
+
+def write_fusion_report(run_dir, config, data, results, summary, columns, size_probs) -> Path:
+    from lungnet.studies.nodule_fusion import pipeline
+
+    run_dir = Path(run_dir)
+    figures = run_dir / "figures"
+    report = HtmlReport(f"Nodule fusion: {config.name}")
+    report.paragraph(
+        f"Data: {summary['data']}; grouping {summary['grouping']}; test split: {summary['n_test']} slices. "
+        f"Selected model: {summary['selected_model']} ({summary['selection']})."
+    )
+    if data.source.is_phantom:
+        report.note(PHANTOM_CAVEAT)
+    note = run_note(run_dir)
+    if note:
+        report.paragraph(note, css="small")
+    report.note(
+        "Image-only rows read the slice and the mask the run's segmenter drew (trained on the training "
+        "patients only); the readers' rows read the readers' consensus outline, which a new patient does not "
+        "have: a reference, not a result. The diameter is the readers' own measurement."
+    )
+    report.heading("Test split: models and the diameter")
+    report.table(results_table(summary))
+    paired = against_size_only_table(
+        {f"{name} (image-only)": m.get("against_size_only") for name, m in summary["models"].items()}
+    )
+    if paired is not None:
+        report.table(
+            paired,
+            "Each image-only model against the diameter on the same test patients (patient bootstrap).",
+        )
+    seg = summary["segmenter"]
+    report.heading("The segmenter's masks")
+    outlined = seg["dice_mean_outlined_slices"]
+    report.paragraph(
+        f"{seg['recipe']} (run folder {seg['run']}). Dice against the readers' outlines on the "
+        f"{seg['slices']} test slices, as the classifier sees both: {seg['dice_mean']:.3f} "
+        + (f"({outlined:.3f} on slices the readers outlined); " if outlined is not None else "; ")
+        + f"{seg['slices_without_predicted_mask']} slices without a predicted mask."
+    )
+    test = data.split("test")
+    y_test = test["target"].to_numpy()
+    probs = {f"{name} (image-only)": r["test_probs"] for name, r in results.items()}
+    if size_probs is not None:
+        probs["diameter"] = size_probs
+    report.image(
+        save_figure(roc_figure(y_test, probs, data.class_names), figures / "roc.png"), "ROC, test split"
+    )
+    chosen = summary["models"][summary["selected_model"]]
+    calibration = Calibration.from_dict(chosen["calibration"])
+    calibrated = calibration.apply(results[summary["selected_model"]]["test_probs"])
+    figure = reliability_figure(
+        y_test, results[summary["selected_model"]]["test_probs"], calibrated, label=calibration.describe()
+    )
+    report.image(save_figure(figure, figures / "reliability.png"), "Calibration of the selected model")
+    curves = learning_curves(run_dir, config.training.steps_per_epoch, config.training.monitor)
+    if curves is not None:
+        report.heading("Learning curves")
+        report.image(curves, CAPTION)
+        convergence_notes(report, run_dir)
+    report.heading("What the network reads: seven channels")
+    first = {kind: next(iter(pipeline(data, test.head(3), column)))[0] for kind, column in columns.items()}
+    batch = {
+        INPUT_NAME: first["readers"][INPUT_NAME].numpy(),
+        "masks": {kind: first[kind][MASK_INPUT_NAME].numpy() for kind in columns},
+    }
+    rows = min(3, len(batch[INPUT_NAME]))
+    report.image(
+        save_figure(channels_figure(batch, rows), figures / "channels.png"),
+        "ct, mask, nodule (ct inside the mask), surround (a ring outside it), edges (Sobel), texture (local "
+        "standard deviation), proximity to the outline; per slice, with the readers' mask and the segmenter's.",
+    )
+    return report.save(run_dir / "report.html")

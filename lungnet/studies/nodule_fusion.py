@@ -1,0 +1,358 @@
+"""The multi-dataset study's classification half: malignancy from a nodule crop and its mask.
+
+Per run (`run_fusion_study`):
+
+1. the classification data layer as the classification study uses it (labels by ``data.grouping``, the
+   patient split, oversampling to the largest class + 200);
+2. a segmenter trained on this run's **training patients only** (``segmenter:``, in ``<run>/segmenter``,
+   `lungnet.studies.measured_segmenter`) outlines every slice; its masks are written to
+   ``<run>/predicted_masks/`` and become the manifest's ``predicted_mask`` column;
+3. each model trains in its ``phases``: first on the readers' consensus outlines, then on the segmenter's,
+   the masks it will meet at inference (two-phase training); each phase validates on its own masks;
+4. each model is judged on the test split with the segmenter's masks (image-only: it sees the slice and the
+   masks a network drew) and, as a reference that needs a reader, with the readers' outlines; per slice,
+   nodule and patient, beside the diameter (the simplest reference) with paired patient-bootstrap intervals.
+
+The model with the best validation F1 (on predicted masks) is the run's selected model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from lungnet.data.dataset import (
+    DataConfig,
+    PreparedData,
+    check_source_images,
+    image_column,
+    mask_column,
+    prepare_data,
+)
+from lungnet.data.labels import assign_labels, class_names
+from lungnet.data.pipelines import classification_dataset, data_errors
+from lungnet.data.registry import load_source
+from lungnet.errors import DataError, LungnetError
+from lungnet.evaluation.aggregation import level_metrics
+from lungnet.evaluation.measured_nodule import SEGMENTER_DIR
+from lungnet.evaluation.metrics import classification_metrics
+from lungnet.evaluation.segmentation import per_image_metrics
+from lungnet.fileio import write_csv, write_json
+from lungnet.inference import predict_proba
+from lungnet.models import build_classifier
+from lungnet.models.contract import INPUT_NAME, MASK_INPUT_NAME
+from lungnet.runs import load_run_config, save_config
+from lungnet.runs.artifacts import (
+    evaluation_dir,
+    load_run_model,
+    run_class_names,
+    run_metrics,
+    save_run_model,
+)
+from lungnet.runs.folder import require_finished
+from lungnet.studies.classification import (
+    against_size_only,
+    baselines,
+    input_shape,
+    probability_table,
+    scored,
+    size_only_fit,
+)
+from lungnet.studies.external import probability_columns, scored_here, size_only_here
+from lungnet.studies.mask_prediction import predict_masks, write_mask_png
+from lungnet.studies.measured_segmenter import train_segmenter
+from lungnet.studies.registry import Study, register_study
+from lungnet.training.fit import set_global_options, train_phase
+
+PREDICTED_MASK = "predicted_mask"
+PREDICTED_DIR = "predicted_masks"
+SELECTION = "best validation F1 on the segmenter's masks (binary: F1 of the malignant class; 5-class: macro)"
+
+
+def mask_columns(manifest: pd.DataFrame, view: str) -> dict[str, str]:
+    """The manifest column of each mask kind: the readers' outline of the view, and the segmenter's."""
+    return {"readers": mask_column(manifest, view), "predicted": PREDICTED_MASK}
+
+
+def predicted_mask_files(
+    seg_dir: Path, frame: pd.DataFrame, column: str, tta: bool, out: Path, progress: bool = True
+) -> dict[str, str]:
+    """``{image: mask PNG}``: the mask the segmenter of `seg_dir` predicts for each distinct image of
+    `frame`'s `column`, written to `out` (atomically, one file per image)."""
+    masks = predict_masks(seg_dir, frame, column, tta, progress)
+    out.mkdir(parents=True, exist_ok=True)
+    return {
+        path: str(write_mask_png(out / f"{i:05d}.png", mask)) for i, (path, mask) in enumerate(masks.items())
+    }
+
+
+def with_predicted_masks(frame: pd.DataFrame, column: str, files: dict[str, str]) -> pd.DataFrame:
+    """`frame` with the ``predicted_mask`` column: each row's image's predicted mask file."""
+    paths = frame[column].astype(str)
+    missing = sorted(set(paths) - set(files))
+    if missing:
+        raise DataError(f"{len(missing)} images have no predicted mask, e.g. {missing[0]}")
+    return frame.assign(**{PREDICTED_MASK: paths.map(files)})
+
+
+def add_predicted_masks(
+    data: PreparedData, seg_dir: Path, run_dir: Path, tta: bool, progress: bool = True
+) -> PreparedData:
+    """`data` with a ``predicted_mask`` column on the split manifest and the balanced training table."""
+    column = image_column(data.manifest, data.config.view)
+    files = predicted_mask_files(seg_dir, data.manifest, column, tta, run_dir / PREDICTED_DIR, progress)
+    return dataclasses.replace(
+        data,
+        manifest=with_predicted_masks(data.manifest, column, files),
+        train_manifest=with_predicted_masks(data.train_manifest, column, files),
+    )
+
+
+def fusion_pipeline(
+    frame: pd.DataFrame, config: DataConfig, num_classes: int, masks: str, training: bool = False
+) -> tf.data.Dataset:
+    """Batches of ``({"image", "mask"}, target)``: each slice with the `masks` column's mask, through the
+    same preprocessing and (in training) the same random warp; the classification pipelines' one function."""
+    ds = classification_dataset(
+        frame,
+        config.preprocess,
+        num_classes=num_classes,
+        training=training,
+        batch_size=config.batch_size,
+        augment=config.augment if training else None,
+        image_column=image_column(frame, config.view),
+        seed=config.seed,
+        mask_column=masks,
+    )
+    return ds.map(
+        lambda images, targets: ({INPUT_NAME: images, MASK_INPUT_NAME: targets[1]}, targets[0]),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+
+
+def pipeline(data: PreparedData, frame: pd.DataFrame, masks: str, training: bool = False) -> tf.data.Dataset:
+    return fusion_pipeline(frame, data.config, len(data.class_names), masks, training)
+
+
+def phase_name(model: str, masks: str) -> str:
+    return f"{model}_{masks}"
+
+
+def train_fusion_model(spec, config, data: PreparedData, columns: dict[str, str], run_dir: Path):
+    """Build `spec`'s model and train it through its phases; returns (model, {phase: summary})."""
+    model = build_classifier(spec.model, input_shape(config), len(data.class_names))
+    val = data.split("val")
+    training, phases = config.training, {}
+    for i, masks in enumerate(spec.phases):
+        first = i == 0
+        print(f"{spec.name}: training on the {masks} masks")
+        phases[phase_name(spec.name, masks)] = train_phase(
+            model,
+            pipeline(data, data.train_manifest, columns[masks], training=True),
+            pipeline(data, val, columns[masks]),
+            run_dir=run_dir,
+            phase=phase_name(spec.name, masks),
+            epochs=training.epochs if first else training.fine_tune_epochs,
+            learning_rate=training.learning_rate if first else training.fine_tune_learning_rate,
+            config=training,
+            class_weight=data.class_weight,
+        )
+    return model, phases
+
+
+def predicted_probs(model: keras.Model, frame: pd.DataFrame, data: PreparedData, masks: str) -> np.ndarray:
+    return predict_proba(model, pipeline(data, frame, masks))
+
+
+def evaluate_fusion_model(name, model, data: PreparedData, columns, phases: dict, run_dir: Path) -> dict:
+    """Validation and test scores on the segmenter's masks (with the threshold and calibration of
+    validation, per slice / nodule / patient), the test split with the readers' masks, the probabilities."""
+    names = data.class_names
+    frames = {s: data.split(s) for s in ("train", "val", "test")}
+    y = {s: f["target"].to_numpy() for s, f in frames.items()}
+    val_probs = predicted_probs(model, frames["val"], data, columns["predicted"])
+    test_probs = predicted_probs(model, frames["test"], data, columns["predicted"])
+    readers_probs = predicted_probs(model, frames["test"], data, columns["readers"])
+    result = scored(y["train"], y["val"], val_probs, y["test"], test_probs, frames["test"], names)
+    result["with_readers_masks"] = {
+        **classification_metrics(y["test"], readers_probs, names),
+        "levels": level_metrics(y["test"], readers_probs, frames["test"], names),
+    }
+    result["training"] = phases
+    result["model_file"] = str(save_run_model(run_dir, name, model).relative_to(run_dir))
+    return {
+        "metrics": result,
+        "val_probs": val_probs,
+        "test_probs": test_probs,
+        "readers_probs": readers_probs,
+    }
+
+
+def segmenter_agreement(data: PreparedData, columns: dict[str, str]) -> dict:
+    """Dice of the segmenter's masks against the readers' on the test slices, as the classifier sees both
+    (after its preprocessing): how far the image-only inputs are from the reference ones."""
+    test = data.split("test")
+    masks = {}
+    for kind, column in columns.items():
+        batches = pipeline(data, test, column).map(lambda x, y: x[MASK_INPUT_NAME])
+        masks[kind] = np.concatenate([b.numpy() for b in batches])[..., 0] > 0.5
+    per_image = per_image_metrics(masks["readers"], masks["predicted"])
+    outlined = per_image["gt_pixels"].to_numpy() > 0
+    return {
+        "dice_mean": float(per_image["dice"].mean()),
+        "dice_mean_outlined_slices": float(per_image.loc[outlined, "dice"].mean())
+        if outlined.any()
+        else None,
+        "slices": int(len(per_image)),
+        "slices_without_predicted_mask": int((per_image["pred_pixels"] == 0).sum()),
+    }
+
+
+def run_fusion_study(config, run_dir: Path, progress: bool = True) -> dict:
+    """Train, evaluate and report every model of `config` into `run_dir`; returns the metrics summary."""
+    from lungnet.reports.nodule_fusion import write_fusion_report
+
+    save_config(run_dir, config)
+    set_global_options(config.training)
+    data = prepare_data(config.data, progress=progress)
+    view = config.data.view
+    if mask_column(data.manifest, view) not in data.manifest.columns:
+        raise DataError(
+            f"{data.source.spec}: no {mask_column(data.manifest, view)!r} column; the nodule-fusion study "
+            "trains on the readers' outlines and needs a mask for every row"
+        )
+    seg_dir = train_segmenter(
+        config.segmenter, data.source.manifest, data.manifest, view, run_dir, progress, "segmenter"
+    )
+    set_global_options(config.training)  # the segmenter's run set its own seed and precision policy
+    data = add_predicted_masks(data, seg_dir, run_dir, config.segmenter.tta, progress)
+    columns = mask_columns(data.manifest, view)
+    results = {}
+    for spec in config.models:
+        model, phases = train_fusion_model(spec, config, data, columns, run_dir)
+        results[spec.name] = evaluate_fusion_model(spec.name, model, data, columns, phases, run_dir)
+        scores = results[spec.name]["metrics"]
+        print(
+            f"{spec.name}: validation F1 {scores['val']['f1']:.3f}, test F1 {scores['f1']:.3f} (predicted masks)"
+        )
+    if not results:
+        raise LungnetError("no model was trained")
+    selected = max(results, key=lambda n: results[n]["metrics"]["val"]["f1"])
+    test = data.split("test")
+    size_only = size_only_fit(data)
+    size_probs = None if size_only is None else size_only.predict(test["diameter_mm"])
+    for result in results.values():
+        result["metrics"]["against_size_only"] = against_size_only(data, result["test_probs"], size_probs)
+    chosen = results[selected]
+    table = probability_table(test, view, chosen["test_probs"], data.class_names)
+    table.insert(3, "pred", [data.class_names[i] for i in chosen["test_probs"].argmax(axis=1)])
+    write_csv(run_dir / "predictions.csv", table)
+    summary = {
+        **{k: chosen["metrics"][k] for k in ("f1", "f1_macro", "precision", "recall", "accuracy", "auc")},
+        "selected_model": selected,
+        "selection": SELECTION,
+        "class_names": list(data.class_names),
+        "grouping": config.data.grouping,
+        "split": "test",
+        "data": data.source.description,
+        "n_test": int(len(test)),
+        "levels": chosen["metrics"]["levels"],
+        "models": {name: r["metrics"] for name, r in results.items()},
+        "baselines": baselines(data, size_only, size_probs),
+        "segmenter": {
+            "run": str(seg_dir.relative_to(run_dir)),
+            "recipe": f"{config.segmenter.experiment} / {config.segmenter.profile} / {config.segmenter.model}",
+            **segmenter_agreement(data, columns),
+        },
+    }
+    write_json(run_dir / "metrics.json", summary)
+    write_fusion_report(run_dir, config, data, results, summary, columns, size_probs)
+    return summary
+
+
+def evaluate_fusion_run(run_dir, source_spec: str, out=None, model_name: str | None = None) -> Path:
+    """A fusion run's model on every sample of another labelled set: the run's segmenter outlines each
+    slice first (image-only), then the classifier reads slice and mask; where the set has the readers'
+    masks, also with those (a reference). Slice, nodule and patient level, the run's own diameter fit."""
+    run_dir = Path(run_dir)
+    require_finished(run_dir)
+    config = load_run_config(run_dir)
+    model, name = load_run_model(run_dir, model_name)
+    source = load_source(source_spec, config.data.phantom)
+    labelled = assign_labels(source.manifest, config.data.grouping, origin=source.spec)
+    names = class_names(config.data.grouping, source.manifest)
+    run_names = tuple(run_class_names(run_dir) or names)
+    if names != run_names:
+        raise DataError(f"{source.spec}: classes {list(names)} differ from the run's {list(run_names)}")
+    column = image_column(labelled, config.data.view)
+    check_source_images(source, labelled, column)  # every image read once, before any prediction
+    out = evaluation_dir(run_dir, source.spec, out)
+    files = predicted_mask_files(
+        run_dir / SEGMENTER_DIR, labelled, column, config.segmenter.tta, out / PREDICTED_DIR
+    )
+    labelled = with_predicted_masks(labelled, column, files)
+    recorded = run_metrics(run_dir)
+    y = labelled["target"].to_numpy()
+    size_only, size_probs = size_only_here(labelled, names, recorded)
+    with data_errors():
+        probs = predict_proba(model, fusion_pipeline(labelled, config.data, len(names), PREDICTED_MASK))
+    metrics = scored_here(y, probs, labelled, names, recorded["models"].get(name, {}), size_probs)
+    readers = mask_column(labelled, config.data.view)
+    if readers in labelled.columns and labelled[readers].notna().all():
+        with data_errors():
+            readers_probs = predict_proba(model, fusion_pipeline(labelled, config.data, len(names), readers))
+        metrics["with_readers_masks"] = {
+            **classification_metrics(y, readers_probs, names),
+            "levels": level_metrics(y, readers_probs, labelled, names),
+        }
+    table = pd.DataFrame(
+        {
+            "image": labelled[column],
+            "predicted_mask": labelled[PREDICTED_MASK],
+            "patient_id": labelled["patient_id"],
+            "label": labelled["class_name"],
+            "pred": [names[i] for i in probs.argmax(axis=1)],
+        }
+    ).assign(**probability_columns(probs, names))
+    write_csv(out / "predictions.csv", table)
+    summary = {
+        **metrics,
+        "model": name,
+        "run": str(run_dir),
+        "data": source.description,
+        "grouping": config.data.grouping,
+        "split": "all samples",
+        "masks": "the run's segmenter's (image-only); with_readers_masks: the set's own outlines",
+        "baselines": {"size_only": size_only},
+    }
+    write_json(out / "metrics.json", summary)
+    return out
+
+
+def fusion_summary_line(summary: dict) -> str:
+    name = summary["selected_model"]
+    auc = summary["auc"] if summary.get("auc") is not None else float("nan")
+    patient = (summary.get("levels") or {}).get("patient") or {}
+    line = (
+        f"selected model {name} on the segmenter's masks: test F1 {summary['f1']:.3f}, AUC {auc:.3f}, "
+        f"patient AUC {patient.get('auc') or float('nan'):.3f} ({summary['data']})"
+    )
+    size = summary.get("baselines", {}).get("size_only")
+    if size is not None:
+        line += f"\nthe diameter: AUC {size['auc']:.3f}, macro F1 {size['f1_macro']:.3f}"
+    return line
+
+
+register_study(
+    Study(
+        task="nodule_fusion",
+        run=run_fusion_study,
+        evaluate=evaluate_fusion_run,
+        summary_line=fusion_summary_line,
+    )
+)
