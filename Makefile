@@ -17,7 +17,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: help setup test test-slow test-all lint format duplicates bench data-info clean \
 	reproduce-binary-nodule reproduce-binary-full reproduce-5class-nodule reproduce-5class-full reproduce-classification-all \
-	reproduce-attention-unet reproduce-semi-infnet reproduce-segmentation-zoo seed-spread bench-segmentation bench-pipelines bench-gpu bench-serving bench-monai \
+	reproduce-attention-unet reproduce-semi-infnet reproduce-segmentation-zoo reproduce-nodule-hyperfusion seed-spread bench-segmentation bench-pipelines bench-gpu bench-serving bench-monai \
 	bench-test-suite bench-autotune
 
 help:
@@ -29,6 +29,7 @@ help:
 	@echo "  (PROFILE=cpu-real-augmented DATA=../shared/data/lidc-crops for real CT on a CPU)"
 	@echo "make reproduce-semi-infnet     Inf-Net study: Inf-Net, Semi-Inf-Net, U-Net, radiomics SVMs (SET=labels.fraction=0.1)"
 	@echo "make reproduce-segmentation-zoo multi-dataset study's zoo: UNAR, Res34UNetV2, UNet++, DeepLabV3+, SegFormer, LightUNet, U-Net"
+	@echo "make reproduce-nodule-hyperfusion multi-dataset study's classifier: NoduleHyperFusionNet on readers' then segmenter's masks"
 	@echo "  (SEED=N sets every training seed of a reproduce-* run; the split stays)"
 	@echo "make seed-spread STUDY=binary-nodule SEEDS=\"0 5 10\"  the study once per seed, then lungnet compare-runs (PAIR=\"A B\": A − B per run)"
 	@echo "make test                      fast tests + notebooks (sets up .venv)"
@@ -142,6 +143,11 @@ reproduce-semi-infnet: $(STAMP)
 # `lungnet data harmonize luna16:ROOT msd-lung:ROOT ... --out DIR`, then DATA=DIR.
 reproduce-segmentation-zoo: $(STAMP)
 	$(VENV)/bin/lungnet reproduce segmentation-zoo --data $(DATA) --profile $(PROFILE) $(SET_ARGS) $(SEED_ARGS)
+
+# The multi-dataset study's classification half: NoduleHyperFusionNet on seven nodule channels, trained on the
+# readers' masks then on those of a segmenter trained on the run's training patients; judged image-only.
+reproduce-nodule-hyperfusion: $(STAMP)
+	$(VENV)/bin/lungnet reproduce nodule-hyperfusion --data $(DATA) --profile $(PROFILE) $(SET_ARGS) $(SEED_ARGS)
 
 # How much of a result is the seed: STUDY (a `lungnet reproduce` name) once per seed of SEEDS, with DATA,
 # PROFILE and SET, into runs/spread/<study>-<profile>/seed-<S> (a finished one is kept, so an interrupted sweep

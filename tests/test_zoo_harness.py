@@ -34,6 +34,8 @@ PINNED = {
         "resnet34_d": 21_325_921,
         "resnet34": 21_302_209,
         "genomic_fusion": 4_753,  # conv encoder 4,628 + image 68 + genomic 16 + embedding 36 + output 5
+        # by hand: convs 252 + 3 x 144, BN 4 x 16, embedding (2 stages x 2 poolings x 4 + area) x 4 + 4, output 5
+        "nodule_hyperfusion": 825,
         "resnet50": 23_589_761,
         "resnet101": 42_660_225,
         "res2net50": 23_731_021,

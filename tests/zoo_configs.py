@@ -20,6 +20,7 @@ TINY = {
             "genomic_units": 4,
             "fusion_units": 4,
         },
+        "nodule_hyperfusion": {"filters": [4, 4], "embedding_units": 4, "ring_px": 2, "proximity_px": 4},
         "resnet50": {"weights": None},
         "resnet101": {"weights": None},
         "res2net50": {"weights": None},

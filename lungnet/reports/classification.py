@@ -126,8 +126,11 @@ def against_size_only_rows(summary: dict, model: str) -> dict[str, dict | None]:
     return rows
 
 
-def against_size_only_table(comparisons: dict[str, dict | None]) -> pd.DataFrame | None:
-    """Each row's AUC and macro F1 minus the size-only baseline's, with their bootstrap intervals."""
+def against_size_only_table(
+    comparisons: dict[str, dict | None], reference: str = "size-only"
+) -> pd.DataFrame | None:
+    """Each row's AUC and macro F1 minus the size-only baseline's (or another `reference` model's, as each
+    comparison's ``b``), with their bootstrap intervals."""
     rows = []
     for model, comparison in comparisons.items():
         for level in ("slice", "nodule", "patient"):
@@ -137,7 +140,7 @@ def against_size_only_table(comparisons: dict[str, dict | None]) -> pd.DataFrame
             for metric in ("auc", "f1_macro"):
                 entry = comparison[level][metric]
                 row[f"{metric}"] = entry["a"]
-                row[f"{metric} size-only"] = entry["b"]
+                row[f"{metric} {reference}"] = entry["b"]
                 interval = "" if entry["ci95"] is None else " ({:+.3f} .. {:+.3f})".format(*entry["ci95"])
                 row[f"{metric} difference (95 % CI)"] = (
                     "n/a" if entry["difference"] is None else f"{entry['difference']:+.3f}{interval}"

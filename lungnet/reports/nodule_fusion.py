@@ -11,7 +11,7 @@ import pandas as pd
 
 from lungnet.evaluation.calibration import Calibration
 from lungnet.evaluation.figures import _figure, reliability_figure, roc_figure, save_figure
-from lungnet.models.contract import INPUT_NAME, MASK_INPUT_NAME
+from lungnet.models.contract import INPUT_NAME
 from lungnet.models.layers.nodule_channels import CHANNEL_NAMES, NoduleChannels
 from lungnet.reports.classification import PHANTOM_CAVEAT, against_size_only_table
 from lungnet.reports.html import HtmlReport
@@ -64,9 +64,8 @@ def channels_figure(batch: dict, rows: int = 3):
     return fig
 
 
-def write_fusion_report(run_dir, config, data, results, summary, columns, size_probs) -> Path:
-    from lungnet.studies.nodule_fusion import pipeline
-
+def write_fusion_report(run_dir, config, data, results, summary, channel_batch: dict, size_probs) -> Path:
+    """`channel_batch`: a few test slices' ``image`` and their ``masks`` by kind (the channels figure)."""
     run_dir = Path(run_dir)
     figures = run_dir / "figures"
     report = HtmlReport(f"Nodule fusion: {config.name}")
@@ -94,6 +93,11 @@ def write_fusion_report(run_dir, config, data, results, summary, columns, size_p
             paired,
             "Each image-only model against the diameter on the same test patients (patient bootstrap).",
         )
+    for pair in summary.get("pairs", []):
+        table = against_size_only_table({pair["a"]: pair}, reference=pair["b"])
+        if table is not None:
+            caption = f"{pair['a']} against {pair['b']}, both on the segmenter's masks (patient bootstrap)."
+            report.table(table, caption)
     seg = summary["segmenter"]
     report.heading("The segmenter's masks")
     outlined = seg["dice_mean_outlined_slices"]
@@ -124,11 +128,7 @@ def write_fusion_report(run_dir, config, data, results, summary, columns, size_p
         report.image(curves, CAPTION)
         convergence_notes(report, run_dir)
     report.heading("What the network reads: seven channels")
-    first = {kind: next(iter(pipeline(data, test.head(3), column)))[0] for kind, column in columns.items()}
-    batch = {
-        INPUT_NAME: first["readers"][INPUT_NAME].numpy(),
-        "masks": {kind: first[kind][MASK_INPUT_NAME].numpy() for kind in columns},
-    }
+    batch = channel_batch
     rows = min(3, len(batch[INPUT_NAME]))
     report.image(
         save_figure(channels_figure(batch, rows), figures / "channels.png"),

@@ -16,7 +16,7 @@ predicted again) and writes, under DIR:
 The runs must score the same test rows: the same task, experiment, data source, grouping, view, split and
 split seed, and the same number of test rows; anything else may differ, and
 whatever does (usually ``data.seed`` and ``training.seed``) is listed. The references are the ones each study
-already scores on its test rows: the diameter fitted on the training split (classification) and the
+already scores on its test rows: the diameter fitted on the training split (classification, nodule fusion) and the
 radiologists' agreement on their own slices (segmentation, Inf-Net).
 """
 
@@ -136,8 +136,28 @@ def segmentation_scores(metrics: dict) -> dict[str, dict[str, float]]:
     return out
 
 
+def fusion_scores(metrics: dict) -> dict[str, dict[str, float]]:
+    """``{model: {metric: test score}}`` of a nodule-fusion run: each model on the segmenter's masks (image-only),
+    the same model on the readers' masks (``... (readers' masks)``, a reference), the selected model (as
+    ``recommended``) and the diameter."""
+    out = {}
+    for name, record in metrics["models"].items():
+        out[name] = _classification_cells(record, record.get("levels"), record.get("calibration"))
+        readers = record.get("with_readers_masks") or {}
+        out[f"{name} (readers' masks)"] = _classification_cells(readers, readers.get("levels"), None)
+    if metrics.get("selected_model") in out:
+        out[RECOMMENDED] = dict(out[metrics["selected_model"]])
+    size = (metrics.get("baselines") or {}).get("size_only")
+    if size:
+        out[DIAMETER] = _classification_cells(size, size.get("levels"), None)
+    return out
+
+
+SCORES = {"classification": classification_scores, "nodule_fusion": fusion_scores}
+
+
 def _reference(task: str) -> str:
-    return DIAMETER if task == "classification" else RADIOLOGISTS
+    return DIAMETER if task in SCORES else RADIOLOGISTS
 
 
 class RunSet:
@@ -157,7 +177,7 @@ class RunSet:
         self.metrics = [run_metrics(r) for r in self.runs]
         self.task = str(self.configs[0].get("task", "classification"))
         self._check_same_test_rows()
-        score = classification_scores if self.task == "classification" else segmentation_scores
+        score = SCORES.get(self.task, segmentation_scores)
         self.scores = [score(m) for m in self.metrics]
 
     def _check_same_test_rows(self) -> None:

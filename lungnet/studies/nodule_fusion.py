@@ -19,6 +19,7 @@ The model with the best validation F1 (on predicted masks) is the run's selected
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 
 import keras
@@ -41,6 +42,7 @@ from lungnet.errors import DataError, LungnetError
 from lungnet.evaluation.aggregation import level_metrics
 from lungnet.evaluation.measured_nodule import SEGMENTER_DIR
 from lungnet.evaluation.metrics import classification_metrics
+from lungnet.evaluation.paired import paired_bootstrap_classification
 from lungnet.evaluation.segmentation import per_image_metrics
 from lungnet.fileio import write_csv, write_json
 from lungnet.inference import predict_proba
@@ -213,6 +215,17 @@ def segmenter_agreement(data: PreparedData, columns: dict[str, str]) -> dict:
     }
 
 
+def channel_batch(data: PreparedData, columns: dict[str, str], rows: int = 3) -> dict:
+    """The first `rows` test slices as the network reads them: ``image`` and ``masks`` by kind (the report's
+    seven-channel figure)."""
+    test = data.split("test").head(rows)
+    first = {kind: next(iter(pipeline(data, test, column)))[0] for kind, column in columns.items()}
+    return {
+        INPUT_NAME: first["readers"][INPUT_NAME].numpy(),
+        "masks": {kind: first[kind][MASK_INPUT_NAME].numpy() for kind in columns},
+    }
+
+
 def run_fusion_study(config, run_dir: Path, progress: bool = True) -> dict:
     """Train, evaluate and report every model of `config` into `run_dir`; returns the metrics summary."""
     from lungnet.reports.nodule_fusion import write_fusion_report
@@ -248,6 +261,18 @@ def run_fusion_study(config, run_dir: Path, progress: bool = True) -> dict:
     size_probs = None if size_only is None else size_only.predict(test["diameter_mm"])
     for result in results.values():
         result["metrics"]["against_size_only"] = against_size_only(data, result["test_probs"], size_probs)
+    y_test = test["target"].to_numpy()
+    # the study's own question, on the same test patients: two phases against the segmenter's masks alone
+    pairs = [
+        {
+            "a": first,
+            "b": other,
+            **paired_bootstrap_classification(
+                y_test, results[first]["test_probs"], results[other]["test_probs"], test, data.class_names
+            ),
+        }
+        for first, other in itertools.combinations(results, 2)
+    ]
     chosen = results[selected]
     table = probability_table(test, view, chosen["test_probs"], data.class_names)
     table.insert(3, "pred", [data.class_names[i] for i in chosen["test_probs"].argmax(axis=1)])
@@ -264,6 +289,7 @@ def run_fusion_study(config, run_dir: Path, progress: bool = True) -> dict:
         "levels": chosen["metrics"]["levels"],
         "models": {name: r["metrics"] for name, r in results.items()},
         "baselines": baselines(data, size_only, size_probs),
+        "pairs": pairs,  # model a - model b on the segmenter's masks (patient bootstrap)
         "segmenter": {
             "run": str(seg_dir.relative_to(run_dir)),
             "recipe": f"{config.segmenter.experiment} / {config.segmenter.profile} / {config.segmenter.model}",
@@ -271,7 +297,7 @@ def run_fusion_study(config, run_dir: Path, progress: bool = True) -> dict:
         },
     }
     write_json(run_dir / "metrics.json", summary)
-    write_fusion_report(run_dir, config, data, results, summary, columns, size_probs)
+    write_fusion_report(run_dir, config, data, results, summary, channel_batch(data, columns), size_probs)
     return summary
 
 

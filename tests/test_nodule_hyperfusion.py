@@ -1,0 +1,189 @@
+"""The nodule-fusion study: the seven channels against hand-worked values, the mask-weighted pooling, the
+config's checks, and a tiny lidc-crops-style run (segmenter on the training patients, two phases, image-only
+scores beside the readers' masks and the diameter, the SavedModel with a mask input, external evaluation)."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from lungnet.cli import main
+from lungnet.data.io import read_image
+from lungnet.data.preprocessing import preprocess_image, preprocess_mask
+from lungnet.errors import ConfigError
+from lungnet.experiment import load_experiment, resolve_experiment_path
+from lungnet.models.layers.nodule_channels import CHANNEL_NAMES, MaskedAveragePool, NoduleChannels
+from lungnet.reports.run_spread import DIAMETER, RECOMMENDED, fusion_scores
+from lungnet.runs import load_run_config
+from lungnet.studies.runner import seed_overrides
+from tests.test_physical_scale_and_neighbours import write_crops
+
+
+def _channels(image: np.ndarray, mask: np.ndarray, **kwargs) -> dict[str, np.ndarray]:
+    out = NoduleChannels(**kwargs)([image[None, ..., None], mask[None, ..., None]])
+    return {name: np.asarray(out)[0, ..., i] for i, name in enumerate(CHANNEL_NAMES)}
+
+
+def test_the_seven_channels_by_hand():
+    image = np.full((9, 9), 0.5, np.float32)
+    mask = np.zeros((9, 9), np.float32)
+    mask[4, 4] = 1.0
+    c = _channels(image, mask, ring_px=1, proximity_px=3)
+    np.testing.assert_allclose(c["ct"], image)
+    np.testing.assert_allclose(c["mask"], mask)
+    np.testing.assert_allclose(c["nodule"], 0.5 * mask)
+    ring = np.zeros((9, 9))
+    ring[3:6, 3:6] = 0.5  # the 3 x 3 neighbourhood of the nodule pixel, without it
+    ring[4, 4] = 0.0
+    np.testing.assert_allclose(c["surround"], ring, atol=1e-6)
+    # a flat image has no edges and no texture, also at its borders (mirrored, not zero-padded)
+    np.testing.assert_allclose(c["edges"], 0.0, atol=1e-4)
+    np.testing.assert_allclose(c["texture"], 0.0, atol=1e-4)
+    # proximity: 1 on the nodule, 2/3 one pixel away (chessboard), 1/3 two away, 0 from three on
+    rows, cols = np.indices((9, 9))
+    distance = np.maximum(abs(rows - 4), abs(cols - 4))
+    np.testing.assert_allclose(c["proximity"], np.clip(1 - distance / 3, 0, 1), atol=1e-6)
+
+
+def test_edges_and_texture_by_hand():
+    step = np.zeros((9, 9), np.float32)
+    step[:, 5:] = 1.0  # a vertical step: Sobel gives 4 on both columns beside it, 0 elsewhere
+    edges = _channels(step, np.zeros_like(step))["edges"]
+    np.testing.assert_allclose(edges[:, 4:6], 1.0, atol=1e-4)
+    np.testing.assert_allclose(edges[:, :3], 0.0, atol=1e-4)
+    np.testing.assert_allclose(edges[:, 7:], 0.0, atol=1e-4)
+    checker = (np.indices((11, 11)).sum(axis=0) % 2).astype(np.float32)
+    texture = _channels(checker, np.zeros_like(checker))["texture"]
+    # every 5 x 5 window holds 13 of one value and 12 of the other: std = sqrt(13 * 12) / 25
+    np.testing.assert_allclose(texture[2:-2, 2:-2], 2 * np.sqrt(13 * 12) / 25, atol=1e-4)
+    # values stay in [0, 1] on random images
+    noise = np.random.default_rng(0).random((16, 16), dtype=np.float32)
+    for name, channel in _channels(noise, (noise > 0.7).astype(np.float32)).items():
+        assert channel.min() >= 0 and channel.max() <= 1 + 1e-6, name
+
+
+def test_masked_average_pool_by_hand():
+    features = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+    mask = np.zeros((1, 8, 8, 1), np.float32)
+    mask[0, :2, :2] = 1.0  # covers feature cell (0, 0) fully
+    mask[0, 2, 2] = 1.0  # a quarter of cell (1, 1)
+    pooled = np.asarray(MaskedAveragePool()([features, mask]))
+    np.testing.assert_allclose(pooled, [[(0 * 1 + 5 * 0.25) / 1.25]], rtol=1e-5)
+    empty = np.asarray(MaskedAveragePool()([features, np.zeros_like(mask)]))
+    np.testing.assert_allclose(empty, [[0.0]])
+
+
+def test_compare_runs_reads_a_fusion_record():
+    levels = {"nodule": {"auc": 0.7, "f1_macro": 0.6}, "patient": {"auc": 0.8, "f1_macro": 0.65}}
+    record = {"auc": 0.75, "f1_macro": 0.7, "f1": 0.6, "levels": levels, "calibration": {"ece_after": 0.05}}
+    metrics = {
+        "selected_model": "hf",
+        "models": {"hf": {**record, "with_readers_masks": {"auc": 0.9, "f1_macro": 0.8, "levels": levels}}},
+        "baselines": {"size_only": {"auc": 0.85, "f1_macro": 0.78, "levels": levels}},
+    }
+    scores = fusion_scores(metrics)
+    assert scores["hf"]["slice AUC"] == 0.75 and scores["hf"]["patient AUC"] == 0.8
+    assert scores["hf"]["ECE after calibration"] == 0.05
+    assert scores["hf (readers' masks)"]["slice AUC"] == 0.9
+    assert scores[RECOMMENDED] == scores["hf"] and scores[DIAMETER]["slice AUC"] == 0.85
+
+
+def _experiment(profile="smoke", **overrides):
+    return load_experiment(
+        resolve_experiment_path("nodule_hyperfusion"), profile=profile, overrides=overrides
+    )
+
+
+def test_config_is_checked():
+    config = _experiment()
+    assert config.task == "nodule_fusion" and config.models[0].phases == ("readers", "predicted")
+    with pytest.raises(ConfigError, match=r"reads no nodule mask.*nodule_hyperfusion"):
+        _experiment(models=[{"name": "cnn", "model": {"name": "custom_cnn"}}])
+    with pytest.raises(ConfigError, match=r"models\[hf\].phases"):
+        _experiment(
+            models=[{"name": "hf", "model": {"name": "nodule_hyperfusion"}, "phases": ["readers", "x"]}]
+        )
+    with pytest.raises(ConfigError, match="view: crop"):
+        _experiment(data={"view": "full"})
+    with pytest.raises(ConfigError, match="neighbour_slices"):
+        _experiment(data={"neighbour_slices": True, "preprocess": {"channels": 3}})
+    with pytest.raises(ConfigError, match="random initialisation"):
+        _experiment(models=[{"name": "hf", "model": {"name": "nodule_hyperfusion", "weights": "imagenet"}}])
+    # --seed reaches the study's own segmenter, never its split
+    seeds = seed_overrides(config, 7)
+    assert seeds["segmenter"]["overrides"]["training"]["seed"] == 7 and "split_seed" not in seeds["data"]
+
+
+def test_a_run_reads_the_segmenters_masks_and_serves_with_a_mask(tmp_path, capsys):
+    manifest = write_crops(tmp_path, 12)
+    run_dir = tmp_path / "run"
+    overrides = [
+        "data.preprocess={hu_window: null, normalize: minmax, zscore_mean: null, zscore_std: null, "
+        "pixel_spacing_mm: 0.75, center_crop: 32, image_size: 32}",
+        "segmenter.overrides={data: {image_size: 32}, postprocess: {crf: {enabled: false}}, "
+        "evaluation: {intensity_test: false}}",
+    ]
+    args = [
+        "reproduce",
+        "nodule-hyperfusion",
+        "--profile",
+        "smoke",
+        "--data",
+        manifest,
+        "--out",
+        str(run_dir),
+    ]
+    assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
+    printed = capsys.readouterr().out
+    assert "selected model hyperfusion on the segmenter's masks" in printed and "the diameter: AUC" in printed
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    row = metrics["models"]["hyperfusion"]
+    assert 0 <= row["auc"] <= 1 and {"nodule", "patient"} <= set(row["levels"])
+    assert 0 <= row["with_readers_masks"]["auc"] <= 1 and {"slice", "patient"} <= set(
+        row["against_size_only"]
+    )
+    assert list(row["training"]) == ["hyperfusion_readers", "hyperfusion_predicted"]
+    assert list(json.loads((run_dir / "phases.json").read_text())) == list(row["training"])
+    assert "size_only" in metrics["baselines"] and 0 <= metrics["segmenter"]["dice_mean"] <= 1
+    # the segmenter trained on training patients only; every image has its predicted mask on disk
+    seg = pd.read_csv(run_dir / "segmenter_manifest.csv")
+    tested = set(pd.read_csv(run_dir / "predictions.csv")["patient_id"])
+    assert set(seg.loc[seg["split"] == "train", "patient_id"]).isdisjoint(tested)
+    assert len(list((run_dir / "predicted_masks").glob("*.png"))) == 36
+    report = (run_dir / "report.html").read_text()
+    assert "segmenter&#x27;s masks: image-only" in report and "seven channels" in report
+    assert (run_dir / "figures" / "channels.png").is_file()
+
+    # the SavedModel takes a raw image, its mask and its spacing, and matches Keras
+    serve = tf.saved_model.load(str(run_dir / "saved_model")).signatures["serving_default"]
+    config = load_run_config(run_dir)
+    frame = pd.read_csv(manifest)
+    images = np.stack([read_image(str(tmp_path / name)) for name in frame["image"][:2]])
+    masks = np.stack([read_image(str(tmp_path / name)) for name in frame["mask"][:2]])
+    spacing = frame["pixel_spacing_mm"][:2].to_numpy(np.float32)
+    out = serve(images=tf.constant(images), masks=tf.constant(masks), pixel_spacing_mm=tf.constant(spacing))
+    grey = config.data.preprocess
+    x = {
+        "image": preprocess_image(images[..., None], grey, spacing),
+        "mask": preprocess_mask((masks > 0).astype(np.float32)[..., None], grey, spacing),
+    }
+    p = keras.models.load_model(run_dir / "models" / "hyperfusion.keras").predict(x, verbose=0)
+    np.testing.assert_allclose(out["probabilities"].numpy(), np.concatenate([1 - p, p], axis=1), atol=1e-5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="one mask of each image"):
+        serve(images=tf.constant(images), masks=tf.constant(masks[:1]), pixel_spacing_mm=tf.constant(spacing))
+
+    # another labelled set: the run's segmenter outlines it, then the classifier reads slice and mask
+    out_dir = tmp_path / "eval"
+    assert main(["evaluate", str(run_dir), "--data", manifest, "--out", str(out_dir)]) == 0
+    evaluated = json.loads((out_dir / "metrics.json").read_text())
+    assert evaluated["n"] == 36 and evaluated["levels"]["nodule"]["n"] == 12
+    assert 0 <= evaluated["with_readers_masks"]["auc"] <= 1 and "against_size_only" in evaluated
+    predicted = pd.read_csv(out_dir / "predictions.csv")["predicted_mask"]
+    assert all(cv2.imread(p, cv2.IMREAD_GRAYSCALE) is not None for p in predicted)
+    capsys.readouterr()
