@@ -128,6 +128,9 @@ def test_a_run_reads_the_segmenters_masks_and_serves_with_a_mask(tmp_path, capsy
         "pixel_spacing_mm: 0.75, center_crop: 32, image_size: 32}",
         "segmenter.overrides={data: {image_size: 32}, postprocess: {crf: {enabled: false}}, "
         "evaluation: {intensity_test: false}}",
+        "models=[{name: hyperfusion, model: {name: nodule_hyperfusion, filters: [4, 8], embedding_units: 8}}, "
+        "{name: predicted_only, model: {name: nodule_hyperfusion, filters: [4, 8], embedding_units: 8}, "
+        "phases: [predicted]}]",
     ]
     args = [
         "reproduce",
@@ -149,7 +152,13 @@ def test_a_run_reads_the_segmenters_masks_and_serves_with_a_mask(tmp_path, capsy
         row["against_size_only"]
     )
     assert list(row["training"]) == ["hyperfusion_readers", "hyperfusion_predicted"]
-    assert list(json.loads((run_dir / "phases.json").read_text())) == list(row["training"])
+    assert list(metrics["models"]["predicted_only"]["training"]) == ["predicted_only_predicted"]
+    assert list(json.loads((run_dir / "phases.json").read_text())) == [
+        *row["training"],
+        "predicted_only_predicted",
+    ]
+    [pair] = metrics["pairs"]  # the two-phase model against the segmenter's masks alone, same patients
+    assert (pair["a"], pair["b"]) == ("hyperfusion", "predicted_only") and pair["patient"]["n_patients"] == 3
     assert "size_only" in metrics["baselines"] and 0 <= metrics["segmenter"]["dice_mean"] <= 1
     # the segmenter trained on training patients only; every image has its predicted mask on disk
     seg = pd.read_csv(run_dir / "segmenter_manifest.csv")
@@ -158,6 +167,7 @@ def test_a_run_reads_the_segmenters_masks_and_serves_with_a_mask(tmp_path, capsy
     assert len(list((run_dir / "predicted_masks").glob("*.png"))) == 36
     report = (run_dir / "report.html").read_text()
     assert "segmenter&#x27;s masks: image-only" in report and "seven channels" in report
+    assert "hyperfusion against predicted_only" in report
     assert (run_dir / "figures" / "channels.png").is_file()
 
     # the SavedModel takes a raw image, its mask and its spacing, and matches Keras
@@ -177,6 +187,10 @@ def test_a_run_reads_the_segmenters_masks_and_serves_with_a_mask(tmp_path, capsy
     np.testing.assert_allclose(out["probabilities"].numpy(), np.concatenate([1 - p, p], axis=1), atol=1e-5)
     with pytest.raises(tf.errors.InvalidArgumentError, match="one mask of each image"):
         serve(images=tf.constant(images), masks=tf.constant(masks[:1]), pixel_spacing_mm=tf.constant(spacing))
+
+    # the segmenter whose masks it expects exports as any segmentation run does
+    assert main(["export", str(run_dir / "segmenter"), "--out", str(tmp_path / "segmenter_saved")]) == 0
+    assert json.loads((tmp_path / "segmenter_saved" / "lungnet.json").read_text())["task"] == "segmentation"
 
     # another labelled set: the run's segmenter outlines it, then the classifier reads slice and mask
     out_dir = tmp_path / "eval"

@@ -146,10 +146,9 @@ def run_recommendation(recorded: dict, rows: list[str]) -> str | None:
     return model if model in rows else None
 
 
-def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name: str | None = None) -> Path:
-    run_dir = Path(run_dir)
-    config = load_run_config(run_dir)
-    model, name = load_run_model(run_dir, model_name)
+def labelled_set(run_dir: Path, config, source_spec: str):
+    """``(source, labelled rows, class names, image column)`` of another set, labelled with the run's
+    grouping (its classes must be the run's) and every image read once, before any prediction."""
     source = load_source(source_spec, config.data.phantom)
     labelled = assign_labels(source.manifest, config.data.grouping, origin=source.spec)
     names = class_names(config.data.grouping, source.manifest)
@@ -157,7 +156,15 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
     if names != run_names:
         raise DataError(f"{source.spec}: classes {list(names)} differ from the run's {list(run_names)}")
     column = image_column(labelled, config.data.view)
-    check_source_images(source, labelled, column)  # every image read once, before any prediction
+    check_source_images(source, labelled, column)
+    return source, labelled, names, column
+
+
+def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name: str | None = None) -> Path:
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    model, name = load_run_model(run_dir, model_name)
+    source, labelled, names, column = labelled_set(run_dir, config, source_spec)
     labelled = with_neighbours(labelled, config.data, source.spec)
     ds = classification_pipeline(labelled, config.data, len(names), batch_size=64)
     with data_errors():

@@ -30,14 +30,11 @@ import tensorflow as tf
 from lungnet.data.dataset import (
     DataConfig,
     PreparedData,
-    check_source_images,
     image_column,
     mask_column,
     prepare_data,
 )
-from lungnet.data.labels import assign_labels, class_names
 from lungnet.data.pipelines import classification_dataset, data_errors
-from lungnet.data.registry import load_source
 from lungnet.errors import DataError, LungnetError
 from lungnet.evaluation.aggregation import level_metrics
 from lungnet.evaluation.measured_nodule import SEGMENTER_DIR
@@ -52,7 +49,6 @@ from lungnet.runs import load_run_config, save_config
 from lungnet.runs.artifacts import (
     evaluation_dir,
     load_run_model,
-    run_class_names,
     run_metrics,
     save_run_model,
 )
@@ -65,10 +61,11 @@ from lungnet.studies.classification import (
     scored,
     size_only_fit,
 )
-from lungnet.studies.external import probability_columns, scored_here, size_only_here
+from lungnet.studies.external import labelled_set, probability_columns, scored_here, size_only_here
 from lungnet.studies.mask_prediction import predict_masks, write_mask_png
 from lungnet.studies.measured_segmenter import train_segmenter
 from lungnet.studies.registry import Study, register_study
+from lungnet.training.distribute import distribution_scope
 from lungnet.training.fit import set_global_options, train_phase
 
 PREDICTED_MASK = "predicted_mask"
@@ -147,7 +144,8 @@ def phase_name(model: str, masks: str) -> str:
 
 def train_fusion_model(spec, config, data: PreparedData, columns: dict[str, str], run_dir: Path):
     """Build `spec`'s model and train it through its phases; returns (model, {phase: summary})."""
-    model = build_classifier(spec.model, input_shape(config), len(data.class_names))
+    with distribution_scope(config.training):  # under training.strategy, the model's variables are mirrored
+        model = build_classifier(spec.model, input_shape(config), len(data.class_names))
     val = data.split("val")
     training, phases = config.training, {}
     for i, masks in enumerate(spec.phases):
@@ -309,14 +307,7 @@ def evaluate_fusion_run(run_dir, source_spec: str, out=None, model_name: str | N
     require_finished(run_dir)
     config = load_run_config(run_dir)
     model, name = load_run_model(run_dir, model_name)
-    source = load_source(source_spec, config.data.phantom)
-    labelled = assign_labels(source.manifest, config.data.grouping, origin=source.spec)
-    names = class_names(config.data.grouping, source.manifest)
-    run_names = tuple(run_class_names(run_dir) or names)
-    if names != run_names:
-        raise DataError(f"{source.spec}: classes {list(names)} differ from the run's {list(run_names)}")
-    column = image_column(labelled, config.data.view)
-    check_source_images(source, labelled, column)  # every image read once, before any prediction
+    source, labelled, names, column = labelled_set(run_dir, config, source_spec)
     out = evaluation_dir(run_dir, source.spec, out)
     files = predicted_mask_files(
         run_dir / SEGMENTER_DIR, labelled, column, config.segmenter.tta, out / PREDICTED_DIR

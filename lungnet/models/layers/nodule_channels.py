@@ -92,11 +92,12 @@ class MaskedAveragePool(keras.layers.Layer):
     def call(self, inputs):
         features, mask = inputs
         factor = int(mask.shape[1]) // int(features.shape[1])
-        mask = ops.stop_gradient(ops.cast(mask, features.dtype))
+        values = ops.cast(features, "float32")  # sums over a map: float32 even under mixed precision
+        mask = ops.stop_gradient(ops.cast(mask, "float32"))
         if factor > 1:
             mask = ops.average_pool(mask, pool_size=factor, strides=factor, padding="valid")
-        total = ops.sum(features * mask, axis=(1, 2))
-        return total / (ops.sum(mask, axis=(1, 2)) + 1e-6)
+        total = ops.sum(values * mask, axis=(1, 2))
+        return ops.cast(total / (ops.sum(mask, axis=(1, 2)) + 1e-6), features.dtype)
 
     def compute_output_shape(self, input_shape):
         features_shape = input_shape[0]
