@@ -200,4 +200,13 @@ def test_a_run_reads_the_segmenters_masks_and_serves_with_a_mask(tmp_path, capsy
     assert 0 <= evaluated["with_readers_masks"]["auc"] <= 1 and "against_size_only" in evaluated
     predicted = pd.read_csv(out_dir / "predictions.csv")["predicted_mask"]
     assert all(cv2.imread(p, cv2.IMREAD_GRAYSCALE) is not None for p in predicted)
+
+    # images without labels: masks from the run's segmenter, calibrated probabilities per slice and patient
+    predictions = tmp_path / "predictions"
+    assert main(["predict", str(run_dir), "--data", manifest, "--out", str(predictions)]) == 0
+    slices = pd.read_csv(predictions / "predictions.csv")
+    assert len(slices) == 36 and slices["predicted_mask"].map(lambda p: cv2.imread(p) is not None).all()
+    assert np.allclose(slices[["prob_benign", "prob_malignant"]].sum(axis=1), 1.0)
+    assert len(pd.read_csv(predictions / "patients.csv")) == 12
+    assert json.loads((predictions / "prediction.json").read_text())["model"] == metrics["selected_model"]
     capsys.readouterr()

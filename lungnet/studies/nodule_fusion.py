@@ -30,13 +30,16 @@ import tensorflow as tf
 from lungnet.data.dataset import (
     DataConfig,
     PreparedData,
+    check_source_images,
     image_column,
     mask_column,
     prepare_data,
 )
 from lungnet.data.pipelines import classification_dataset, data_errors
+from lungnet.data.registry import load_source
 from lungnet.errors import DataError, LungnetError
 from lungnet.evaluation.aggregation import level_metrics
+from lungnet.evaluation.calibration import Calibration
 from lungnet.evaluation.measured_nodule import SEGMENTER_DIR
 from lungnet.evaluation.metrics import classification_metrics
 from lungnet.evaluation.paired import paired_bootstrap_classification
@@ -64,6 +67,7 @@ from lungnet.studies.classification import (
 from lungnet.studies.external import labelled_set, probability_columns, scored_here, size_only_here
 from lungnet.studies.mask_prediction import predict_masks, write_mask_png
 from lungnet.studies.measured_segmenter import train_segmenter
+from lungnet.studies.predict import write_predictions
 from lungnet.studies.registry import Study, register_study
 from lungnet.training.distribute import distribution_scope
 from lungnet.training.fit import set_global_options, train_phase
@@ -351,6 +355,37 @@ def evaluate_fusion_run(run_dir, source_spec: str, out=None, model_name: str | N
     return out
 
 
+def predict_fusion_run(run_dir, source_spec: str, out=None, model_name: str | None = None) -> Path:
+    """A fusion run's model on every image of an unlabelled set: the run's segmenter outlines each slice,
+    the classifier reads slice and mask; calibrated per slice, nodule and patient (`lungnet predict`)."""
+    run_dir = Path(run_dir)
+    require_finished(run_dir)
+    config = load_run_config(run_dir)
+    recorded = run_metrics(run_dir)
+    names = list(recorded["class_names"])
+    if model_name is not None and model_name not in recorded["models"]:
+        raise LungnetError(
+            f"--model {model_name!r}: the run has no such model; it has {sorted(recorded['models'])}"
+        )
+    row = model_name or recorded["selected_model"]
+    why = "named with --model" if model_name else recorded["selection"]
+    source = load_source(source_spec, config.data.phantom)
+    frame = source.manifest.assign(target=0)  # the pipeline carries a target; no label is read
+    column = image_column(frame, config.data.view)
+    check_source_images(source, frame, column)  # every image read once, before any prediction
+    out = evaluation_dir(run_dir, source.spec, out, folder="predictions")
+    files = predicted_mask_files(
+        run_dir / SEGMENTER_DIR, frame, column, config.segmenter.tta, out / PREDICTED_DIR
+    )
+    frame = with_predicted_masks(frame, column, files)
+    model, _ = load_run_model(run_dir, row)
+    with data_errors():
+        raw = predict_proba(model, fusion_pipeline(frame, config.data, len(names), PREDICTED_MASK))
+    calibration = Calibration.from_dict(recorded["models"][row].get("calibration"))
+    extra = {PREDICTED_MASK: frame[PREDICTED_MASK].to_numpy()}
+    return write_predictions(out, run_dir, source, frame, column, raw, calibration, names, row, why, extra)
+
+
 def fusion_summary_line(summary: dict) -> str:
     name = summary["selected_model"]
     auc = summary["auc"] if summary.get("auc") is not None else float("nan")
@@ -371,5 +406,6 @@ register_study(
         run=run_fusion_study,
         evaluate=evaluate_fusion_run,
         summary_line=fusion_summary_line,
+        predict=predict_fusion_run,
     )
 )

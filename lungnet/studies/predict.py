@@ -91,11 +91,31 @@ def predict_classification_run(run_dir, source_spec: str, out=None, model_name: 
     frame = with_neighbours(frame, config.data, source.spec)
     raw = row_probs(run_dir, row, frame, column, config, len(names))
     calibration = Calibration.from_dict(predictable_rows(recorded)[row].get("calibration"))
-    probs = calibration.apply(raw) if calibration is not None else raw
 
     out = evaluation_dir(run_dir, source.spec, out, folder="predictions")
+    return write_predictions(out, run_dir, source, frame, column, raw, calibration, names, row, why)
+
+
+def write_predictions(
+    out: Path,
+    run_dir: Path,
+    source,
+    frame,
+    column: str,
+    raw,
+    calibration,
+    names,
+    row: str,
+    why: str,
+    extra=None,
+) -> Path:
+    """`out`'s predictions.csv (each slice, calibrated and not; `extra` columns beside), nodules.csv, patients.csv
+    and prediction.json, from `row`'s uncalibrated probabilities `raw` on `frame` and its `calibration`."""
+    probs = calibration.apply(raw) if calibration is not None else raw
     ids = [c for c in ("patient_id", "nodule_id") if c in frame.columns]
-    slices = pd.DataFrame({"image": frame[column].to_numpy(), **{c: frame[c].to_numpy() for c in ids}})
+    slices = pd.DataFrame(
+        {"image": frame[column].to_numpy(), **(extra or {}), **{c: frame[c].to_numpy() for c in ids}}
+    )
     slices = slices.assign(
         **probability_columns(probs, names),
         **probability_columns(raw, names, "uncalibrated_prob_"),
