@@ -16,12 +16,14 @@ import tensorflow as tf
 from lungnet.cli import main
 from lungnet.data.io import read_image
 from lungnet.data.preprocessing import preprocess_image, preprocess_mask
-from lungnet.errors import ConfigError
+from lungnet.errors import ConfigError, DataError
 from lungnet.experiment import load_experiment, resolve_experiment_path
 from lungnet.models.layers.nodule_channels import CHANNEL_NAMES, MaskedAveragePool, NoduleChannels
 from lungnet.reports.run_spread import DIAMETER, RECOMMENDED, fusion_scores
 from lungnet.runs import load_run_config
+from lungnet.serving.client import rest_request
 from lungnet.studies.runner import seed_overrides
+from tests.report_checks import check_report
 from tests.test_physical_scale_and_neighbours import write_crops
 
 
@@ -185,6 +187,12 @@ def test_a_run_reads_the_segmenters_masks_and_serves_with_a_mask(tmp_path, capsy
     }
     p = keras.models.load_model(run_dir / "models" / "hyperfusion.keras").predict(x, verbose=0)
     np.testing.assert_allclose(out["probabilities"].numpy(), np.concatenate([1 - p, p], axis=1), atol=1e-5)
+    # the REST body the client builds is what the signature takes (masks as 0/1 of the images' type)
+    body = rest_request(images, spacing, masks=masks)
+    served = serve(**{k: tf.constant(np.asarray(v), tf.float32) for k, v in body["inputs"].items()})
+    np.testing.assert_allclose(served["probabilities"].numpy(), out["probabilities"].numpy(), atol=1e-6)
+    with pytest.raises(DataError, match="one mask per image"):
+        rest_request(images, spacing, masks=masks[:1])
     with pytest.raises(tf.errors.InvalidArgumentError, match="one mask of each image"):
         serve(images=tf.constant(images), masks=tf.constant(masks[:1]), pixel_spacing_mm=tf.constant(spacing))
 
@@ -210,3 +218,4 @@ def test_a_run_reads_the_segmenters_masks_and_serves_with_a_mask(tmp_path, capsy
     assert len(pd.read_csv(predictions / "patients.csv")) == 12
     assert json.loads((predictions / "prediction.json").read_text())["model"] == metrics["selected_model"]
     capsys.readouterr()
+    check_report(run_dir / "report.html", tmp_path)  # last: skips where Chromium is missing

@@ -1,8 +1,8 @@
 """Requests to a TF Serving server for lungnet's exported signatures, and their responses, from raw images.
 
 The signatures (`lungnet.serving.export`) take ``images`` (float32 HU / 0-255, or uint8 through
-``serving_uint8``) and, for runs with a fixed physical scale, ``pixel_spacing_mm``; they return
-``probabilities``. REST (port 8501)::
+``serving_uint8``), for a nodule-fusion model ``masks`` (the nodule's outline on each image), and, for runs
+with a fixed physical scale, ``pixel_spacing_mm``; they return ``probabilities``. REST (port 8501)::
 
     body = rest_request(images)                      # {"signature_name": ..., "inputs": {...}}
     reply = requests.post(rest_url("localhost", "binary_nodule"), json=body).json()
@@ -26,7 +26,9 @@ from lungnet.errors import DataError
 OUTPUT = "probabilities"
 
 
-def _signature_and_inputs(images, spacing, signature: str | None) -> tuple[str, dict[str, np.ndarray]]:
+def _signature_and_inputs(
+    images, spacing, signature: str | None, masks=None
+) -> tuple[str, dict[str, np.ndarray]]:
     images = np.asarray(images)
     if images.ndim not in (3, 4):
         raise DataError(f"images: expected [batch, height, width] (or [.., 3] for 2.5-D), got {images.shape}")
@@ -36,6 +38,11 @@ def _signature_and_inputs(images, spacing, signature: str | None) -> tuple[str, 
         images = images.astype(np.float32)
         name = signature or "serving_default"
     inputs = {"images": images}
+    if masks is not None:  # the same dtype as the images: the signature takes both as one type
+        masks = np.asarray(masks)
+        if masks.shape != images.shape:
+            raise DataError(f"masks: shape {masks.shape}; one mask per image, of its size {images.shape}")
+        inputs["masks"] = (masks > 0).astype(images.dtype)
     if spacing is not None:
         spacing = np.asarray(spacing, np.float32).reshape(-1)
         if len(spacing) != len(images):
@@ -49,9 +56,9 @@ def rest_url(host: str, model: str, port: int = 8501, version: int | None = None
     return f"http://{host}:{port}/v1/models/{model}{where}:predict"
 
 
-def rest_request(images, spacing=None, signature: str | None = None) -> dict:
+def rest_request(images, spacing=None, signature: str | None = None, masks=None) -> dict:
     """The JSON body of a REST predict call (columnar ``inputs``: one array per named input)."""
-    name, inputs = _signature_and_inputs(images, spacing, signature)
+    name, inputs = _signature_and_inputs(images, spacing, signature, masks)
     return {"signature_name": name, "inputs": {k: v.tolist() for k, v in inputs.items()}}
 
 
@@ -69,12 +76,14 @@ def parse_rest_response(reply) -> np.ndarray:
     return np.asarray(outputs, np.float32)
 
 
-def grpc_request(model: str, images, spacing=None, signature: str | None = None, version: int | None = None):
-    """A `tensorflow_serving.apis.predict_pb2.PredictRequest` for the images."""
+def grpc_request(
+    model: str, images, spacing=None, signature: str | None = None, version: int | None = None, masks=None
+):
+    """A `tensorflow_serving.apis.predict_pb2.PredictRequest` for the images (and their masks)."""
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
-    name, inputs = _signature_and_inputs(images, spacing, signature)
+    name, inputs = _signature_and_inputs(images, spacing, signature, masks)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model
     request.model_spec.signature_name = name
