@@ -124,6 +124,10 @@ def test_config_is_checked():
 
 def test_a_run_reads_the_segmenters_masks_and_serves_with_a_mask(tmp_path, capsys):
     manifest = write_crops(tmp_path, 12)
+    frame = pd.read_csv(manifest)
+    unmarked = {"P0", "P1"}  # patients without an outline, as LungCT-Diagnosis in the harmonised collections
+    frame.loc[frame["patient_id"].isin(unmarked), "mask"] = ""
+    frame.to_csv(manifest, index=False)
     run_dir = tmp_path / "run"
     overrides = [
         "data.preprocess={hu_window: null, normalize: minmax, zscore_mean: null, zscore_std: null, "
@@ -162,9 +166,14 @@ def test_a_run_reads_the_segmenters_masks_and_serves_with_a_mask(tmp_path, capsy
     [pair] = metrics["pairs"]  # the two-phase model against the segmenter's masks alone, same patients
     assert (pair["a"], pair["b"]) == ("hyperfusion", "predicted_only") and pair["patient"]["n_patients"] == 3
     assert "size_only" in metrics["baselines"] and 0 <= metrics["segmenter"]["dice_mean"] <= 1
-    # the segmenter trained on training patients only; every image has its predicted mask on disk
+    # the segmenter trained on training patients only; every image has its predicted mask on disk; the
+    # readers' masks are read where they exist
     seg = pd.read_csv(run_dir / "segmenter_manifest.csv")
-    tested = set(pd.read_csv(run_dir / "predictions.csv")["patient_id"])
+    tested_rows = pd.read_csv(run_dir / "predictions.csv")
+    tested = set(tested_rows["patient_id"])
+    outlined_tests = int((~tested_rows["patient_id"].isin(unmarked)).sum())
+    assert row["with_readers_masks"]["n"] == metrics["segmenter"]["slices"] == outlined_tests
+    assert not set(seg["patient_id"]) & unmarked
     assert set(seg.loc[seg["split"] == "train", "patient_id"]).isdisjoint(tested)
     assert len(list((run_dir / "predicted_masks").glob("*.png"))) == 36
     report = (run_dir / "report.html").read_text()
@@ -175,10 +184,10 @@ def test_a_run_reads_the_segmenters_masks_and_serves_with_a_mask(tmp_path, capsy
     # the SavedModel takes a raw image, its mask and its spacing, and matches Keras
     serve = tf.saved_model.load(str(run_dir / "saved_model")).signatures["serving_default"]
     config = load_run_config(run_dir)
-    frame = pd.read_csv(manifest)
-    images = np.stack([read_image(str(tmp_path / name)) for name in frame["image"][:2]])
-    masks = np.stack([read_image(str(tmp_path / name)) for name in frame["mask"][:2]])
-    spacing = frame["pixel_spacing_mm"][:2].to_numpy(np.float32)
+    shown = frame[~frame["patient_id"].isin(unmarked)].head(2)
+    images = np.stack([read_image(str(tmp_path / name)) for name in shown["image"]])
+    masks = np.stack([read_image(str(tmp_path / name)) for name in shown["mask"]])
+    spacing = shown["pixel_spacing_mm"].to_numpy(np.float32)
     out = serve(images=tf.constant(images), masks=tf.constant(masks), pixel_spacing_mm=tf.constant(spacing))
     grey = config.data.preprocess
     x = {

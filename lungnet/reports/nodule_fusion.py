@@ -35,7 +35,8 @@ def results_table(summary: dict) -> pd.DataFrame:
     rows = {}
     for name, metrics in summary["models"].items():
         rows[f"{name} (segmenter's masks: image-only)"] = _row(metrics)
-        rows[f"{name} (readers' masks: reference)"] = _row(metrics["with_readers_masks"])
+        if metrics.get("with_readers_masks"):  # on the test slices the readers outlined
+            rows[f"{name} (readers' masks: reference)"] = _row(metrics["with_readers_masks"])
     size = summary["baselines"].get("size_only")
     if size is not None:
         rows["diameter (the readers' measurement)"] = _row(size)
@@ -100,13 +101,20 @@ def write_fusion_report(run_dir, config, data, results, summary, channel_batch: 
             report.table(table, caption)
     seg = summary["segmenter"]
     report.heading("The segmenter's masks")
-    outlined = seg["dice_mean_outlined_slices"]
-    report.paragraph(
-        f"{seg['recipe']} (run folder {seg['run']}). Dice against the readers' outlines on the "
-        f"{seg['slices']} test slices, as the classifier sees both: {seg['dice_mean']:.3f} "
-        + (f"({outlined:.3f} on slices the readers outlined); " if outlined is not None else "; ")
-        + f"{seg['slices_without_predicted_mask']} slices without a predicted mask."
-    )
+    if seg["slices"]:
+        inside = seg["dice_mean_outline_in_view"]
+        report.paragraph(
+            f"{seg['recipe']} (run folder {seg['run']}). Dice against the readers' outlines on the "
+            f"{seg['slices']} test slices that have one, as the classifier sees both: {seg['dice_mean']:.3f} "
+            + (
+                f"({inside:.3f} where the outline lies in the classifier's view); "
+                if inside is not None
+                else "; "
+            )
+            + f"{seg['slices_without_predicted_mask']} slices without a predicted mask."
+        )
+    else:
+        report.paragraph(f"{seg['recipe']} (run folder {seg['run']}); no test slice has a readers' outline.")
     test = data.split("test")
     y_test = test["target"].to_numpy()
     probs = {f"{name} (image-only)": r["test_probs"] for name, r in results.items()}

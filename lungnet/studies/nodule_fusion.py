@@ -146,6 +146,27 @@ def phase_name(model: str, masks: str) -> str:
     return f"{model}_{masks}"
 
 
+def outlined(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    """The rows of `frame` with a mask in `column` (some collections outline no lesion: LungCT-Diagnosis)."""
+    if column not in frame.columns:
+        return frame.iloc[:0]
+    values = frame[column]
+    has = values.notna() & (values.astype(str).str.strip() != "")
+    return frame[has.to_numpy()].reset_index(drop=True)
+
+
+def readers_scores(model: keras.Model, frame: pd.DataFrame, config: DataConfig, names, column: str):
+    """The model on the rows of `frame` that have the readers' mask, reading it: slice metrics and levels
+    (``n`` says how many rows), or None where no row has one."""
+    rows = outlined(frame, column)
+    if rows.empty:
+        return None
+    with data_errors():
+        probs = predict_proba(model, fusion_pipeline(rows, config, len(names), column))
+    y = rows["target"].to_numpy()
+    return {**classification_metrics(y, probs, names), "levels": level_metrics(y, probs, rows, names)}
+
+
 def train_fusion_model(spec, config, data: PreparedData, columns: dict[str, str], run_dir: Path):
     """Build `spec`'s model and train it through its phases; returns (model, {phase: summary})."""
     with distribution_scope(config.training):  # under training.strategy, the model's variables are mirrored
@@ -154,11 +175,20 @@ def train_fusion_model(spec, config, data: PreparedData, columns: dict[str, str]
     training, phases = config.training, {}
     for i, masks in enumerate(spec.phases):
         first = i == 0
-        print(f"{spec.name}: training on the {masks} masks")
+        train, held_out = data.train_manifest, val
+        if masks == "readers":  # only the slices the readers outlined
+            train, held_out = outlined(train, columns[masks]), outlined(val, columns[masks])
+            if train.empty or held_out.empty:
+                raise DataError(
+                    f"models[{spec.name}].phases: no {'training' if train.empty else 'validation'} slice has "
+                    f"a readers' mask ({columns[masks]!r}); train on the segmenter's masks alone "
+                    "(phases: [predicted])"
+                )
+        print(f"{spec.name}: training on the {masks} masks ({len(train)} training rows)")
         phases[phase_name(spec.name, masks)] = train_phase(
             model,
-            pipeline(data, data.train_manifest, columns[masks], training=True),
-            pipeline(data, val, columns[masks]),
+            pipeline(data, train, columns[masks], training=True),
+            pipeline(data, held_out, columns[masks]),
             run_dir=run_dir,
             phase=phase_name(spec.name, masks),
             epochs=training.epochs if first else training.fine_tune_epochs,
@@ -170,48 +200,43 @@ def train_fusion_model(spec, config, data: PreparedData, columns: dict[str, str]
 
 
 def predicted_probs(model: keras.Model, frame: pd.DataFrame, data: PreparedData, masks: str) -> np.ndarray:
-    return predict_proba(model, pipeline(data, frame, masks))
+    with data_errors():
+        return predict_proba(model, pipeline(data, frame, masks))
 
 
 def evaluate_fusion_model(name, model, data: PreparedData, columns, phases: dict, run_dir: Path) -> dict:
     """Validation and test scores on the segmenter's masks (with the threshold and calibration of
-    validation, per slice / nodule / patient), the test split with the readers' masks, the probabilities."""
+    validation, per slice / nodule / patient), the test slices the readers outlined with their masks, the
+    probabilities."""
     names = data.class_names
     frames = {s: data.split(s) for s in ("train", "val", "test")}
     y = {s: f["target"].to_numpy() for s, f in frames.items()}
     val_probs = predicted_probs(model, frames["val"], data, columns["predicted"])
     test_probs = predicted_probs(model, frames["test"], data, columns["predicted"])
-    readers_probs = predicted_probs(model, frames["test"], data, columns["readers"])
     result = scored(y["train"], y["val"], val_probs, y["test"], test_probs, frames["test"], names)
-    result["with_readers_masks"] = {
-        **classification_metrics(y["test"], readers_probs, names),
-        "levels": level_metrics(y["test"], readers_probs, frames["test"], names),
-    }
+    result["with_readers_masks"] = readers_scores(
+        model, frames["test"], data.config, names, columns["readers"]
+    )
     result["training"] = phases
     result["model_file"] = str(save_run_model(run_dir, name, model).relative_to(run_dir))
-    return {
-        "metrics": result,
-        "val_probs": val_probs,
-        "test_probs": test_probs,
-        "readers_probs": readers_probs,
-    }
+    return {"metrics": result, "val_probs": val_probs, "test_probs": test_probs}
 
 
 def segmenter_agreement(data: PreparedData, columns: dict[str, str]) -> dict:
     """Dice of the segmenter's masks against the readers' on the test slices, as the classifier sees both
     (after its preprocessing): how far the image-only inputs are from the reference ones."""
-    test = data.split("test")
+    test = outlined(data.split("test"), columns["readers"])
+    if test.empty:
+        return {"slices": 0}
     masks = {}
     for kind, column in columns.items():
         batches = pipeline(data, test, column).map(lambda x, y: x[MASK_INPUT_NAME])
         masks[kind] = np.concatenate([b.numpy() for b in batches])[..., 0] > 0.5
     per_image = per_image_metrics(masks["readers"], masks["predicted"])
-    outlined = per_image["gt_pixels"].to_numpy() > 0
+    in_view = per_image["gt_pixels"].to_numpy() > 0
     return {
         "dice_mean": float(per_image["dice"].mean()),
-        "dice_mean_outlined_slices": float(per_image.loc[outlined, "dice"].mean())
-        if outlined.any()
-        else None,
+        "dice_mean_outline_in_view": float(per_image.loc[in_view, "dice"].mean()) if in_view.any() else None,
         "slices": int(len(per_image)),
         "slices_without_predicted_mask": int((per_image["pred_pixels"] == 0).sum()),
     }
@@ -220,11 +245,14 @@ def segmenter_agreement(data: PreparedData, columns: dict[str, str]) -> dict:
 def channel_batch(data: PreparedData, columns: dict[str, str], rows: int = 3) -> dict:
     """The first `rows` test slices as the network reads them: ``image`` and ``masks`` by kind (the report's
     seven-channel figure)."""
-    test = data.split("test").head(rows)
-    first = {kind: next(iter(pipeline(data, test, column)))[0] for kind, column in columns.items()}
+    test = data.split("test")
+    shown = outlined(test, columns["readers"]).head(rows)
+    kinds = columns if len(shown) else {"predicted": columns["predicted"]}  # no readers' mask: theirs alone
+    shown = shown if len(shown) else test.head(rows)
+    first = {kind: next(iter(pipeline(data, shown, column)))[0] for kind, column in kinds.items()}
     return {
-        INPUT_NAME: first["readers"][INPUT_NAME].numpy(),
-        "masks": {kind: first[kind][MASK_INPUT_NAME].numpy() for kind in columns},
+        INPUT_NAME: first["predicted"][INPUT_NAME].numpy(),
+        "masks": {kind: first[kind][MASK_INPUT_NAME].numpy() for kind in kinds},
     }
 
 
@@ -324,13 +352,7 @@ def evaluate_fusion_run(run_dir, source_spec: str, out=None, model_name: str | N
         probs = predict_proba(model, fusion_pipeline(labelled, config.data, len(names), PREDICTED_MASK))
     metrics = scored_here(y, probs, labelled, names, recorded["models"].get(name, {}), size_probs)
     readers = mask_column(labelled, config.data.view)
-    if readers in labelled.columns and labelled[readers].notna().all():
-        with data_errors():
-            readers_probs = predict_proba(model, fusion_pipeline(labelled, config.data, len(names), readers))
-        metrics["with_readers_masks"] = {
-            **classification_metrics(y, readers_probs, names),
-            "levels": level_metrics(y, readers_probs, labelled, names),
-        }
+    metrics["with_readers_masks"] = readers_scores(model, labelled, config.data, names, readers)
     table = pd.DataFrame(
         {
             "image": labelled[column],
