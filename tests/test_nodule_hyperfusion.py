@@ -150,21 +150,24 @@ def test_a_run_reads_the_segmenters_masks_and_serves_with_a_mask(tmp_path, capsy
     ]
     assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
     printed = capsys.readouterr().out
-    assert "selected model hyperfusion on the segmenter's masks" in printed and "the diameter: AUC" in printed
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert f"selected model {metrics['selected_model']} on the segmenter's masks" in printed
+    assert "the diameter: AUC" in printed
     row = metrics["models"]["hyperfusion"]
     assert 0 <= row["auc"] <= 1 and {"nodule", "patient"} <= set(row["levels"])
     assert 0 <= row["with_readers_masks"]["auc"] <= 1 and {"slice", "patient"} <= set(
         row["against_size_only"]
     )
-    assert list(row["training"]) == ["hyperfusion_readers", "hyperfusion_predicted"]
-    assert list(metrics["models"]["predicted_only"]["training"]) == ["predicted_only_predicted"]
-    assert list(json.loads((run_dir / "phases.json").read_text())) == [
-        *row["training"],
-        "predicted_only_predicted",
-    ]
+    # the masks of each phase, in training order (JSON objects are written with sorted keys)
+    assert row["phases"] == ["readers", "predicted"]
+    assert set(row["training"]) == {"hyperfusion_readers", "hyperfusion_predicted"}
+    assert metrics["models"]["predicted_only"]["phases"] == ["predicted"]
+    phases = set(json.loads((run_dir / "phases.json").read_text()))
+    assert phases == {*row["training"], "predicted_only_predicted"}
     [pair] = metrics["pairs"]  # the two-phase model against the segmenter's masks alone, same patients
-    assert (pair["a"], pair["b"]) == ("hyperfusion", "predicted_only") and pair["patient"]["n_patients"] == 3
+    assert (pair["a"], pair["b"]) == ("hyperfusion", "predicted_only")
+    test_patients = pd.read_csv(run_dir / "predictions.csv")["patient_id"].nunique()
+    assert pair["patient"]["n_patients"] == test_patients
     assert "size_only" in metrics["baselines"] and 0 <= metrics["segmenter"]["dice_mean"] <= 1
     # the segmenter trained on training patients only; every image has its predicted mask on disk; the
     # readers' masks are read where they exist
@@ -194,7 +197,8 @@ def test_a_run_reads_the_segmenters_masks_and_serves_with_a_mask(tmp_path, capsy
         "image": preprocess_image(images[..., None], grey, spacing),
         "mask": preprocess_mask((masks > 0).astype(np.float32)[..., None], grey, spacing),
     }
-    p = keras.models.load_model(run_dir / "models" / "hyperfusion.keras").predict(x, verbose=0)
+    exported = run_dir / "models" / f"{metrics['selected_model']}.keras"
+    p = keras.models.load_model(exported).predict(x, verbose=0)
     np.testing.assert_allclose(out["probabilities"].numpy(), np.concatenate([1 - p, p], axis=1), atol=1e-5)
     # the REST body the client builds is what the signature takes (masks as 0/1 of the images' type)
     body = rest_request(images, spacing, masks=masks)

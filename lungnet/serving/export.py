@@ -96,13 +96,12 @@ def export_run(run_dir: str | Path, model_name: str | None = None, out: str | Pa
             images = tf.ensure_shape(images, [None, None, None, 3])
         if images.dtype != tf.uint8:  # a NaN image would come back as ordinary-looking probabilities
             tf.debugging.assert_all_finite(images, "images: NaN or infinite pixels; send finite raw values")
-        if fused:
-            tf.debugging.assert_equal(
-                tf.shape(masks),
-                tf.shape(images),
-                "masks: one mask of each image's own size, [batch, height, width]",
-            )
-            masks = tf.reshape(masks, tf.shape(images))
+        if fused:  # one mask per image, of its size; checked before the mask is reshaped to the images'
+            padded = [tf.pad(tf.shape(t), [[0, 4]])[:4] for t in (masks, images)]  # equal lengths
+            same = tf.logical_and(tf.equal(tf.rank(masks), tf.rank(images)), tf.reduce_all(tf.equal(*padded)))
+            message = "masks: one mask of each image's own size, [batch, height, width]"
+            with tf.control_dependencies([tf.debugging.Assert(same, [message])]):
+                masks = tf.reshape(masks, tf.shape(images))
         if physical:
             spacing = tf.reshape(tf.cast(spacing, tf.float32), [-1])
             tf.debugging.assert_equal(

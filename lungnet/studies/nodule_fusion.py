@@ -218,6 +218,7 @@ def evaluate_fusion_model(name, model, data: PreparedData, columns, phases: dict
         model, frames["test"], data.config, names, columns["readers"]
     )
     result["training"] = phases
+    result["phases"] = [phase.removeprefix(f"{name}_") for phase in phases]  # the masks, in training order
     result["model_file"] = str(save_run_model(run_dir, name, model).relative_to(run_dir))
     return {"metrics": result, "val_probs": val_probs, "test_probs": test_probs}
 
