@@ -116,6 +116,16 @@ def add_predicted_masks(
     )
 
 
+def _named_inputs(images, targets):
+    """``(image, (target, mask))`` -> ``({"image", "mask"}, target)``. A named function, not a lambda:
+    AutoGraph cannot read a lambda's source here and warns at every trace."""
+    return {INPUT_NAME: images, MASK_INPUT_NAME: targets[1]}, targets[0]
+
+
+def _mask_only(inputs, target):
+    return inputs[MASK_INPUT_NAME]
+
+
 def fusion_pipeline(
     frame: pd.DataFrame, config: DataConfig, num_classes: int, masks: str, training: bool = False
 ) -> tf.data.Dataset:
@@ -132,10 +142,7 @@ def fusion_pipeline(
         seed=config.seed,
         mask_column=masks,
     )
-    return ds.map(
-        lambda images, targets: ({INPUT_NAME: images, MASK_INPUT_NAME: targets[1]}, targets[0]),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+    return ds.map(_named_inputs, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def pipeline(data: PreparedData, frame: pd.DataFrame, masks: str, training: bool = False) -> tf.data.Dataset:
@@ -231,7 +238,7 @@ def segmenter_agreement(data: PreparedData, columns: dict[str, str]) -> dict:
         return {"slices": 0}
     masks = {}
     for kind, column in columns.items():
-        batches = pipeline(data, test, column).map(lambda x, y: x[MASK_INPUT_NAME])
+        batches = pipeline(data, test, column).map(_mask_only)
         masks[kind] = np.concatenate([b.numpy() for b in batches])[..., 0] > 0.5
     per_image = per_image_metrics(masks["readers"], masks["predicted"])
     in_view = per_image["gt_pixels"].to_numpy() > 0
