@@ -4,8 +4,9 @@
 #   bash benchmarks/device_wheels.sh                   # .whl/: Keras, keras-hub, namex, optree, MONAI
 #   run(command="bash benchmarks/device_run.sh", carry=[".whl"], timeout_s=570)
 # Writes to $OUT (what comes back; at most 8 files): device.txt, the two GPU-training tables (the studies'
-# four families, then Inf-Net and the zoo; each keeps every measurement it finished if its time limit
-# cuts it off), their log, and lungnet (Keras on JAX) against MONAI (PyTorch), both mixed float16, with its log.
+# four families and NoduleHyperFusionNet, then Inf-Net and the zoo; each keeps every measurement it finished
+# if its time limit cuts it off), their log, and lungnet (Keras on JAX) against MONAI (PyTorch), both mixed
+# float16, with its log.
 # BENCH_ARGS is passed to gpu_training.py: BENCH_ARGS=--quick makes a CPU dry run of the whole call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +22,7 @@ export PYTHONPATH=/tmp/site:$PWD KERAS_BACKEND=jax PYTHONUNBUFFERED=1 XLA_PYTHON
   python3 -c "import jax, keras, torch; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__, 'torch', torch.__version__)"
 } > "$OUT/device.txt" 2>&1
 cat "$OUT/device.txt"
-timeout 250 python3 benchmarks/gpu_training.py ${BENCH_ARGS:-} --families custom_cnn efficientnet_b2 unet \
+timeout 250 python3 benchmarks/gpu_training.py ${BENCH_ARGS:-} --families custom_cnn efficientnet_b2 unet nodule_hyperfusion \
   attention_res_unet --out "$OUT/gpu_training_jax_studies.json" 2>&1 | tee "$OUT/gpu_training.log"
 timeout 190 python3 benchmarks/gpu_training.py ${BENCH_ARGS:-} --families inf_net unar res34_unet_v2 unet_plus_plus deeplab_v3_plus \
   segformer light_unet --out "$OUT/gpu_training_jax_zoo.json" 2>&1 | tee -a "$OUT/gpu_training.log"

@@ -73,6 +73,8 @@ FAMILIES = {
     "deeplab_v3_plus": ("segmentation", {"name": "deeplab_v3_plus"}, 256, 1, 8),
     "segformer": ("segmentation", {"name": "segformer", "variant": "b0"}, 256, 1, 8),
     "light_unet": ("segmentation", {"name": "light_unet", "depth": 4, "filters": 16}, 256, 1, 8),
+    # nodule_hyperfusion.yaml: a 64 px crop and its mask (the mask input is filled like the image)
+    "nodule_hyperfusion": ("classification", {"name": "nodule_hyperfusion"}, 64, 1, 32),
 }
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 REGISTRIES = {"classification": CLASSIFIERS, "segmentation": SEGMENTERS}

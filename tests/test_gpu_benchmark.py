@@ -19,6 +19,7 @@ spec.loader.exec_module(gpu_training)
 
 EXPERIMENT = {"custom_cnn": "binary_nodule", "efficientnet_b2": "binary_nodule", "unet": "attention_unet"}
 EXPERIMENT |= {"attention_res_unet": "attention_unet", "inf_net": "inf_net"}
+EXPERIMENT |= {"nodule_hyperfusion": "nodule_hyperfusion"}
 WEIGHT_FIELDS = {"weights", "encoder_weights"}  # the benchmark starts from random weights (no download)
 
 
