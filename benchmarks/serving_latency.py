@@ -40,9 +40,14 @@ SMOKE_STUDIES = ("binary_nodule", "attention_unet")
 
 
 def raw_input(config, preprocess, size: int, batch: int, rng: np.random.Generator) -> dict[str, tf.Tensor]:
-    """What a client sends: raw grey images (`size` px square), and spacings where the run needs them."""
+    """What a client sends: raw grey images (`size` px square), a nodule-fusion run's masks (a centred disc
+    a quarter of the image wide), and spacings where the run needs them."""
     shape = [batch, size, size] + ([3] if getattr(config.data, "neighbour_slices", False) else [])
     inputs = {"images": tf.constant(rng.uniform(0, 255, shape).astype("float32"))}
+    if config.task == "nodule_fusion":
+        rows, cols = np.indices((size, size)) - (size - 1) / 2
+        disc = (np.hypot(rows, cols) <= size / 8).astype("float32")
+        inputs["masks"] = tf.constant(np.broadcast_to(disc, shape).copy())
     if preprocess.pixel_spacing_mm is not None:
         inputs["pixel_spacing_mm"] = tf.fill([batch], 0.7)
     return inputs

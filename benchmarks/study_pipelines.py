@@ -3,7 +3,7 @@ many CPU cores each needs to feed a GPU at the speed `benchmarks/gpu_training.py
 
 Each study's pipeline is built by lungnet's own data layer from the study's experiment file (``full`` profile,
 ``data.source`` pointed at the crops): `prepare_data` for the classification study (oversampling and the
-affine augmentation included), `prepare_segmentation_data` for the segmentation studies (the joint image +
+affine augmentation included) and, with each slice's mask warped alike, for the nodule-fusion study, `prepare_segmentation_data` for the segmentation studies (the joint image +
 mask augmentation: the zoo's elastic, grid distortion, photometric and dropout transforms), and Inf-Net's
 multi-scale batches (every batch again at 256, 352 and 448 px). Its training split is read for
 ``--epochs`` epochs: the first reads, preprocesses and caches, the later ones only augment (medians over them).
@@ -58,6 +58,7 @@ STUDIES = {
         "segformer",
         "light_unet",
     ),
+    "nodule_hyperfusion": ("nodule_hyperfusion",),
 }
 GPU_HOST_CORES = 16  # the lent GPU machines' CPU cores (/work/.library/device)
 
@@ -80,9 +81,17 @@ def study_pipeline(study: str, manifest: str):
     if hasattr(data, "image_size"):  # a segmentation study
         size, channels = data.image_size, data.channels
         train = prepare_segmentation_data(data, progress=False).train
-    else:  # the classification study: its sizes sit in `preprocess`
+    else:  # the classification studies: their sizes sit in `preprocess`
         size, channels = data.preprocess.image_size, data.preprocess.channels
-        train = prepare_data(data, progress=False).train
+        prepared = prepare_data(data, progress=False)
+        train = prepared.train
+        if config.task == "nodule_fusion":  # each slice with its readers' mask (the first phase's pipeline)
+            from lungnet.data.dataset import mask_column
+            from lungnet.studies.nodule_fusion import fusion_pipeline
+
+            masks = mask_column(prepared.train_manifest, data.view)
+            names = prepared.class_names
+            train = fusion_pipeline(prepared.train_manifest, data, len(names), masks, training=True)
     work = {"size": size, "channels": channels, "batch": data.batch_size, "augment": augment}
     rates = next((m.multiscale_rates for m in config.models if getattr(m, "multiscale_rates", None)), None)
     if not rates:
@@ -99,6 +108,7 @@ def time_epochs(dataset, repeats: int, epochs: int) -> list[dict]:
         start, start_cpu, count = time.perf_counter(), time.process_time(), 0
         for element in dataset:
             images = element[0]
+            images = images["image"] if isinstance(images, dict) else images  # a slice with its mask
             count += int(images.shape[0])
         seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
         images = count / repeats  # multi-scale batches deliver each source image once per size

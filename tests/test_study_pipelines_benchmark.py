@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +49,16 @@ def test_the_classification_pipeline_is_the_studys_oversampled_training_split(cr
     assert work["augment"]["rotation"] == 0.1 and "zoom" not in work["augment"]
     images, _ = next(iter(dataset))
     assert tuple(images.shape[1:]) == (128, 128, 3)
+
+
+def test_the_fusion_pipeline_carries_each_slices_mask(crops):
+    dataset, repeats, work = study_pipelines.study_pipeline("nodule_hyperfusion", crops)
+    assert repeats == 1 and (work["size"], work["channels"], work["batch"]) == (64, 1, 32)
+    inputs, _ = next(iter(dataset))
+    assert tuple(inputs["image"].shape[1:]) == (64, 64, 1) and tuple(inputs["mask"].shape[1:]) == (64, 64, 1)
+    assert set(np.unique(inputs["mask"].numpy())) <= {0.0, 1.0} and inputs["mask"].numpy().any()
+    [epoch] = study_pipelines.time_epochs(dataset, repeats, epochs=1)
+    assert epoch["images"] > 0 and epoch["images_per_s"] > 0
 
 
 def test_cores_needed_follow_the_gpus_fastest_precision():
