@@ -51,6 +51,8 @@ def test_the_seven_channels_by_hand():
     rows, cols = np.indices((9, 9))
     distance = np.maximum(abs(rows - 4), abs(cols - 4))
     np.testing.assert_allclose(c["proximity"], np.clip(1 - distance / 3, 0, 1), atol=1e-6)
+    with pytest.raises(ValueError, match=r"NoduleChannels takes .*got image \(1, 9, 9\)"):
+        NoduleChannels()([image[None], mask[None, ..., None]])  # an image without its channel axis
 
 
 def test_edges_and_texture_by_hand():

@@ -58,6 +58,15 @@ class NoduleChannels(keras.layers.Layer):
             raise ValueError(f"ring_px {ring_px!r} and proximity_px {proximity_px!r} must be >= 1")
         self.ring_px, self.proximity_px = int(ring_px), int(proximity_px)
 
+    def build(self, input_shape):
+        image, mask = input_shape
+        if len(image) != 4 or len(mask) != 4 or mask[-1] != 1 or tuple(image[1:3]) != tuple(mask[1:3]):
+            raise ValueError(
+                f"NoduleChannels takes [image [B, H, W, C], mask [B, H, W, 1]] of one size; got image "
+                f"{tuple(image)} and mask {tuple(mask)}"
+            )
+        super().build(input_shape)
+
     def call(self, inputs):
         image, mask = inputs
         grey = ops.mean(ops.cast(image, self.compute_dtype), axis=-1, keepdims=True)
