@@ -275,7 +275,7 @@ def run_fusion_study(config, run_dir: Path, progress: bool = True) -> dict:
     if mask_column(data.manifest, view) not in data.manifest.columns:
         raise DataError(
             f"{data.source.spec}: no {mask_column(data.manifest, view)!r} column; the nodule-fusion study "
-            "trains on the readers' outlines and needs a mask for every row"
+            "trains its segmenter (and its first phase) on the readers' outlines"
         )
     seg_dir = train_segmenter(
         config.segmenter, data.source.manifest, data.manifest, view, run_dir, progress, "segmenter"
@@ -291,8 +291,6 @@ def run_fusion_study(config, run_dir: Path, progress: bool = True) -> dict:
         print(
             f"{spec.name}: validation F1 {scores['val']['f1']:.3f}, test F1 {scores['f1']:.3f} (predicted masks)"
         )
-    if not results:
-        raise LungnetError("no model was trained")
     selected = max(results, key=lambda n: results[n]["metrics"]["val"]["f1"])
     test = data.split("test")
     size_only = size_only_fit(data)
