@@ -45,16 +45,18 @@ def results_table(summary: dict) -> pd.DataFrame:
     return table
 
 
-def channels_figure(batch: dict, rows: int = 3):
-    """The seven channels of the first `rows` test slices, with the readers' and the segmenter's masks."""
-    fig = _figure(1.6 * len(CHANNEL_NAMES), 1.7 * rows * 2)
-    axes = fig.subplots(rows * 2, len(CHANNEL_NAMES), squeeze=False)
-    layer = NoduleChannels()
+def channels_figure(batch: dict, rows: int = 3, ring_px: int = 4, proximity_px: int = 16):
+    """The seven channels of the first `rows` test slices, with each kind of mask in `batch` (the readers'
+    and the segmenter's), as a network with these `ring_px` and `proximity_px` reads them."""
+    kinds = len(batch["masks"])
+    fig = _figure(1.6 * len(CHANNEL_NAMES), 1.7 * rows * kinds)
+    axes = fig.subplots(rows * kinds, len(CHANNEL_NAMES), squeeze=False)
+    layer = NoduleChannels(ring_px, proximity_px)
     for r in range(rows):
         for k, (kind, masks) in enumerate(batch["masks"].items()):
             channels = np.asarray(layer([batch[INPUT_NAME][r : r + 1], masks[r : r + 1]]))[0]
             for c, name in enumerate(CHANNEL_NAMES):
-                ax = axes[2 * r + k, c]
+                ax = axes[kinds * r + k, c]
                 ax.imshow(channels[..., c], cmap="gray", vmin=0, vmax=1)
                 ax.set_xticks([])
                 ax.set_yticks([])
@@ -63,6 +65,12 @@ def channels_figure(batch: dict, rows: int = 3):
                 if c == 0:
                     ax.set_ylabel(f"slice {r + 1}\n{kind}", fontsize=7)
     return fig
+
+
+def _channel_settings(config, summary: dict) -> tuple[int, int]:
+    """The selected model's ``ring_px`` and ``proximity_px`` (the channels it reads)."""
+    model = next(m.model for m in config.models if m.name == summary["selected_model"])
+    return model.ring_px, model.proximity_px
 
 
 def write_fusion_report(run_dir, config, data, results, summary, channel_batch: dict, size_probs) -> Path:
@@ -139,7 +147,9 @@ def write_fusion_report(run_dir, config, data, results, summary, channel_batch: 
     batch = channel_batch
     rows = min(3, len(batch[INPUT_NAME]))
     report.image(
-        save_figure(channels_figure(batch, rows), figures / "channels.png"),
+        save_figure(
+            channels_figure(batch, rows, *_channel_settings(config, summary)), figures / "channels.png"
+        ),
         "ct, mask, nodule (ct inside the mask), surround (a ring outside it), edges (Sobel), texture (local "
         "standard deviation), proximity to the outline; per slice, with the readers' mask and the segmenter's.",
     )
