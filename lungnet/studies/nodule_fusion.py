@@ -103,6 +103,15 @@ def with_predicted_masks(frame: pd.DataFrame, column: str, files: dict[str, str]
     return frame.assign(**{PREDICTED_MASK: paths.map(files)})
 
 
+def with_segmenter_masks(
+    frame: pd.DataFrame, column: str, seg_dir: Path, tta: bool, out: Path, progress: bool = True
+) -> pd.DataFrame:
+    """`frame` with the ``predicted_mask`` column the segmenter of `seg_dir` draws, written to `out`."""
+    return with_predicted_masks(
+        frame, column, predicted_mask_files(seg_dir, frame, column, tta, out, progress)
+    )
+
+
 def add_predicted_masks(
     data: PreparedData, seg_dir: Path, run_dir: Path, tta: bool, progress: bool = True
 ) -> PreparedData:
@@ -168,8 +177,7 @@ def readers_scores(model: keras.Model, frame: pd.DataFrame, config: DataConfig, 
     rows = outlined(frame, column)
     if rows.empty:
         return None
-    with data_errors():
-        probs = predict_proba(model, fusion_pipeline(rows, config, len(names), column))
+    probs = fusion_probs(model, rows, config, names, column)
     y = rows["target"].to_numpy()
     return {**classification_metrics(y, probs, names), "levels": level_metrics(y, probs, rows, names)}
 
@@ -206,9 +214,12 @@ def train_fusion_model(spec, config, data: PreparedData, columns: dict[str, str]
     return model, phases
 
 
-def predicted_probs(model: keras.Model, frame: pd.DataFrame, data: PreparedData, masks: str) -> np.ndarray:
+def fusion_probs(
+    model: keras.Model, frame: pd.DataFrame, config: DataConfig, names, masks: str
+) -> np.ndarray:
+    """[N, K] probabilities of `model` on `frame`'s slices, each with its mask of column `masks`."""
     with data_errors():
-        return predict_proba(model, pipeline(data, frame, masks))
+        return predict_proba(model, fusion_pipeline(frame, config, len(names), masks))
 
 
 def evaluate_fusion_model(name, model, data: PreparedData, columns, phases: dict, run_dir: Path) -> dict:
@@ -218,8 +229,8 @@ def evaluate_fusion_model(name, model, data: PreparedData, columns, phases: dict
     names = data.class_names
     frames = {s: data.split(s) for s in ("train", "val", "test")}
     y = {s: f["target"].to_numpy() for s, f in frames.items()}
-    val_probs = predicted_probs(model, frames["val"], data, columns["predicted"])
-    test_probs = predicted_probs(model, frames["test"], data, columns["predicted"])
+    val_probs = fusion_probs(model, frames["val"], data.config, names, columns["predicted"])
+    test_probs = fusion_probs(model, frames["test"], data.config, names, columns["predicted"])
     result = scored(y["train"], y["val"], val_probs, y["test"], test_probs, frames["test"], names)
     result["with_readers_masks"] = readers_scores(
         model, frames["test"], data.config, names, columns["readers"]
@@ -347,15 +358,13 @@ def evaluate_fusion_run(run_dir, source_spec: str, out=None, model_name: str | N
     model, name = load_run_model(run_dir, model_name)
     source, labelled, names, column = labelled_set(run_dir, config, source_spec)
     out = evaluation_dir(run_dir, source.spec, out)
-    files = predicted_mask_files(
-        run_dir / SEGMENTER_DIR, labelled, column, config.segmenter.tta, out / PREDICTED_DIR
+    labelled = with_segmenter_masks(
+        labelled, column, run_dir / SEGMENTER_DIR, config.segmenter.tta, out / PREDICTED_DIR
     )
-    labelled = with_predicted_masks(labelled, column, files)
     recorded = run_metrics(run_dir)
     y = labelled["target"].to_numpy()
     size_only, size_probs = size_only_here(labelled, names, recorded)
-    with data_errors():
-        probs = predict_proba(model, fusion_pipeline(labelled, config.data, len(names), PREDICTED_MASK))
+    probs = fusion_probs(model, labelled, config.data, names, PREDICTED_MASK)
     metrics = scored_here(y, probs, labelled, names, recorded["models"].get(name, {}), size_probs)
     readers = mask_column(labelled, config.data.view)
     metrics["with_readers_masks"] = readers_scores(model, labelled, config.data, names, readers)
@@ -402,13 +411,11 @@ def predict_fusion_run(run_dir, source_spec: str, out=None, model_name: str | No
     column = image_column(frame, config.data.view)
     check_source_images(source, frame, column)  # every image read once, before any prediction
     out = evaluation_dir(run_dir, source.spec, out, folder="predictions")
-    files = predicted_mask_files(
-        run_dir / SEGMENTER_DIR, frame, column, config.segmenter.tta, out / PREDICTED_DIR
+    frame = with_segmenter_masks(
+        frame, column, run_dir / SEGMENTER_DIR, config.segmenter.tta, out / PREDICTED_DIR
     )
-    frame = with_predicted_masks(frame, column, files)
     model, _ = load_run_model(run_dir, row)
-    with data_errors():
-        raw = predict_proba(model, fusion_pipeline(frame, config.data, len(names), PREDICTED_MASK))
+    raw = fusion_probs(model, frame, config.data, names, PREDICTED_MASK)
     calibration = Calibration.from_dict(recorded["models"][row].get("calibration"))
     extra = {PREDICTED_MASK: frame[PREDICTED_MASK].to_numpy()}
     return write_predictions(out, run_dir, source, frame, column, raw, calibration, names, row, why, extra)
@@ -417,10 +424,11 @@ def predict_fusion_run(run_dir, source_spec: str, out=None, model_name: str | No
 def fusion_summary_line(summary: dict) -> str:
     name = summary["selected_model"]
     auc = summary["auc"] if summary.get("auc") is not None else float("nan")
-    patient = (summary.get("levels") or {}).get("patient") or {}
+    patient_auc = ((summary.get("levels") or {}).get("patient") or {}).get("auc")
+    patient_auc = float("nan") if patient_auc is None else patient_auc  # None: one class among the patients
     line = (
         f"selected model {name} on the segmenter's masks: test F1 {summary['f1']:.3f}, AUC {auc:.3f}, "
-        f"patient AUC {patient.get('auc') or float('nan'):.3f} ({summary['data']})"
+        f"patient AUC {patient_auc:.3f} ({summary['data']})"
     )
     size = summary.get("baselines", {}).get("size_only")
     if size is not None:
