@@ -187,6 +187,9 @@ def _cmd_export(args) -> int:
 
     path = export_run(args.run, model_name=args.model, out=args.out)
     print(f"SavedModel: {path}\ninspect it with: saved_model_cli show --dir {path} --all")
+    image_only = json.loads((path / "lungnet.json").read_text()).get("image_only")
+    if image_only:
+        print(image_only)
     return 0
 
 

@@ -45,6 +45,22 @@ TTA_INVERSES = {
     "rotate_270": "rotate_90",
 }
 
+# (transform, its inverse) pairs: the mapped-back maps align pixel for pixel
+TTA_PAIRS = tuple((TTA_TRANSFORMS[name], TTA_TRANSFORMS[TTA_INVERSES[name]]) for name in TTA_TRANSFORMS)
+
+
+def segmenter_fn(model: keras.Model, tta: bool = False):
+    """A compiled ``x [B, H, W, C] -> probability maps [B, H, W]``; with `tta`, the mean over `TTA_PAIRS`
+    mapped back to `x`'s frame. Traced once per call site, so batches run as one graph, not op by op."""
+    pairs = TTA_PAIRS if tta else TTA_PAIRS[:1]
+
+    @tf.function(reduce_retracing=True)
+    def fn(x):
+        maps = [inverse(tf.cast(model(forward(x), training=False), tf.float32)) for forward, inverse in pairs]
+        return (tf.add_n(maps) / len(maps))[..., 0]
+
+    return fn
+
 
 def as_class_probabilities(outputs: np.ndarray) -> np.ndarray:
     """A single sigmoid column p -> [1 - p, p]; softmax outputs pass through. Always float64 [N, K]."""

@@ -21,7 +21,7 @@ from lungnet.experiment import load_experiment, resolve_experiment_path
 from lungnet.models.layers.nodule_channels import CHANNEL_NAMES, MaskedAveragePool, NoduleChannels
 from lungnet.reports.run_spread import DIAMETER, RECOMMENDED, fusion_scores
 from lungnet.runs import load_run_config
-from lungnet.serving.client import rest_request
+from lungnet.serving.client import parse_rest_response, rest_request
 from lungnet.studies.runner import seed_overrides
 from tests.report_checks import check_report
 from tests.test_physical_scale_and_neighbours import write_crops
@@ -124,7 +124,7 @@ def test_config_is_checked():
     assert seeds["segmenter"]["overrides"]["training"]["seed"] == 7 and "split_seed" not in seeds["data"]
 
 
-def test_a_run_reads_the_segmenters_masks_and_serves_with_a_mask(tmp_path, capsys):
+def test_a_run_reads_the_segmenters_masks_and_serves_with_or_without_one(tmp_path, capsys):
     manifest = write_crops(tmp_path, 12)
     frame = pd.read_csv(manifest)
     unmarked = {"P0", "P1"}  # patients without an outline, as LungCT-Diagnosis in the harmonised collections
@@ -221,8 +221,37 @@ def test_a_run_reads_the_segmenters_masks_and_serves_with_a_mask(tmp_path, capsy
     evaluated = json.loads((out_dir / "metrics.json").read_text())
     assert evaluated["n"] == 36 and evaluated["levels"]["nodule"]["n"] == 12
     assert 0 <= evaluated["with_readers_masks"]["auc"] <= 1 and "against_size_only" in evaluated
-    predicted = pd.read_csv(out_dir / "predictions.csv")["predicted_mask"]
+    evaluated_rows = pd.read_csv(out_dir / "predictions.csv")
+    predicted = evaluated_rows["predicted_mask"]
     assert all(cv2.imread(p, cv2.IMREAD_GRAYSCALE) is not None for p in predicted)
+
+    # image-only serving: the SavedModel's segmenter draws the masks `lungnet evaluate` drew, and the
+    # classifier reads them as it reads masks sent to `serving_default`
+    saved = tf.saved_model.load(str(run_dir / "saved_model"))
+    drawn_by_study = dict(zip(evaluated_rows["image"].astype(str), predicted, strict=True))
+    study_masks = np.stack([read_image(drawn_by_study[str(tmp_path / name)]) > 0 for name in shown["image"]])
+    image_only = saved.signatures["image_only"]
+    alone = image_only(images=tf.constant(images), pixel_spacing_mm=tf.constant(spacing))
+    assert alone["masks"].dtype == tf.uint8 and alone["masks"].shape == images.shape
+    np.testing.assert_array_equal(alone["masks"].numpy() == 1, study_masks)
+    with_drawn = serve(
+        images=tf.constant(images),
+        masks=tf.constant(study_masks, tf.float32),
+        pixel_spacing_mm=tf.constant(spacing),
+    )
+    np.testing.assert_allclose(alone["probabilities"].numpy(), with_drawn["probabilities"].numpy(), atol=1e-6)
+    as_uint8 = rest_request(images.astype(np.uint8), spacing, signature="image_only")
+    assert as_uint8["signature_name"] == "image_only_uint8" and set(as_uint8["inputs"]) == {
+        "images",
+        "pixel_spacing_mm",
+    }
+    reply = {"outputs": {k: v.numpy().tolist() for k, v in alone.items()}}  # TF Serving's columnar reply
+    np.testing.assert_array_equal(parse_rest_response(reply, "masks"), alone["masks"].numpy())
+    empty = image_only(images=tf.zeros([0, 40, 40]), pixel_spacing_mm=tf.zeros([0]))
+    assert empty["probabilities"].shape == (0, 2) and empty["masks"].shape == (0, 40, 40)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="one spacing"):
+        image_only(images=tf.constant(images), pixel_spacing_mm=tf.constant(spacing[:1]))
+    assert "image_only" in json.loads((run_dir / "saved_model" / "lungnet.json").read_text())["image_only"]
 
     # images without labels: masks from the run's segmenter, calibrated probabilities per slice and patient
     predictions = tmp_path / "predictions"

@@ -365,6 +365,39 @@ def _physical_scale_any_rank(x: tf.Tensor, spacing_mm, cfg: PreprocessConfig) ->
     )
 
 
+def restore_geometry(m, height, width, cfg: PreprocessConfig, spacing_mm=None) -> tf.Tensor:
+    """A model-resolution map [S, S, C] back on the pixels of its image of `height` x `width`: the inverse of
+    `preprocess_image`'s geometry (bilinear; zero outside the field of view the model saw). `spacing_mm` is
+    the image's own pixel spacing (a scalar), needed where ``cfg.pixel_spacing_mm`` is set. Sizes may be
+    tensors, so a serving signature maps a segmenter's output back inside its graph."""
+    m = _as_float(m)
+    size = tf.stack([height, width])
+    if cfg.pixel_spacing_mm is not None:
+        if spacing_mm is None:
+            raise ValueError(
+                f"preprocess.pixel_spacing_mm is {cfg.pixel_spacing_mm}: mapping a map back needs the image's "
+                "own pixel spacing"
+            )
+        scale = tf.cast(spacing_mm, tf.float32) / cfg.pixel_spacing_mm
+        # the resampled image's size, rounded as `physical_scale` rounds it
+        resampled = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32), 1)
+        m = tf.image.resize(m, [cfg.center_crop, cfg.center_crop], method="bilinear")
+        m = tf.image.resize_with_crop_or_pad(m, resampled[0], resampled[1])  # the inverse of its crop or pad
+    elif cfg.center_crop is not None:
+        window = tf.minimum(size, cfg.center_crop)
+        offset = (size - window) // 2
+        m = tf.image.resize(m, window, method="bilinear")
+        return tf.pad(
+            m,
+            [
+                [offset[0], size[0] - window[0] - offset[0]],
+                [offset[1], size[1] - window[1] - offset[1]],
+                [0, 0],
+            ],
+        )
+    return tf.image.resize(m, size, method="bilinear")
+
+
 def preprocess_mask(m, cfg: PreprocessConfig, spacing_mm=None) -> tf.Tensor:
     """The geometry of `preprocess_image` (physical scale, centre crop, nearest resize) for a 0/1 mask; one
     channel, float32. A physically rescaled mask is resampled bilinearly and thresholded at one half."""

@@ -2,7 +2,9 @@
 
 The signatures (`lungnet.serving.export`) take ``images`` (float32 HU / 0-255, or uint8 through
 ``serving_uint8``), for a nodule-fusion model ``masks`` (the nodule's outline on each image), and, for runs
-with a fixed physical scale, ``pixel_spacing_mm``; they return ``probabilities``. REST (port 8501)::
+with a fixed physical scale, ``pixel_spacing_mm``; they return ``probabilities``. A nodule-fusion model's
+``image_only`` signature (``signature="image_only"``, no masks) outlines each nodule with the run's segmenter
+and also returns those ``masks`` (``parse_rest_response(reply, "masks")``). REST (port 8501)::
 
     body = rest_request(images)                      # {"signature_name": ..., "inputs": {...}}
     reply = requests.post(rest_url("localhost", "binary_nodule"), json=body).json()
@@ -34,6 +36,7 @@ def _signature_and_inputs(
         raise DataError(f"images: expected [batch, height, width] (or [.., 3] for 2.5-D), got {images.shape}")
     if images.dtype == np.uint8:
         name = signature or "serving_uint8"
+        name = "image_only_uint8" if name == "image_only" else name  # the uint8 twin of the float32 signature
     else:
         images = images.astype(np.float32)
         name = signature or "serving_default"
@@ -62,8 +65,9 @@ def rest_request(images, spacing=None, signature: str | None = None, masks=None)
     return {"signature_name": name, "inputs": {k: v.tolist() for k, v in inputs.items()}}
 
 
-def parse_rest_response(reply) -> np.ndarray:
-    """``probabilities`` from a REST reply (a dict or its JSON text); a server error becomes a DataError."""
+def parse_rest_response(reply, output: str = OUTPUT) -> np.ndarray:
+    """`output` (``probabilities``, or ``masks`` of an ``image_only`` call) from a REST reply (a dict or its
+    JSON text); a server error becomes a DataError."""
     if isinstance(reply, str | bytes):
         reply = json.loads(reply)
     if "error" in reply:
@@ -72,8 +76,12 @@ def parse_rest_response(reply) -> np.ndarray:
     if outputs is None:
         raise DataError(f"not a columnar predict reply (no 'outputs'): keys {sorted(reply)}")
     if isinstance(outputs, dict):
-        outputs = outputs[OUTPUT]
-    return np.asarray(outputs, np.float32)
+        if output not in outputs:
+            raise DataError(f"the reply has no '{output}' output: {sorted(outputs)}")
+        outputs = outputs[output]
+    elif output != OUTPUT:
+        raise DataError(f"the reply has one unnamed output, not '{output}'")
+    return np.asarray(outputs, np.uint8 if output == "masks" else np.float32)
 
 
 def grpc_request(
@@ -94,10 +102,10 @@ def grpc_request(
     return request
 
 
-def parse_grpc_response(response) -> np.ndarray:
-    """``probabilities`` from a `PredictResponse`."""
+def parse_grpc_response(response, output: str = OUTPUT) -> np.ndarray:
+    """`output` (``probabilities``, or ``masks`` of an ``image_only`` call) from a `PredictResponse`."""
     import tensorflow as tf
 
-    if OUTPUT not in response.outputs:
-        raise DataError(f"the response has no '{OUTPUT}' output: {sorted(response.outputs)}")
-    return tf.make_ndarray(response.outputs[OUTPUT]).astype(np.float32)
+    if output not in response.outputs:
+        raise DataError(f"the response has no '{output}' output: {sorted(response.outputs)}")
+    return tf.make_ndarray(response.outputs[output]).astype(np.uint8 if output == "masks" else np.float32)

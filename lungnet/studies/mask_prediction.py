@@ -22,9 +22,10 @@ from tqdm.auto import tqdm
 
 from lungnet.data.io import read_image
 from lungnet.data.pipelines import sample_spacings
-from lungnet.data.preprocessing import PreprocessConfig, preprocess_image
+from lungnet.data.preprocessing import PreprocessConfig, preprocess_image, restore_geometry
 from lungnet.errors import ConfigError
 from lungnet.fileio import atomic_path
+from lungnet.inference import segmenter_fn
 
 
 def write_mask_png(path: Path, mask: np.ndarray) -> Path:
@@ -35,54 +36,22 @@ def write_mask_png(path: Path, mask: np.ndarray) -> Path:
     return path
 
 
-def _centred(window: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """`window` [s, s] on a zero canvas of `shape`, centres aligned: the inverse of
-    ``tf.image.resize_with_crop_or_pad`` (a larger canvas is padded around it, a smaller one crops it)."""
-    canvas = np.zeros(shape, dtype=np.float32)
-    dst, src = [], []
-    for n, s in zip(shape, window.shape, strict=True):
-        if n >= s:
-            dst.append(slice((n - s) // 2, (n - s) // 2 + s))
-            src.append(slice(0, s))
-        else:
-            dst.append(slice(0, n))
-            src.append(slice((s - n) // 2, (s - n) // 2 + n))
-    canvas[tuple(dst)] = window[tuple(src)]
-    return canvas
-
-
-def _resized(prob: np.ndarray, height: int, width: int) -> np.ndarray:
-    if prob.shape == (height, width):
-        return prob.astype(np.float32)
-    return cv2.resize(prob.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-
-
 def to_native(
     prob: np.ndarray, shape: tuple[int, int], preprocess: PreprocessConfig, spacing_mm: float | None = None
 ) -> np.ndarray:
     """A model-resolution map [S, S] on the pixels of its image of `shape` (H, W): the inverse of
-    `preprocess_image`'s geometry (bilinear; zero outside the field of view). `spacing_mm` is the image's
-    own pixel spacing, needed where the preprocessing resamples to ``pixel_spacing_mm``."""
-    height, width = int(shape[0]), int(shape[1])
-    crop = preprocess.center_crop
-    if preprocess.pixel_spacing_mm is not None:
-        if spacing_mm is None or not spacing_mm > 0:
-            raise ConfigError(
-                f"preprocess.pixel_spacing_mm is {preprocess.pixel_spacing_mm}: mapping a mask back needs "
-                f"the image's own pixel spacing (got {spacing_mm!r})"
-            )
-        scale = float(spacing_mm) / preprocess.pixel_spacing_mm
-        # the resampled image's size, rounded as preprocess_image rounds it
-        resampled = (max(int(np.round(height * scale)), 1), max(int(np.round(width * scale)), 1))
-        canvas = _centred(_resized(prob, crop, crop), resampled)
-        return _resized(canvas, height, width)
-    if crop is not None:
-        window = (min(height, crop), min(width, crop))
-        canvas = np.zeros((height, width), dtype=np.float32)
-        top, left = (height - window[0]) // 2, (width - window[1]) // 2
-        canvas[top : top + window[0], left : left + window[1]] = _resized(prob, *window)
-        return canvas
-    return _resized(prob, height, width)
+    `preprocess_image`'s geometry (`restore_geometry`: bilinear, zero outside the field of view).
+    `spacing_mm` is the image's own pixel spacing, needed where the preprocessing resamples to
+    ``pixel_spacing_mm``."""
+    if preprocess.pixel_spacing_mm is not None and (spacing_mm is None or not spacing_mm > 0):
+        raise ConfigError(
+            f"preprocess.pixel_spacing_mm is {preprocess.pixel_spacing_mm}: mapping a mask back needs "
+            f"the image's own pixel spacing (got {spacing_mm!r})"
+        )
+    native = restore_geometry(
+        np.asarray(prob, np.float32)[..., None], int(shape[0]), int(shape[1]), preprocess, spacing_mm
+    )
+    return native.numpy()[..., 0]
 
 
 @dataclass(frozen=True)
@@ -133,8 +102,6 @@ def segmented_batches(
 ) -> Iterator[SegmentedBatch]:
     """`segmenter` over the images of `paths` (each read once; `spacings` their pixel spacings in mm where
     the preprocessing resamples to a fixed one), `batch` at a time."""
-    from lungnet.studies.segmentation import segmenter_fn  # (the segmentation study imports the runner)
-
     if segmenter.preprocess.pixel_spacing_mm is not None and spacings is None:
         raise ConfigError(
             f"model {segmenter.name}: its preprocessing resamples to {segmenter.preprocess.pixel_spacing_mm} "

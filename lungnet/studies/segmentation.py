@@ -44,7 +44,7 @@ from lungnet.evaluation.segmentation import (
 )
 from lungnet.experiment import SegmentationExperimentConfig
 from lungnet.fileio import write_csv, write_json
-from lungnet.inference import TTA_INVERSES, TTA_TRANSFORMS
+from lungnet.inference import segmenter_fn
 from lungnet.losses import EdgeLoss, LossConfig, build_loss
 from lungnet.models import build_segmenter, inference_model
 from lungnet.models.contract import EDGE_OUTPUT, output_names
@@ -76,23 +76,6 @@ class Predictions:
     images: np.ndarray
     masks: np.ndarray
     probs: np.ndarray
-
-
-# (transform, its inverse) pairs: the mapped-back maps align pixel for pixel
-TTA_PAIRS = tuple((TTA_TRANSFORMS[name], TTA_TRANSFORMS[TTA_INVERSES[name]]) for name in TTA_TRANSFORMS)
-
-
-def segmenter_fn(model: keras.Model, tta: bool = False):
-    """A compiled ``x [B, H, W, C] -> probability maps [B, H, W]``; with `tta`, the mean over `TTA_PAIRS`
-    mapped back to `x`'s frame. Traced once per call site, so batches run as one graph, not op by op."""
-    pairs = TTA_PAIRS if tta else TTA_PAIRS[:1]
-
-    @tf.function(reduce_retracing=True)
-    def fn(x):
-        maps = [inverse(tf.cast(model(forward(x), training=False), tf.float32)) for forward, inverse in pairs]
-        return (tf.add_n(maps) / len(maps))[..., 0]
-
-    return fn
 
 
 def segment(model: keras.Model, x: tf.Tensor, tta: bool = False) -> np.ndarray:
