@@ -156,7 +156,8 @@ def _cmd_evaluate(args) -> int:
     from lungnet.studies.runner import evaluate_run
 
     out = evaluate_run(args.run, args.data, out=args.out, model_name=args.model)
-    print(f"evaluation written to {out} (metrics.json, predictions.csv, report.html)")
+    written = sorted(p.name for p in out.iterdir() if p.suffix in (".json", ".csv", ".html"))
+    print(f"evaluation written to {out} ({', '.join(written)})")
     return 0
 
 

@@ -221,6 +221,13 @@ def test_a_run_reads_the_segmenters_masks_and_serves_with_or_without_one(tmp_pat
     evaluated = json.loads((out_dir / "metrics.json").read_text())
     assert evaluated["n"] == 36 and evaluated["levels"]["nodule"]["n"] == 12
     assert 0 <= evaluated["with_readers_masks"]["auc"] <= 1 and "against_size_only" in evaluated
+    assert "report.html" in capsys.readouterr().out  # the files it names are the files it wrote
+    evaluation_report = (out_dir / "report.html").read_text()
+    assert (
+        "segmenter&#x27;s masks: image-only" in evaluation_report
+        and "diameter (the run&#x27;s fit)" in evaluation_report
+    )
+    assert {"roc.png", "confusion_matrix.png", "outlines.png"} <= {p.name for p in out_dir.iterdir()}
     evaluated_rows = pd.read_csv(out_dir / "predictions.csv")
     predicted = evaluated_rows["predicted_mask"]
     assert all(cv2.imread(p, cv2.IMREAD_GRAYSCALE) is not None for p in predicted)
@@ -263,3 +270,4 @@ def test_a_run_reads_the_segmenters_masks_and_serves_with_or_without_one(tmp_pat
     assert json.loads((predictions / "prediction.json").read_text())["model"] == metrics["selected_model"]
     capsys.readouterr()
     check_report(run_dir / "report.html", tmp_path)  # last: skips where Chromium is missing
+    check_report(out_dir / "report.html", tmp_path)

@@ -10,7 +10,13 @@ import numpy as np
 import pandas as pd
 
 from lungnet.evaluation.calibration import Calibration
-from lungnet.evaluation.figures import _figure, reliability_figure, roc_figure, save_figure
+from lungnet.evaluation.figures import (
+    _figure,
+    confusion_matrix_figure,
+    reliability_figure,
+    roc_figure,
+    save_figure,
+)
 from lungnet.models.contract import INPUT_NAME
 from lungnet.models.layers.nodule_channels import CHANNEL_NAMES, NoduleChannels
 from lungnet.reports.classification import PHANTOM_CAVEAT, against_size_only_table
@@ -154,3 +160,74 @@ def write_fusion_report(run_dir, config, data, results, summary, channel_batch: 
         "standard deviation), proximity to the outline; per slice, with the readers' mask and the segmenter's.",
     )
     return report.save(run_dir / "report.html")
+
+
+def outlines_figure(examples: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]):
+    """Each ``(image, segmenter's mask, readers' mask or None)`` on its own pixels: the segmenter's outline
+    in orange, the readers' in cyan."""
+    fig = _figure(2.2 * len(examples), 2.4)
+    axes = fig.subplots(1, len(examples), squeeze=False)[0]
+    for ax, (image, predicted, readers) in zip(axes, examples, strict=True):
+        ax.imshow(image, cmap="gray")
+        for mask, colour in ((predicted, "tab:orange"), (readers, "cyan")):
+            if mask is not None and mask.any():
+                ax.contour(mask.astype(float), levels=[0.5], colors=colour, linewidths=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig
+
+
+def write_fusion_evaluation_report(
+    out: Path, title: str, summary: dict, y, probs, size_probs, names, examples
+) -> Path:
+    """The report of `lungnet evaluate` on a fusion run: `summary` its metrics.json, `probs` the image-only
+    probabilities of every slice, `examples` a few slices with their masks (`outlines_figure`)."""
+    out = Path(out)
+    report = HtmlReport(title)
+    report.paragraph(
+        f"Data: {summary['data']}; every sample ({summary['n']} slices), grouping '{summary['grouping']}'."
+    )
+    report.note(
+        "Image-only rows read each slice and the mask the run's segmenter drew on it; the readers' rows read "
+        "this set's own outlines where it has them (a reference a new patient does not have). The diameter is "
+        "the run's own fit (on its training split) applied to this set's diameters."
+    )
+    rows = {f"{summary['model']} (segmenter's masks: image-only)": _row(summary)}
+    if summary.get("with_readers_masks"):
+        rows[f"{summary['model']} (readers' masks: reference)"] = _row(summary["with_readers_masks"])
+    size = summary["baselines"]["size_only"]
+    if "skipped" in size:
+        report.note(f"The diameter is not scored: {size['skipped']}.")
+    else:
+        rows["diameter (the run's fit)"] = _row(size)
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "model (this set)"
+    report.table(table)
+    paired = against_size_only_table({f"{summary['model']} (image-only)": summary.get("against_size_only")})
+    if paired is not None:
+        report.table(paired, "Against the diameter on the same patients (patient bootstrap).")
+    calibration = summary.get("calibration")
+    if calibration:
+        keys = ("ece_before", "ece_before_ci95", "ece_after", "ece_after_ci95", "temperature", "fitted_on")
+        report.table(
+            pd.DataFrame({k: [calibration.get(k)] for k in keys}, index=[summary["model"]]),
+            "Slice-level ECE before and after the run's calibration (fitted on the run's own held-out "
+            "predictions, never on this set)",
+        )
+    curves = {f"{summary['model']} (image-only)": probs}
+    if size_probs is not None:
+        curves["diameter"] = size_probs
+    report.image(save_figure(roc_figure(y, curves, names), out / "roc.png"), "ROC, every slice of this set")
+    report.image(
+        save_figure(
+            confusion_matrix_figure(summary["confusion_matrix"], names), out / "confusion_matrix.png"
+        ),
+        "Confusion matrix (image-only, at 0.5)",
+    )
+    if examples:
+        report.image(
+            save_figure(outlines_figure(examples), out / "outlines.png"),
+            "The first slices of this set: the segmenter's outline (orange), which the classifier read, and "
+            "the readers' (cyan) where the set has one.",
+        )
+    return report.save(out / "report.html")

@@ -35,6 +35,7 @@ from lungnet.data.dataset import (
     mask_column,
     prepare_data,
 )
+from lungnet.data.io import read_image
 from lungnet.data.pipelines import classification_dataset, data_errors
 from lungnet.data.registry import load_source
 from lungnet.errors import DataError, LungnetError
@@ -389,7 +390,29 @@ def evaluate_fusion_run(run_dir, source_spec: str, out=None, model_name: str | N
         "baselines": {"size_only": size_only},
     }
     write_json(out / "metrics.json", summary)
+    from lungnet.reports.nodule_fusion import write_fusion_evaluation_report  # (matplotlib, when reporting)
+
+    title = f"External evaluation of {name} ({run_dir.name}) on {source.spec}"
+    examples = outline_examples(labelled, column, readers)
+    write_fusion_evaluation_report(out, title, summary, y, probs, size_probs, names, examples)
     return out
+
+
+def outline_examples(frame: pd.DataFrame, column: str, readers: str, count: int = 6) -> list:
+    """``(image, segmenter's mask, readers' mask or None)`` of the first `count` distinct images of `frame`,
+    those the readers outlined first (so the figure can set both outlines side by side)."""
+    rows = pd.concat([outlined(frame, readers), frame]).drop_duplicates(column).head(count)
+    examples = []
+    for _, row in rows.iterrows():
+        marked = readers in row and isinstance(row[readers], str) and row[readers].strip() != ""
+        examples.append(
+            (
+                read_image(row[column]),
+                read_image(row[PREDICTED_MASK]) > 0,
+                read_image(row[readers]) > 0 if marked else None,
+            )
+        )
+    return examples
 
 
 def predict_fusion_run(run_dir, source_spec: str, out=None, model_name: str | None = None) -> Path:
