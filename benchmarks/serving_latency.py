@@ -3,7 +3,8 @@
 ``python benchmarks/serving_latency.py RUN [RUN ...]``: every model of each finished run is exported with
 `lungnet.serving.export.export_run` (into a temporary folder; the run is not touched), loaded back with
 ``tf.saved_model.load`` as TF Serving would load it, and called through its ``serving_default`` signature
-with raw images of ``--image-size`` pixels (128: lidc-crops' crops; random 0-255 grey values; a 2.5-D run
+(and, for a nodule-fusion run, ``image_only``, which runs the run's segmenter before the classifier) with raw
+images of ``--image-size`` pixels (128: lidc-crops' crops; random 0-255 grey values; a 2.5-D run
 gets three slices, a fixed-scale run a pixel spacing of 0.7 mm). So the timed work is what a server does per request:
 preprocessing inside the signature, the network, and the output. After ``--warmup`` calls, ``--calls``
 single-image calls give the latency percentiles, and ``--batches`` calls of 32 images the throughput
@@ -62,11 +63,14 @@ def time_calls(fn, inputs, calls: int) -> list[float]:
     return seconds
 
 
-def measure(saved_model: Path, config, preprocess, args) -> dict:
-    fn = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+def measure(fn, config, preprocess, args) -> dict:
+    """`fn`: one signature of a loaded SavedModel; it is sent the inputs it names."""
+    takes = set(fn.structured_input_signature[1])
     rng = np.random.default_rng(0)
-    one = raw_input(config, preprocess, args.image_size, 1, rng)
-    many = raw_input(config, preprocess, args.image_size, 32, rng)
+    one, many = (
+        {k: v for k, v in raw_input(config, preprocess, args.image_size, n, rng).items() if k in takes}
+        for n in (1, 32)
+    )
     time_calls(fn, one, args.warmup)
     time_calls(fn, many, max(1, args.warmup // 5))
     single = np.asarray(time_calls(fn, one, args.calls)) * 1000
@@ -110,10 +114,18 @@ def main(argv=None) -> int:
             preprocess = run_preprocess(run_dir, config)
             for name in run_model_names(run_dir):
                 saved = export_run(run_dir, name, out=Path(tmp) / "exports" / run_dir.name / name)
-                row = {"run": str(run_dir), "experiment": config.name, "model": name}
-                row.update(measure(saved, config, preprocess, args))
-                print(json.dumps(row))
-                results.append(row)
+                signatures = tf.saved_model.load(str(saved)).signatures
+                # a nodule-fusion run's `image_only` also runs its segmenter: the cost of serving without a mask
+                for signature in [s for s in ("serving_default", "image_only") if s in signatures]:
+                    row = {
+                        "run": str(run_dir),
+                        "experiment": config.name,
+                        "model": name,
+                        "signature": signature,
+                    }
+                    row.update(measure(signatures[signature], config, preprocess, args))
+                    print(json.dumps(row))
+                    results.append(row)
     write_json(
         args.out,
         {

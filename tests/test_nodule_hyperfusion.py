@@ -4,7 +4,10 @@ scores beside the readers' masks and the diameter, the SavedModel with a mask in
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
+from pathlib import Path
 
 import cv2
 import keras
@@ -96,6 +99,14 @@ def test_compare_runs_reads_a_fusion_record():
     assert scores["hf"]["ECE after calibration"] == 0.05
     assert scores["hf (readers' masks)"]["slice AUC"] == 0.9
     assert scores[RECOMMENDED] == scores["hf"] and scores[DIAMETER]["slice AUC"] == 0.85
+
+
+def serving_benchmark():
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "serving_latency.py"
+    spec = importlib.util.spec_from_file_location("serving_latency", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _experiment(profile="smoke", **overrides):
@@ -259,6 +270,15 @@ def test_a_run_reads_the_segmenters_masks_and_serves_with_or_without_one(tmp_pat
     with pytest.raises(tf.errors.InvalidArgumentError, match="one spacing"):
         image_only(images=tf.constant(images), pixel_spacing_mm=tf.constant(spacing[:1]))
     assert "image_only" in json.loads((run_dir / "saved_model" / "lungnet.json").read_text())["image_only"]
+    # the serving benchmark sends each signature what it names: image_only gets no masks
+    timing = serving_benchmark().measure(
+        image_only,
+        config,
+        config.data.preprocess,
+        argparse.Namespace(image_size=40, warmup=1, calls=2, batches=1),
+    )
+    assert timing["input"] == {"images": [1, 40, 40], "pixel_spacing_mm": [1]}
+    assert timing["throughput_images_per_s_batch32"] > 0
 
     # images without labels: masks from the run's segmenter, calibrated probabilities per slice and patient
     predictions = tmp_path / "predictions"
