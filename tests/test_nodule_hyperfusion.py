@@ -258,6 +258,10 @@ def test_a_run_reads_the_segmenters_masks_and_serves_with_or_without_one(tmp_pat
         pixel_spacing_mm=tf.constant(spacing),
     )
     np.testing.assert_allclose(alone["probabilities"].numpy(), with_drawn["probabilities"].numpy(), atol=1e-6)
+    eight_bit = saved.signatures["image_only_uint8"](
+        images=tf.constant(images.astype(np.uint8)), pixel_spacing_mm=tf.constant(spacing)
+    )
+    np.testing.assert_array_equal(eight_bit["masks"].numpy(), alone["masks"].numpy())
     as_uint8 = rest_request(images.astype(np.uint8), spacing, signature="image_only")
     assert as_uint8["signature_name"] == "image_only_uint8" and set(as_uint8["inputs"]) == {
         "images",
