@@ -40,7 +40,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from lungnet.data.preprocessing import preprocess_image, preprocess_mask, restore_geometry
+from lungnet.data.preprocessing import PreprocessConfig, preprocess_image, preprocess_mask, restore_geometry
 from lungnet.evaluation.measured_nodule import SEGMENTER_DIR
 from lungnet.fileio import atomic_directory, write_json
 from lungnet.inference import segmenter_fn
@@ -64,7 +64,7 @@ class RunSegmenter:
     """The segmenter a nodule-fusion run trained, as the study applies it to draw the masks it tests on."""
 
     model: keras.Model
-    preprocess: object  # its run's PreprocessConfig
+    preprocess: PreprocessConfig
     threshold: float
     tta: bool
 
