@@ -124,24 +124,37 @@ def _cmd_data_harmonize(args) -> int:
     return 0
 
 
-def _cmd_train(args) -> int:
-    from lungnet.studies.runner import prepare_run, release_worker_copy, run_study, summary_line
+def _run_study(experiment: str, args, resume=None):
+    """`lungnet train` and `reproduce`: prepare the run folder, run the study; ``(config, run_dir, summary)``,
+    or None on a multi-worker run's other worker (the chief writes the run folder)."""
+    from lungnet.studies.runner import prepare_run, release_worker_copy, run_study
 
     config, run_dir = prepare_run(
-        args.config,
+        experiment,
         profile=args.profile,
         data=args.data,
         out=args.out,
-        resume=args.resume,
+        resume=resume,
         assignments=args.assignments,
         seed=args.seed,
     )
     print(f"run folder: {run_dir}")
     summary = run_study(config, run_dir)
-    if release_worker_copy(run_dir):  # a multi-worker run's other worker
-        return 0
+    if release_worker_copy(run_dir):
+        return None
     _warn_unconverged(run_dir)
-    print(f"\n{summary_line(summary, config.task)}\nrun folder: {run_dir}\nreport: {run_dir / 'report.html'}")
+    return config, run_dir, summary
+
+
+def _cmd_train(args) -> int:
+    from lungnet.studies.runner import summary_line
+
+    ran = _run_study(args.config, args, resume=args.resume)
+    if ran is not None:
+        config, run_dir, summary = ran
+        print(
+            f"\n{summary_line(summary, config.task)}\nrun folder: {run_dir}\nreport: {run_dir / 'report.html'}"
+        )
     return 0
 
 
@@ -244,23 +257,15 @@ def _cmd_compare_runs(args) -> int:
 
 def _cmd_reproduce(args) -> int:
     from lungnet.serving.export import export_run
-    from lungnet.studies.runner import prepare_run, release_worker_copy, run_study, summary_line
+    from lungnet.studies.runner import summary_line
 
-    config, run_dir = prepare_run(
-        args.study,
-        profile=args.profile,
-        data=args.data,
-        out=args.out,
-        assignments=args.assignments,
-        seed=args.seed,
-    )
-    print(f"run folder: {run_dir}")
-    summary = run_study(config, run_dir)
-    if release_worker_copy(run_dir):  # a multi-worker run's other worker
-        return 0
-    saved = export_run(run_dir)
-    _warn_unconverged(run_dir)
-    print(f"\n{summary_line(summary, config.task)}\nreport: {run_dir / 'report.html'}\nSavedModel: {saved}")
+    ran = _run_study(args.study, args)
+    if ran is not None:
+        config, run_dir, summary = ran
+        saved = export_run(run_dir)
+        print(
+            f"\n{summary_line(summary, config.task)}\nreport: {run_dir / 'report.html'}\nSavedModel: {saved}"
+        )
     return 0
 
 
