@@ -291,7 +291,9 @@ def test_a_run_reads_the_segmenters_masks_and_serves_with_or_without_one(tmp_pat
     assert len(slices) == 36 and slices["predicted_mask"].map(lambda p: cv2.imread(p) is not None).all()
     assert np.allclose(slices[["prob_benign", "prob_malignant"]].sum(axis=1), 1.0)
     assert len(pd.read_csv(predictions / "patients.csv")) == 12
-    assert json.loads((predictions / "prediction.json").read_text())["model"] == metrics["selected_model"]
+    predicted_record = json.loads((predictions / "prediction.json").read_text())
+    assert predicted_record["model"] == metrics["selected_model"]
+    assert "outlines.png" in predicted_record["files"] and (predictions / "outlines.png").is_file()
     capsys.readouterr()
     check_report(run_dir / "report.html", tmp_path)  # last: skips where Chromium is missing
     check_report(out_dir / "report.html", tmp_path)

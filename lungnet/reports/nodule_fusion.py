@@ -24,6 +24,7 @@ from lungnet.reports.html import HtmlReport
 from lungnet.reports.training import CAPTION, convergence_notes, learning_curves, run_note
 
 LEVELS = ("slice", "nodule", "patient")
+OUTLINES_FIGURE = "outlines.png"  # a few slices with the segmenter's outline (evaluate and predict)
 
 
 def _row(metrics: dict) -> dict:
@@ -226,7 +227,7 @@ def write_fusion_evaluation_report(
     )
     if examples:
         report.image(
-            save_figure(outlines_figure(examples), out / "outlines.png"),
+            save_figure(outlines_figure(examples), out / OUTLINES_FIGURE),
             "The first slices of this set: the segmenter's outline (orange), which the classifier read, and "
             "the readers' (cyan) where the set has one.",
         )

@@ -441,7 +441,14 @@ def predict_fusion_run(run_dir, source_spec: str, out=None, model_name: str | No
     raw = fusion_probs(model, frame, config.data, names, PREDICTED_MASK)
     calibration = Calibration.from_dict(recorded["models"][row].get("calibration"))
     extra = {PREDICTED_MASK: frame[PREDICTED_MASK].to_numpy()}
-    return write_predictions(out, run_dir, source, frame, column, raw, calibration, names, row, why, extra)
+    from lungnet.evaluation.figures import save_figure  # (matplotlib, only when writing figures)
+    from lungnet.reports.nodule_fusion import OUTLINES_FIGURE, outlines_figure
+
+    readers = mask_column(frame, config.data.view)
+    save_figure(outlines_figure(outline_examples(frame, column, readers)), out / OUTLINES_FIGURE)
+    return write_predictions(
+        out, run_dir, source, frame, column, raw, calibration, names, row, why, extra, [OUTLINES_FIGURE]
+    )
 
 
 def fusion_summary_line(summary: dict) -> str:

@@ -108,9 +108,11 @@ def write_predictions(
     row: str,
     why: str,
     extra=None,
+    written=(),
 ) -> Path:
     """`out`'s predictions.csv (each slice, calibrated and not; `extra` columns beside), nodules.csv, patients.csv
-    and prediction.json, from `row`'s uncalibrated probabilities `raw` on `frame` and its `calibration`."""
+    and prediction.json, from `row`'s uncalibrated probabilities `raw` on `frame` and its `calibration`.
+    `written`: files the caller already wrote to `out`, listed in prediction.json with these."""
     probs = calibration.apply(raw) if calibration is not None else raw
     ids = [c for c in ("patient_id", "nodule_id") if c in frame.columns]
     slices = pd.DataFrame(
@@ -140,6 +142,7 @@ def write_predictions(
     )
     described = calibration.describe() if calibration is not None else "none"
     files = ["predictions.csv", *(["nodules.csv"] if "nodule_id" in frame.columns else []), "patients.csv"]
+    files += list(written)
     write_json(
         out / "prediction.json",
         {
