@@ -128,6 +128,15 @@ def write_fusion_report(run_dir, config, data, results, summary, channel_batch: 
             )
             + f"{seg['slices_without_predicted_mask']} slices without a predicted mask."
         )
+        seen = (seg.get("by_split") or {}).get("train") or {}
+        if seen.get("slices"):
+            held_out = seg["by_split"]["val"]
+            report.paragraph(
+                f"On the training patients, which the segmenter trained on, its masks have Dice "
+                f"{seen['dice_mean']:.3f} ({seen['slices']} slices)"
+                + (f", on validation {held_out['dice_mean']:.3f}" if held_out.get("slices") else "")
+                + ": the segmenter's-mask phase trains on masks this much sharper than the test's."
+            )
     else:
         report.paragraph(f"{seg['recipe']} (run folder {seg['run']}); no test slice has a readers' outline.")
     test = data.split("test")
