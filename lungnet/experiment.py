@@ -323,6 +323,23 @@ class FusionModelSpec:
 
 
 @dataclass(frozen=True)
+class FusionSegmenterConfig(SegmenterRecipe):
+    """``segmenter`` of a nodule-fusion experiment: the recipe, and where the training patients' masks for the
+    segmenter's-mask phase come from."""
+
+    # 0: the run's segmenter, which trained on those patients (sharper masks than a new patient gets);
+    # k >= 2: k more segmenters, each trained without one of k folds of the training patients, draw that
+    # fold's masks, as a new patient's are drawn (cross-fitting; k more segmenter trainings)
+    cross_fit_folds: int = 0
+
+    def __post_init__(self):
+        if self.cross_fit_folds < 0 or self.cross_fit_folds == 1:
+            raise ConfigError(
+                f"segmenter.cross_fit_folds: {self.cross_fit_folds!r}; 0 (off) or a number of folds >= 2"
+            )
+
+
+@dataclass(frozen=True)
 class NoduleFusionExperimentConfig:
     """The multi-dataset study's classification half: classifiers of an image and its nodule mask
     (NoduleHyperFusionNet), trained on the readers' masks then on a segmenter's, judged on the segmenter's
@@ -334,7 +351,7 @@ class NoduleFusionExperimentConfig:
     models: tuple[FusionModelSpec, ...] = ()
     training: TrainingConfig = field(default_factory=TrainingConfig)
     # the segmenter whose masks the classifiers read at inference, trained on this run's training patients
-    segmenter: SegmenterRecipe = field(default_factory=SegmenterRecipe)
+    segmenter: FusionSegmenterConfig = field(default_factory=FusionSegmenterConfig)
     published: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> metric -> value
     published_source: str = ""
     profile: str = "base"

@@ -135,6 +135,57 @@ def test_config_is_checked():
     assert seeds["segmenter"]["overrides"]["training"]["seed"] == 7 and "split_seed" not in seeds["data"]
 
 
+def test_cross_fitted_training_masks_come_from_segmenters_that_never_saw_their_patients(tmp_path):
+    manifest = write_crops(tmp_path, 12)
+    run_dir = tmp_path / "run"
+    overrides = [
+        "data.preprocess={hu_window: null, normalize: minmax, zscore_mean: null, zscore_std: null, "
+        "image_size: 32}",
+        "segmenter.overrides={data: {image_size: 32}, postprocess: {crf: {enabled: false}}, "
+        "evaluation: {intensity_test: false}}",
+        "segmenter.cross_fit_folds=2",
+        "models=[{name: predicted_only, model: {name: nodule_hyperfusion, filters: [4], embedding_units: 4}, "
+        "phases: [predicted]}]",
+    ]
+    args = [
+        "reproduce",
+        "nodule-hyperfusion",
+        "--profile",
+        "smoke",
+        "--data",
+        manifest,
+        "--out",
+        str(run_dir),
+    ]
+    assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
+    segmenter = json.loads((run_dir / "metrics.json").read_text())["segmenter"]
+    assert segmenter["fold_runs"] == ["segmenter-fold-1", "segmenter-fold-2"]
+    assert segmenter["training_masks"].startswith("cross-fitted: 2 segmenters")
+    main_split = pd.read_csv(run_dir / "segmenter_manifest.csv").groupby("patient_id")["split"].first()
+    training = set(main_split[main_split == "train"].index)
+    held_out_by_fold = []
+    for folder in segmenter["fold_runs"]:
+        fold_split = pd.read_csv(run_dir / f"{folder}_manifest.csv").groupby("patient_id")["split"].first()
+        # the fold's own patients and the test patients are held out; validation still early-stops it
+        held = set(fold_split[fold_split == "test"].index) & training
+        assert held and set(fold_split[fold_split == "train"].index) == training - held
+        assert set(fold_split[fold_split == "val"].index) == set(main_split[main_split == "val"].index)
+        assert (run_dir / folder / "run.json").is_file()
+        held_out_by_fold.append(held)
+    assert held_out_by_fold[0].isdisjoint(held_out_by_fold[1])
+    assert held_out_by_fold[0] | held_out_by_fold[1] == training
+    # every training slice's mask is a fold's; the run's segmenter drew only validation and test masks
+    images_per_patient = 3
+    fold_masks = [
+        len(list((run_dir / "predicted_masks_cross_fitted" / f"fold-{i}").glob("*.png"))) for i in (1, 2)
+    ]
+    assert fold_masks == [images_per_patient * len(h) for h in held_out_by_fold]
+    own = len(list((run_dir / "predicted_masks").glob("*.png")))
+    assert own == images_per_patient * (12 - len(training))
+    assert segmenter["by_split"]["train"]["slices"] == images_per_patient * len(training)
+    assert "cross-fitted" in (run_dir / "report.html").read_text()
+
+
 def test_a_run_reads_the_segmenters_masks_and_serves_with_or_without_one(tmp_path, capsys):
     manifest = write_crops(tmp_path, 12)
     frame = pd.read_csv(manifest)

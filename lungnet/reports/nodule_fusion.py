@@ -131,12 +131,22 @@ def write_fusion_report(run_dir, config, data, results, summary, channel_batch: 
         seen = (seg.get("by_split") or {}).get("train") or {}
         if seen.get("slices"):
             held_out = seg["by_split"]["val"]
-            report.paragraph(
-                f"On the training patients, which the segmenter trained on, its masks have Dice "
-                f"{seen['dice_mean']:.3f} ({seen['slices']} slices)"
-                + (f", on validation {held_out['dice_mean']:.3f}" if held_out.get("slices") else "")
-                + ": the segmenter's-mask phase trains on masks this much sharper than the test's."
-            )
+            validation = f", on validation {held_out['dice_mean']:.3f}" if held_out.get("slices") else ""
+            if seg.get("fold_runs"):
+                said = (
+                    f"The training patients' masks are cross-fitted ({len(seg['fold_runs'])} segmenters, "
+                    f"each trained without one fold of them: {', '.join(seg['fold_runs'])}): Dice "
+                    f"{seen['dice_mean']:.3f} on their {seen['slices']} slices{validation}, drawn as a new "
+                    "patient's are."
+                )
+            else:
+                said = (
+                    f"On the training patients, which the segmenter trained on, its masks have Dice "
+                    f"{seen['dice_mean']:.3f} ({seen['slices']} slices){validation}: the segmenter's-mask phase "
+                    "trains on masks that much sharper than the test's (`segmenter.cross_fit_folds` draws them "
+                    "as a new patient's are)."
+                )
+            report.paragraph(said)
     else:
         report.paragraph(f"{seg['recipe']} (run folder {seg['run']}); no test slice has a readers' outline.")
     test = data.split("test")

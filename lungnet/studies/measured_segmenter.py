@@ -48,15 +48,17 @@ def train_segmenter(
     run_dir: Path,
     progress=True,
     section: str = "measured_nodule",
+    folder: str = SEGMENTER_DIR,
 ) -> Path:
-    """Train (or reuse, when already finished) the run's segmenter in ``run_dir/segmenter``."""
+    """Train (or reuse, when already finished) the run's segmenter in ``run_dir/<folder>``, on the rows of
+    `split`'s training patients (its validation patients early-stop it; its test patients are held out)."""
     from lungnet.studies.runner import run_study
 
-    seg_dir = run_dir / SEGMENTER_DIR
+    seg_dir = run_dir / folder
     if run_status(seg_dir).get("status") == "finished":
         return seg_dir
     seg_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = run_dir / "segmenter_manifest.csv"
+    manifest_path = run_dir / f"{folder}_manifest.csv"
     write_csv(manifest_path, segmenter_manifest(source_manifest, split, view))
     print(f"{section}: training the segmenter ({config.experiment} / {config.model}) in {seg_dir}")
     run_study(segmenter_config(config, manifest_path, view, section), seg_dir, progress=progress)

@@ -75,6 +75,7 @@ from lungnet.training.fit import set_global_options, train_phase
 
 PREDICTED_MASK = "predicted_mask"
 PREDICTED_DIR = "predicted_masks"
+CROSS_FITTED_DIR = "predicted_masks_cross_fitted"  # the training patients' masks, one folder per fold
 SELECTION = "best validation F1 on the segmenter's masks (binary: F1 of the malignant class; 5-class: macro)"
 
 
@@ -113,12 +114,47 @@ def with_segmenter_masks(
     )
 
 
+def training_folds(data: PreparedData, k: int) -> list[set[str]]:
+    """The training patients in `k` folds of (nearly) equal size, shuffled with ``data.seed``."""
+    patients = np.array(sorted(data.split("train")["patient_id"].astype(str).unique()))
+    if len(patients) < k:
+        raise DataError(f"segmenter.cross_fit_folds: {k} folds of {len(patients)} training patients")
+    order = np.random.default_rng(data.config.seed).permutation(patients)
+    return [set(order[i::k]) for i in range(k)]
+
+
+def cross_fitted_mask_files(config, data: PreparedData, run_dir: Path, progress: bool = True):
+    """``({image: mask PNG}, [segmenter folders])``: every training patient's masks drawn by a segmenter
+    trained without that patient's fold (``<run>/segmenter-fold-<i>``; validation patients early-stop it as
+    they do the run's segmenter, test patients stay held out), as a new patient's masks are drawn."""
+    view, recipe = config.data.view, config.segmenter
+    column = image_column(data.manifest, view)
+    train = data.split("train")
+    files, folders = {}, []
+    for i, fold in enumerate(training_folds(data, recipe.cross_fit_folds), start=1):
+        held_out = data.manifest["patient_id"].astype(str).isin(fold).to_numpy()
+        split = data.manifest.assign(split=np.where(held_out, "test", data.manifest["split"]))
+        folder = f"{SEGMENTER_DIR}-fold-{i}"
+        seg_dir = train_segmenter(
+            recipe, data.source.manifest, split, view, run_dir, progress, "segmenter", folder=folder
+        )
+        rows = train[train["patient_id"].astype(str).isin(fold)]
+        out = run_dir / CROSS_FITTED_DIR / f"fold-{i}"
+        files.update(predicted_mask_files(seg_dir, rows, column, recipe.tta, out, progress))
+        folders.append(folder)
+    return files, folders
+
+
 def add_predicted_masks(
-    data: PreparedData, seg_dir: Path, run_dir: Path, tta: bool, progress: bool = True
+    data: PreparedData, seg_dir: Path, run_dir: Path, tta: bool, progress: bool = True, drawn=None
 ) -> PreparedData:
-    """`data` with a ``predicted_mask`` column on the split manifest and the balanced training table."""
+    """`data` with a ``predicted_mask`` column on the split manifest and the balanced training table: the
+    masks the segmenter of `seg_dir` draws, except the images of `drawn` (``{image: mask PNG}``: the
+    cross-fitted training masks), which keep theirs."""
     column = image_column(data.manifest, data.config.view)
-    files = predicted_mask_files(seg_dir, data.manifest, column, tta, run_dir / PREDICTED_DIR, progress)
+    drawn = drawn or {}
+    rest = data.manifest[~data.manifest[column].astype(str).isin(drawn)]
+    files = {**predicted_mask_files(seg_dir, rest, column, tta, run_dir / PREDICTED_DIR, progress), **drawn}
     return dataclasses.replace(
         data,
         manifest=with_predicted_masks(data.manifest, column, files),
@@ -263,8 +299,9 @@ def _agreement(data: PreparedData, rows: pd.DataFrame, columns: dict[str, str]) 
 def segmenter_agreement(data: PreparedData, columns: dict[str, str]) -> dict:
     """Dice of the segmenter's masks against the readers' on the test slices, as the classifier sees both
     (after its preprocessing): how far the image-only inputs are from the reference ones. ``by_split``: the
-    same on each split; the training patients' masks come from a segmenter that trained on them, so the gap
-    between their Dice and the test's is how much sharper the second phase's masks are than those it meets."""
+    same on each split; where the training patients' masks come from the segmenter that trained on them (not
+    cross-fitted), the gap between their Dice and the test's is how much sharper the second phase's training
+    masks are than those it meets."""
     by_split = {split: _agreement(data, data.split(split), columns) for split in ("train", "val", "test")}
     return {**by_split["test"], "by_split": by_split}
 
@@ -299,8 +336,11 @@ def run_fusion_study(config, run_dir: Path, progress: bool = True) -> dict:
     seg_dir = train_segmenter(
         config.segmenter, data.source.manifest, data.manifest, view, run_dir, progress, "segmenter"
     )
-    set_global_options(config.training)  # the segmenter's run set its own seed and precision policy
-    data = add_predicted_masks(data, seg_dir, run_dir, config.segmenter.tta, progress)
+    cross_fitted, fold_dirs = {}, []
+    if config.segmenter.cross_fit_folds:
+        cross_fitted, fold_dirs = cross_fitted_mask_files(config, data, run_dir, progress)
+    set_global_options(config.training)  # the segmenters' runs set their own seed and precision policy
+    data = add_predicted_masks(data, seg_dir, run_dir, config.segmenter.tta, progress, cross_fitted)
     columns = mask_columns(data.manifest, view)
     results = {}
     for spec in config.models:
@@ -348,6 +388,12 @@ def run_fusion_study(config, run_dir: Path, progress: bool = True) -> dict:
         "segmenter": {
             "run": str(seg_dir.relative_to(run_dir)),
             "recipe": f"{config.segmenter.experiment} / {config.segmenter.profile} / {config.segmenter.model}",
+            # where the segmenter's-mask phase's training masks come from
+            "training_masks": f"cross-fitted: {len(fold_dirs)} segmenters, each without one fold of the "
+            "training patients"
+            if fold_dirs
+            else "in-sample: the run's segmenter, which trained on these patients",
+            "fold_runs": fold_dirs,
             **segmenter_agreement(data, columns),
         },
     }
