@@ -142,9 +142,10 @@ def write_fusion_report(run_dir, config, data, results, summary, channel_batch: 
             else:
                 said = (
                     f"On the training patients, which the segmenter trained on, its masks have Dice "
-                    f"{seen['dice_mean']:.3f} ({seen['slices']} slices){validation}: the segmenter's-mask phase "
-                    "trains on masks that much sharper than the test's (`segmenter.cross_fit_folds` draws them "
-                    "as a new patient's are)."
+                    f"{seen['dice_mean']:.3f} ({seen['slices']} slices){validation}, against the test's "
+                    f"{seg['dice_mean']:.3f}: the segmenter's-mask phase trains on masks this good. Where the "
+                    "training Dice is well above the test's, `segmenter.cross_fit_folds` draws them as a new "
+                    "patient's are."
                 )
             report.paragraph(said)
     else:

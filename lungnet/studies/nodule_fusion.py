@@ -300,8 +300,8 @@ def segmenter_agreement(data: PreparedData, columns: dict[str, str]) -> dict:
     """Dice of the segmenter's masks against the readers' on the test slices, as the classifier sees both
     (after its preprocessing): how far the image-only inputs are from the reference ones. ``by_split``: the
     same on each split; where the training patients' masks come from the segmenter that trained on them (not
-    cross-fitted), the gap between their Dice and the test's is how much sharper the second phase's training
-    masks are than those it meets."""
+    cross-fitted), a training Dice above the test's says the second phase trains on sharper masks than those
+    it meets (`segmenter.cross_fit_folds`)."""
     by_split = {split: _agreement(data, data.split(split), columns) for split in ("train", "val", "test")}
     return {**by_split["test"], "by_split": by_split}
 
