@@ -135,6 +135,7 @@ def test_config_is_checked():
     assert seeds["segmenter"]["overrides"]["training"]["seed"] == 7 and "split_seed" not in seeds["data"]
 
 
+@pytest.mark.slow  # three segmenters for an option no shipped profile uses: `make test-slow`
 def test_cross_fitted_training_masks_come_from_segmenters_that_never_saw_their_patients(tmp_path):
     manifest = write_crops(tmp_path, 12)
     run_dir = tmp_path / "run"
