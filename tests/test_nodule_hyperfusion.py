@@ -101,6 +101,21 @@ def test_compare_runs_reads_a_fusion_record():
     assert scores[RECOMMENDED] == scores["hf"] and scores[DIAMETER]["slice AUC"] == 0.85
 
 
+def reproduce_smoke(manifest: str, run_dir: Path, overrides: list[str]) -> None:
+    """`lungnet reproduce nodule-hyperfusion --profile smoke` on `manifest` with `--set` `overrides`."""
+    args = [
+        "reproduce",
+        "nodule-hyperfusion",
+        "--profile",
+        "smoke",
+        "--data",
+        manifest,
+        "--out",
+        str(run_dir),
+    ]
+    assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
+
+
 def serving_benchmark():
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "serving_latency.py"
     spec = importlib.util.spec_from_file_location("serving_latency", path)
@@ -148,17 +163,7 @@ def test_cross_fitted_training_masks_come_from_segmenters_that_never_saw_their_p
         "models=[{name: predicted_only, model: {name: nodule_hyperfusion, filters: [4], embedding_units: 4}, "
         "phases: [predicted]}]",
     ]
-    args = [
-        "reproduce",
-        "nodule-hyperfusion",
-        "--profile",
-        "smoke",
-        "--data",
-        manifest,
-        "--out",
-        str(run_dir),
-    ]
-    assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
+    reproduce_smoke(manifest, run_dir, overrides)
     segmenter = json.loads((run_dir / "metrics.json").read_text())["segmenter"]
     assert segmenter["fold_runs"] == ["segmenter-fold-1", "segmenter-fold-2"]
     assert segmenter["training_masks"].startswith("cross-fitted: 2 segmenters")
@@ -203,17 +208,7 @@ def test_a_run_reads_the_segmenters_masks_and_serves_with_or_without_one(tmp_pat
         "{name: predicted_only, model: {name: nodule_hyperfusion, filters: [4, 8], embedding_units: 8}, "
         "phases: [predicted]}]",
     ]
-    args = [
-        "reproduce",
-        "nodule-hyperfusion",
-        "--profile",
-        "smoke",
-        "--data",
-        manifest,
-        "--out",
-        str(run_dir),
-    ]
-    assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
+    reproduce_smoke(manifest, run_dir, overrides)
     printed = capsys.readouterr().out
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert f"selected model {metrics['selected_model']} on the segmenter's masks" in printed
