@@ -37,13 +37,19 @@ def _row(metrics: dict) -> dict:
     return row
 
 
+def _mask_rows(name: str, metrics: dict) -> dict:
+    """A model's row on the segmenter's masks and, where scored, on the readers' outlines."""
+    rows = {f"{name} (segmenter's masks: image-only)": _row(metrics)}
+    if metrics.get("with_readers_masks"):  # on the slices the readers outlined
+        rows[f"{name} (readers' masks: reference)"] = _row(metrics["with_readers_masks"])
+    return rows
+
+
 def results_table(summary: dict) -> pd.DataFrame:
     """One row per model and mask kind, and the diameter's row, on the test split."""
     rows = {}
     for name, metrics in summary["models"].items():
-        rows[f"{name} (segmenter's masks: image-only)"] = _row(metrics)
-        if metrics.get("with_readers_masks"):  # on the test slices the readers outlined
-            rows[f"{name} (readers' masks: reference)"] = _row(metrics["with_readers_masks"])
+        rows.update(_mask_rows(name, metrics))
     size = summary["baselines"].get("size_only")
     if size is not None:
         rows["diameter (the readers' measurement)"] = _row(size)
@@ -213,9 +219,7 @@ def write_fusion_evaluation_report(
         "this set's own outlines where it has them (a reference a new patient does not have). The diameter is "
         "the run's own fit (on its training split) applied to this set's diameters."
     )
-    rows = {f"{summary['model']} (segmenter's masks: image-only)": _row(summary)}
-    if summary.get("with_readers_masks"):
-        rows[f"{summary['model']} (readers' masks: reference)"] = _row(summary["with_readers_masks"])
+    rows = _mask_rows(summary["model"], summary)
     size = summary["baselines"]["size_only"]
     if "skipped" in size:
         report.note(f"The diameter is not scored: {size['skipped']}.")
