@@ -327,9 +327,9 @@ class FusionSegmenterConfig(SegmenterRecipe):
     """``segmenter`` of a nodule-fusion experiment: the recipe, and where the training patients' masks for the
     segmenter's-mask phase come from."""
 
-    # 0: the run's segmenter, which trained on those patients (sharper masks than a new patient gets);
-    # k >= 2: k more segmenters, each trained without one of k folds of the training patients, draw that
-    # fold's masks, as a new patient's are drawn (cross-fitting; k more segmenter trainings)
+    # 0: the run's segmenter, which trained on those patients (its masks there can be sharper than a new
+    # patient's: `segmenter.by_split` in metrics.json says); k >= 2: k more segmenters, each trained without one
+    # of k folds of the training patients, draw that fold's masks as a new patient's are (k more trainings)
     cross_fit_folds: int = 0
 
     def __post_init__(self):

@@ -20,6 +20,7 @@ from lungnet.evaluation.measured_nodule import (
     cross_fitted_probs,
     fit_measured,
     measured_features,
+    segmenter_dice_by_split,
     segmenter_manifest,
 )
 from lungnet.experiment import load_experiment, resolve_experiment_path
@@ -94,6 +95,26 @@ def test_features_measure_millimetres_and_mark_missed_slices(tmp_path):
     assert np.isnan(table["shape_area_mm2"].iloc[1])
     # the nodule's largest area reaches the slice where nothing was found
     assert table["nodule_max_shape_area_mm2"].tolist() == [disc.sum() * 0.25] * 2
+
+
+def test_the_segmenters_dice_is_measured_per_split_on_outlined_slices(tmp_path):
+    truth = np.zeros((20, 30), np.uint8)
+    truth[5:10, 5:15] = 255  # 50 pixels
+    cv2.imwrite(str(tmp_path / "m.png"), truth)
+    half = np.zeros((20, 30), bool)
+    half[5:10, 5:10] = True  # 25 of them: Dice 2 * 25 / 75
+    frames = {
+        "train": pd.DataFrame({"image": ["a", "b"], "mask": [str(tmp_path / "m.png")] * 2}),
+        "test": pd.DataFrame({"image": ["c", "d"], "mask": [str(tmp_path / "m.png"), ""]}),
+    }
+    masks = {"a": truth > 0, "b": half, "c": np.zeros((20, 30), bool), "d": half}
+    dice = segmenter_dice_by_split(frames, "image", "mask", masks)
+    assert dice["train"] == {"slices": 2, "dice_mean": pytest.approx((1 + 2 / 3) / 2)}
+    assert dice["test"] == {"slices": 1, "dice_mean": 0.0}  # "d" has no outline
+    no_outlines = segmenter_dice_by_split({"val": frames["train"][["image"]]}, "image", "mask", masks)
+    assert no_outlines == {"val": {"slices": 0, "dice_mean": None}}
+    with pytest.raises(DataError, match="m.png.*does not match"):
+        segmenter_dice_by_split(frames, "image", "mask", {**masks, "a": np.zeros((8, 8), bool)})
 
 
 def test_the_classifier_learns_size_and_tolerates_empty_features():
@@ -188,6 +209,11 @@ def test_a_run_trains_its_segmenter_on_training_patients_and_scores_image_only(t
     cls = pd.read_csv(run_dir / "predictions.csv")  # the test split's rows
     trained_on = set(seg.loc[seg["split"] == "train", "patient_id"])
     assert trained_on.isdisjoint(set(cls["patient_id"]))
+    # every crop has an outline: the segmenter's Dice per split covers each split's slices
+    dice = measured["segmenter"]["dice_by_split"]
+    assert {s: d["slices"] for s, d in dice.items()} == seg["split"].value_counts().to_dict()
+    assert all(0 <= d["dice_mean"] <= 1 for d in dice.values())
+    assert f"training patients {dice['train']['dice_mean']:.3f} ({dice['train']['slices']} slices)" in report
     assert json.loads((run_dir / "segmenter" / "run.json").read_text())["status"] == "finished"
     assert "image-only: measured_nodule" in (run_dir / "report.html").read_text()
     # the recommended model: the best validation F1 of the network and the image-only rows

@@ -28,11 +28,12 @@ from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from lungnet.data.io import read_image
+from lungnet.data.io import read_image, read_mask
 from lungnet.data.radiomics import radiomics_features
 from lungnet.data.segmentation import view_columns
 from lungnet.errors import ConfigError, DataError
 from lungnet.evaluation.radiomics_baseline import native_spacing
+from lungnet.evaluation.segmentation import per_image_metrics
 
 SEGMENTER_DIR = "segmenter"
 NODULE_FEATURES = ("shape_area_mm2", "shape_major_axis_mm")
@@ -135,6 +136,27 @@ def measured_features(frame: pd.DataFrame, image_col: str, masks: dict[str, np.n
         for name in NODULE_FEATURES:
             table[f"nodule_max_{name}"] = table[name].groupby(nodules).transform("max")
     return table
+
+
+def segmenter_dice_by_split(
+    frames: dict[str, pd.DataFrame], image_col: str, mask_col: str, masks: dict[str, np.ndarray]
+) -> dict[str, dict]:
+    """Dice of the segmenter's masks `masks` (keyed by image path) against the readers' outlines in
+    `mask_col`, on each image's own pixels, per split: ``{split: {"slices", "dice_mean"}}`` over the slices
+    that have an outline. The segmenter trained on the training patients, so a training Dice well above the
+    test's would mean the classifier was fitted on features of sharper masks than it meets."""
+    out = {}
+    for split, frame in frames.items():
+        refs = (frame[mask_col] if mask_col in frame else pd.Series("", index=frame.index)).fillna("")
+        outlined = (refs.astype(str).str.strip() != "").to_numpy()
+        dice = []
+        images, outlines = frame[image_col].astype(str)[outlined], refs.astype(str)[outlined]
+        for image, mask in zip(images, outlines, strict=True):
+            predicted = masks[image]
+            truth = read_mask(mask, expected_shape=predicted.shape) > 0
+            dice.append(float(per_image_metrics(truth[None], predicted[None])["dice"].iloc[0]))
+        out[split] = {"slices": len(dice), "dice_mean": float(np.mean(dice)) if dice else None}
+    return out
 
 
 def measured_classifier(C: float):

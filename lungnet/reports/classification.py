@@ -9,6 +9,7 @@ import pandas as pd
 from lungnet.evaluation import Calibration, fit_calibration, metric_definitions
 from lungnet.evaluation import figures as evaluation_figures
 from lungnet.evaluation.figures import save_figure
+from lungnet.evaluation.measured_nodule import MEASURED_ROW
 from lungnet.evaluation.recommended import CRITERION, candidates, recommended_name
 from lungnet.reports.html import HtmlReport
 from lungnet.reports.training import CAPTION, convergence_notes, learning_curves, run_note
@@ -29,7 +30,8 @@ OUT_OF_FOLD_CAPTION = (
     "on its own fold, which flatters it a little), against the size-only baseline cross-fitted over the same "
     "patient folds; 95 % intervals from {samples} patient-bootstrap resamples. The image-only rows' held-out "
     "predictions: the measured classifier's on training patients cross-fitted over them (its segmenter was "
-    "trained on those patients, which flatters it), on validation patients from its fit on the training split"
+    "trained on those patients, which can flatter it: its Dice per split is below), on validation patients "
+    "from its fit on the training split"
 )
 METRIC_COLUMNS = ("f1", "f1_macro", "auc", "accuracy", "precision", "recall")
 
@@ -149,6 +151,23 @@ def against_size_only_table(
     return pd.DataFrame(rows).set_index(["model", "level"]) if rows else None
 
 
+def measured_segmenter_sentence(segmenter: dict) -> str:
+    """The measured-nodule classifier's segmenter against the readers, per split: whether the training
+    rows it was fitted on had sharper masks than the test's."""
+    dice = segmenter["dice_by_split"]
+    said = [
+        f"{label} {dice[split]['dice_mean']:.3f} ({dice[split]['slices']} slices)"
+        for split, label in (("train", "training patients"), ("val", "validation"), ("test", "test"))
+        if dice.get(split, {}).get("slices")
+    ]
+    return (
+        f"The measured-nodule classifier's segmenter ({segmenter['run']}) against the readers' outlines, Dice "
+        f"on each image's own pixels: {', '.join(said)}. It trained on the training patients, so its "
+        "classifier was fitted on their masks as that segmenter drew them: a training Dice well above the "
+        "test's would mean sharper masks in training than at test."
+    )
+
+
 def write_report(
     run_dir: Path, config, data, results: dict, selected, summary: dict, explanations: dict
 ) -> Path:
@@ -198,6 +217,9 @@ def write_report(
     if out_of_fold:
         samples = next(iter(out_of_fold.values()))["samples"]
         report.table(against_size_only_table(out_of_fold), OUT_OF_FOLD_CAPTION.format(samples=samples))
+    segmenter = summary.get("image_only", {}).get(MEASURED_ROW, {}).get("segmenter", {})
+    if segmenter.get("dice_by_split"):
+        report.paragraph(measured_segmenter_sentence(segmenter))
     report.paragraph(
         "Slice level is every test image; nodule level averages a nodule's slice probabilities; patient level "
         "takes the highest nodule probability of malignancy (binary) or the mean over nodules."

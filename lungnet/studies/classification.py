@@ -20,6 +20,7 @@ from lungnet.data.dataset import (
     balanced_training,
     classification_pipeline,
     image_column,
+    mask_column,
     prepare_data,
 )
 from lungnet.data.splits import patient_folds
@@ -46,6 +47,7 @@ from lungnet.evaluation.measured_nodule import (
     mean_row,
     measured_features,
     save_fitted,
+    segmenter_dice_by_split,
 )
 from lungnet.evaluation.paired import paired_bootstrap_classification
 from lungnet.evaluation.recommended import recommended_line, recommended_model
@@ -571,7 +573,7 @@ def measured_nodule_results(
     seg_dir = train_segmenter(
         settings, data.source.manifest, data.manifest, config.data.view, run_dir, progress
     )
-    frames, features, _ = measured_split_features(
+    frames, features, masks = measured_split_features(
         data, config.data.view, seg_dir, settings.tta, progress=progress
     )
     n = len(data.class_names)
@@ -587,7 +589,16 @@ def measured_nodule_results(
     measured = scored(
         y_train, y_val, val_probs, y_test, test_probs, frames["test"], data.class_names, calibration_data
     )
-    measured["segmenter"] = {"run": str(seg_dir), "test_slices_without_region": int((found == 0).sum())}
+    measured["segmenter"] = {
+        "run": str(seg_dir),
+        "test_slices_without_region": int((found == 0).sum()),
+        "dice_by_split": segmenter_dice_by_split(
+            frames,
+            image_column(data.manifest, config.data.view),
+            mask_column(data.manifest, config.data.view),
+            masks,
+        ),
+    }
     measured["against_size_only"] = against_size_only(data, test_probs, size_probs)
     mean_val = (val_probs + selected.val_probs) / 2
     mean_test = (test_probs + selected.test_probs) / 2
