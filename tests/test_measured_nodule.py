@@ -3,6 +3,7 @@ and a tiny lidc-crops-style run that trains the segmenter on training patients o
 
 from __future__ import annotations
 
+import html
 import json
 
 import cv2
@@ -242,6 +243,15 @@ def test_a_run_trains_its_segmenter_on_training_patients_and_scores_image_only(t
     assert external["calibration"]["temperature"] == calibration["temperature"]
     assert external["calibration"]["fitted_on"] == calibration["fitted_on"]
     assert {"slice", "nodule", "patient"} <= set(external["against_size_only"])
+    # the same 48 outlined crops, split or not: the external Dice is the split means weighted by slices
+    on_set = external["segmenter"]
+    weighted = sum(d["dice_mean"] * d["slices"] for d in dice.values()) / 48
+    # (a pixel on the threshold may flip between the two predictions: batches differ)
+    assert on_set["slices"] == 48 and on_set["dice_mean"] == pytest.approx(weighted, abs=2e-3)
+    report = (out_dir / "report.html").read_text()
+    said = f"on this set's 48 outlined slices its Dice against their outlines is {on_set['dice_mean']:.3f}"
+    assert html.escape(said) in report
+    assert html.escape(f"(on the run's test split: {dice['test']['dice_mean']:.3f})") in report
     capsys.readouterr()
     check_predictions_without_labels(tmp_path, run_dir, manifest, out_dir, recommended["model"], capsys)
 

@@ -11,7 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lungnet.data.dataset import check_source_images, classification_pipeline, image_column, with_neighbours
+from lungnet.data.dataset import (
+    check_source_images,
+    classification_pipeline,
+    image_column,
+    mask_column,
+    with_neighbours,
+)
 from lungnet.data.labels import assign_labels, class_names
 from lungnet.data.pipelines import data_errors
 from lungnet.data.registry import load_source
@@ -29,9 +35,11 @@ from lungnet.evaluation.figures import save_figure
 from lungnet.evaluation.measured_nodule import (
     MEASURED_ROW,
     SEGMENTER_DIR,
+    FittedMeasured,
     load_fitted,
     mean_row,
     measured_features,
+    segmenter_dice_by_split,
 )
 from lungnet.evaluation.paired import paired_bootstrap_classification
 from lungnet.evaluation.recommended import CRITERION, recommended_name
@@ -95,38 +103,70 @@ def probability_columns(probs: np.ndarray, names, prefix: str = "prob_") -> dict
     return {f"{prefix}{name}": probs[:, i] for i, name in enumerate(names)}
 
 
-def measured_probs(run_dir: Path, frame: pd.DataFrame, column: str, n_classes: int) -> np.ndarray | None:
-    """The run's measured-nodule classifier on `frame` (its own segmenter outlines every slice first), or
-    None where the run has none."""
+def measured_masks(run_dir: Path, frame: pd.DataFrame, column: str) -> tuple[FittedMeasured, dict] | None:
+    """The run's measured-nodule classifier and its segmenter's masks of `frame` (keyed by image path), or
+    None where the run has no such classifier."""
     fitted = load_fitted(run_dir)
     if fitted is None:
         return None
     masks = predict_masks(
         run_dir / SEGMENTER_DIR, frame, column, tta=load_run_config(run_dir).measured_nodule.tta
     )
+    return fitted, masks
+
+
+def measured_probs(run_dir: Path, frame: pd.DataFrame, column: str, n_classes: int) -> np.ndarray | None:
+    """The run's measured-nodule classifier on `frame` (its own segmenter outlines every slice first), or
+    None where the run has none."""
+    found = measured_masks(run_dir, frame, column)
+    if found is None:
+        return None
+    fitted, masks = found
     return fitted.predict(measured_features(frame, column, masks), n_classes)
 
 
-def image_only_probs(
-    run_dir: Path, frame: pd.DataFrame, column: str, network_probs, name: str, n_classes: int
-) -> dict[str, np.ndarray]:
-    """``{row: probabilities}`` of the run's image-only rows on `frame`: the measured-nodule classifier and
-    its mean with the network `name`'s `network_probs` (empty where the run has no measured classifier)."""
-    measured = measured_probs(run_dir, frame, column, n_classes)
-    if measured is None:
-        return {}
-    return {MEASURED_ROW: measured, mean_row(name): (measured + network_probs) / 2}
-
-
 def measured_on(
-    run_dir: Path, labelled: pd.DataFrame, column: str, probs, name: str, names, recorded: dict, size_probs
+    run_dir: Path,
+    labelled: pd.DataFrame,
+    columns: tuple[str, str],
+    probs,
+    name: str,
+    names,
+    recorded: dict,
+    size_probs,
 ) -> dict:
-    """The run's image-only rows scored on `labelled`. `recorded`: the run's ``image_only``."""
+    """The run's image-only rows scored on `labelled` (empty where the run has no measured-nodule
+    classifier): the measured classifier and its mean with the network `name`'s `probs`. `columns`: the
+    image and mask columns of the run's view; where this set has outlines, the measured row also holds its
+    segmenter's Dice against them (``segmenter``). `recorded`: the run's ``image_only``."""
+    image_col, mask_col = columns
+    found = measured_masks(run_dir, labelled, image_col)
+    if found is None:
+        return {}
+    fitted, masks = found
+    measured = fitted.predict(measured_features(labelled, image_col, masks), len(names))
     y = labelled["target"].to_numpy()
-    return {
+    rows = {
         key: scored_here(y, p, labelled, names, recorded.get(key, {}), size_probs)
-        for key, p in image_only_probs(run_dir, labelled, column, probs, name, len(names)).items()
+        for key, p in ((MEASURED_ROW, measured), (mean_row(name), (measured + probs) / 2))
     }
+    dice = segmenter_dice_by_split({"set": labelled}, image_col, mask_col, masks)["set"]
+    if dice["slices"]:
+        rows[MEASURED_ROW]["segmenter"] = dice
+    return rows
+
+
+def external_segmenter_sentence(dice: dict, recorded: dict) -> str:
+    """How the measured-nodule classifier's segmenter outlines this set, beside its run's test split."""
+    own = recorded.get("image_only", {}).get(MEASURED_ROW, {}).get("segmenter", {})
+    test = (own.get("dice_by_split") or {}).get("test") or {}
+    beside = f" (on the run's test split: {test['dice_mean']:.3f})" if test.get("slices") else ""
+    return (
+        f"The measured-nodule classifier reads the masks of the run's segmenter: on this set's "
+        f"{dice['slices']} outlined slices its Dice against their outlines is {dice['dice_mean']:.3f}{beside}. "
+        "Masks much worse than on the run's own test split move the classifier's features away from those it "
+        "was fitted on."
+    )
 
 
 def level_rows(slice_scores: dict, levels: dict) -> dict[str, dict]:
@@ -174,8 +214,9 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
     size_only, size_probs = size_only_here(labelled, names, recorded)
     metrics = scored_here(y, probs, labelled, names, recorded.get("models", {}).get(name, {}), size_probs)
     levels = metrics.pop("levels")
+    columns = (column, mask_column(labelled, config.data.view))
     image_only = measured_on(
-        run_dir, labelled, column, probs, name, names, recorded.get("image_only", {}), size_probs
+        run_dir, labelled, columns, probs, name, names, recorded.get("image_only", {}), size_probs
     )
     recommended = run_recommendation(recorded, [name, *(image_only or {})])
     out = evaluation_dir(run_dir, source.spec, out)
@@ -231,6 +272,9 @@ def evaluate_classification_run(run_dir, source_spec: str, out=None, model_name:
                 index=pd.Index(list(rows), name=f"image-only: {other}"),
             )
         )
+    segmenter = (image_only or {}).get(MEASURED_ROW, {}).get("segmenter")
+    if segmenter:
+        report.paragraph(external_segmenter_sentence(segmenter, recorded))
     if "skipped" in size_only:
         report.note(f"Size-only baseline not scored: {size_only['skipped']}.")
     else:
