@@ -293,6 +293,20 @@ def test_a_run_reads_the_segmenters_masks_and_serves_with_or_without_one(tmp_pat
     evaluated_rows = pd.read_csv(out_dir / "predictions.csv")
     predicted = evaluated_rows["predicted_mask"]
     assert all(cv2.imread(p, cv2.IMREAD_GRAYSCALE) is not None for p in predicted)
+    # the segmenter's Dice on the set: its written masks against the outlines, image by image (P0 and P1
+    # have none)
+    folder = Path(manifest).parent
+    outline_of = {
+        str(folder / i): str(folder / m) for i, m in frame[["image", "mask"]].fillna("").to_numpy() if m
+    }
+    dice = []
+    for image, drawn in zip(evaluated_rows["image"], predicted, strict=True):
+        if image in outline_of:
+            a = cv2.imread(drawn, cv2.IMREAD_GRAYSCALE) > 0
+            b = cv2.imread(outline_of[image], cv2.IMREAD_GRAYSCALE) > 0
+            dice.append(2 * (a & b).sum() / (a.sum() + b.sum()) if a.any() or b.any() else 1.0)
+    assert evaluated["segmenter"] == {"slices": 30, "dice_mean": pytest.approx(np.mean(dice))}
+    assert f"outlined slices: Dice {np.mean(dice):.3f}" in evaluation_report
 
     # image-only serving: the SavedModel's segmenter draws the masks `lungnet evaluate` drew, and the
     # classifier reads them as it reads masks sent to `serving_default`

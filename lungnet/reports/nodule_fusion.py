@@ -249,6 +249,12 @@ def write_fusion_evaluation_report(
         ),
         "Confusion matrix (image-only, at 0.5)",
     )
+    seg = summary.get("segmenter")
+    if seg:
+        report.paragraph(
+            f"The run's segmenter on this set's {seg['slices']} outlined slices: Dice {seg['dice_mean']:.3f} "
+            "against their outlines, on each image's own pixels."
+        )
     if examples:
         report.image(
             save_figure(outlines_figure(examples), out / OUTLINES_FIGURE),

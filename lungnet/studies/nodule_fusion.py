@@ -41,7 +41,7 @@ from lungnet.data.registry import load_source
 from lungnet.errors import DataError, LungnetError
 from lungnet.evaluation.aggregation import level_metrics
 from lungnet.evaluation.calibration import Calibration
-from lungnet.evaluation.measured_nodule import SEGMENTER_DIR
+from lungnet.evaluation.measured_nodule import SEGMENTER_DIR, segmenter_dice_by_split
 from lungnet.evaluation.metrics import classification_metrics
 from lungnet.evaluation.paired import paired_bootstrap_classification
 from lungnet.evaluation.segmentation import per_image_metrics
@@ -422,6 +422,9 @@ def evaluate_fusion_run(run_dir, source_spec: str, out=None, model_name: str | N
     metrics = scored_here(y, probs, labelled, names, recorded["models"].get(name, {}), size_probs)
     readers = mask_column(labelled, config.data.view)
     metrics["with_readers_masks"] = readers_scores(model, labelled, config.data, names, readers)
+    pairs = zip(labelled[column], labelled[PREDICTED_MASK], strict=True)
+    drawn = {image: read_image(mask) > 0 for image, mask in pairs}
+    dice = segmenter_dice_by_split({"set": labelled}, column, readers, drawn)["set"]
     table = pd.DataFrame(
         {
             "image": labelled[column],
@@ -441,6 +444,8 @@ def evaluate_fusion_run(run_dir, source_spec: str, out=None, model_name: str | N
         "split": "all samples",
         "masks": "the run's segmenter's (image-only); with_readers_masks: the set's own outlines",
         "baselines": {"size_only": size_only},
+        # its masks against this set's outlines, on each image's own pixels
+        **({"segmenter": dice} if dice["slices"] else {}),
     }
     write_json(out / "metrics.json", summary)
     from lungnet.reports.nodule_fusion import write_fusion_evaluation_report  # (matplotlib, when reporting)
