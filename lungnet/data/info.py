@@ -13,7 +13,7 @@ import pandas as pd
 
 from lungnet.data.io import read_image
 from lungnet.data.labels import assign_labels, class_names, label_counts
-from lungnet.data.manifest import check_mask_pairs, row_labels
+from lungnet.data.manifest import check_mask_pairs, outlined, row_labels
 from lungnet.data.registry import Source
 from lungnet.data.splits import SPLIT_NAMES, split_manifest
 from lungnet.errors import DataError
@@ -81,7 +81,7 @@ def _check_masks(manifest: pd.DataFrame, origin: str, progress: bool) -> dict:
     for mask_col, image_col in MASK_COLUMNS.items():
         if mask_col not in manifest.columns or image_col not in manifest.columns:
             continue
-        listed = manifest[manifest[mask_col].fillna("").astype(str).str.strip() != ""]
+        listed = outlined(manifest, mask_col)
         if listed.empty:
             continue
         areas = check_mask_pairs(listed, image_col, mask_col, origin=origin, progress=progress)

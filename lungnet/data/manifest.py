@@ -100,6 +100,16 @@ def validate_manifest(df: pd.DataFrame, origin: str = "manifest") -> pd.DataFram
     return df
 
 
+def outlined(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    """The rows of `frame` with a mask in `column` (none where the column is missing; some collections
+    outline no lesion: LungCT-Diagnosis), re-indexed from 0."""
+    if column not in frame.columns:
+        return frame.iloc[:0]
+    values = frame[column]
+    has = values.notna() & (values.astype(str).str.strip() != "")
+    return frame[has.to_numpy()].reset_index(drop=True)
+
+
 def row_labels(frame: pd.DataFrame, origin: str = "manifest") -> list[str]:
     """How messages name each row of `frame`: its ``source_row``, else ``'<origin> row <position>'``."""
     if ROW_COLUMN not in frame.columns:

@@ -29,6 +29,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from lungnet.data.io import read_image, read_mask
+from lungnet.data.manifest import outlined
 from lungnet.data.radiomics import radiomics_features
 from lungnet.data.segmentation import view_columns
 from lungnet.errors import ConfigError, DataError
@@ -86,7 +87,7 @@ def segmenter_manifest(
         raise DataError(
             f"measured_nodule: the source has no {mask_col!r} column; the segmenter needs nodule masks"
         )
-    rows = source_manifest[source_manifest[mask_col].fillna("").astype(str).str.strip() != ""]
+    rows = outlined(source_manifest, mask_col)
     if rows.empty:
         raise DataError(f"measured_nodule: no row of the source has a {mask_col!r} to train the segmenter on")
     by_patient = split.groupby(split["patient_id"].astype(str))["split"].first()
@@ -147,11 +148,10 @@ def segmenter_dice_by_split(
     test's would mean the classifier was fitted on features of sharper masks than it meets."""
     out = {}
     for split, frame in frames.items():
-        refs = (frame[mask_col] if mask_col in frame else pd.Series("", index=frame.index)).fillna("")
-        outlined = (refs.astype(str).str.strip() != "").to_numpy()
+        rows = outlined(frame, mask_col)
+        pairs = rows[[image_col, mask_col]].astype(str).to_numpy() if len(rows) else ()
         dice = []
-        images, outlines = frame[image_col].astype(str)[outlined], refs.astype(str)[outlined]
-        for image, mask in zip(images, outlines, strict=True):
+        for image, mask in pairs:
             predicted = masks[image]
             truth = read_mask(mask, expected_shape=predicted.shape) > 0
             dice.append(float(per_image_metrics(truth[None], predicted[None])["dice"].iloc[0]))

@@ -36,6 +36,7 @@ from lungnet.data.dataset import (
     prepare_data,
 )
 from lungnet.data.io import read_image
+from lungnet.data.manifest import outlined
 from lungnet.data.pipelines import classification_dataset, data_errors
 from lungnet.data.registry import load_source
 from lungnet.errors import DataError, LungnetError
@@ -197,15 +198,6 @@ def pipeline(data: PreparedData, frame: pd.DataFrame, masks: str, training: bool
 
 def phase_name(model: str, masks: str) -> str:
     return f"{model}_{masks}"
-
-
-def outlined(frame: pd.DataFrame, column: str) -> pd.DataFrame:
-    """The rows of `frame` with a mask in `column` (some collections outline no lesion: LungCT-Diagnosis)."""
-    if column not in frame.columns:
-        return frame.iloc[:0]
-    values = frame[column]
-    has = values.notna() & (values.astype(str).str.strip() != "")
-    return frame[has.to_numpy()].reset_index(drop=True)
 
 
 def readers_scores(model: keras.Model, frame: pd.DataFrame, config: DataConfig, names, column: str):
@@ -422,9 +414,9 @@ def evaluate_fusion_run(run_dir, source_spec: str, out=None, model_name: str | N
     metrics = scored_here(y, probs, labelled, names, recorded["models"].get(name, {}), size_probs)
     readers = mask_column(labelled, config.data.view)
     metrics["with_readers_masks"] = readers_scores(model, labelled, config.data, names, readers)
-    pairs = zip(labelled[column], labelled[PREDICTED_MASK], strict=True)
-    drawn = {image: read_image(mask) > 0 for image, mask in pairs}
-    dice = segmenter_dice_by_split({"set": labelled}, column, readers, drawn)["set"]
+    marked = outlined(labelled, readers)  # only these masks are read back
+    drawn = {i: read_image(m) > 0 for i, m in zip(marked[column], marked[PREDICTED_MASK], strict=True)}
+    dice = segmenter_dice_by_split({"set": marked}, column, readers, drawn)["set"]
     table = pd.DataFrame(
         {
             "image": labelled[column],
